@@ -1,0 +1,1003 @@
+r"""Modern Hopfield networks: energies, retrieval maps, fixed points and diagnostics.
+
+Conventions (Santos et al. 2024; the transpose of Ramsauer et al. 2021): stored patterns are the ROWS
+of ``keys`` / ``patterns`` with shape ``(..., N, d)``, values have shape ``(..., N, dv)``, the state
+(query) ``xi`` has shape ``(..., d)``. Leading dimensions broadcast. :math:`\beta > 0` is the inverse
+temperature, :math:`\alpha \ge 1` selects the normalizer (1 = softmax / dense, 2 = sparsemax,
+:math:`\alpha > 1` = :math:`\alpha`-entmax); every normalization goes through
+:func:`hopfield_gag.normalizers.normalize`. :math:`M = \max_i \lVert x_i\rVert`.
+
+Retrieval (update) map, one attention step:
+
+.. math::  T(\xi) = V^\top \hat p, \qquad \hat p = \alpha\text{-entmax}(\beta K \xi),
+
+with :math:`V = K = X` in the Hopfield case. It is the CCCP step of the energy
+
+.. math::
+
+    E(\xi) = -\beta^{-1}\Omega^*_\alpha(\beta X\xi) + \beta^{-1} H_\alpha(u) + \tfrac12\lVert\xi\rVert^2
+    + \tfrac12 M^2,
+
+(Hopfield–Fenchel–Young energy; at :math:`\alpha = 1`, :math:`\Omega^*_1 = \mathrm{logsumexp}`,
+:math:`H_1(u) = \log N` and this is exactly Ramsauer's energy), so :math:`E(T\xi) \le E(\xi)`,
+:math:`\nabla E = \xi - T(\xi)` and fixed points of :math:`T` are the stationary points of :math:`E`.
+
+References
+----------
+* H. Ramsauer et al., "Hopfield Networks is All You Need", ICLR 2021, arXiv 2008.02217 (energy §2,
+  Theorems 1–5, appendix A.1.5 fixed-point regimes, §4 metastability statistic).
+* S. Santos, V. Niculae, D. McNamee, A. Martins, "Sparse and Structured Hopfield Networks", ICML 2024,
+  arXiv 2402.13725 (Hopfield–Fenchel–Young energies, margins and exact retrieval).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.special
+import torch
+from torch import Tensor
+
+from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .normalizers import jacobian_weights, normalize
+
+__all__ = [
+    "energy",
+    "energy_grad",
+    "tsallis_entropy",
+    "tsallis_conjugate",
+    "retrieval_weights",
+    "retrieval_map",
+    "retrieval_jacobian",
+    "exact_retrieval_margin",
+    "FixedPointResult",
+    "fixed_point",
+    "separation",
+    "metastability_count",
+    "metastability_class",
+    "BetaRegime",
+    "beta_regime",
+    "capacity_constant",
+    "CapacityBound",
+    "storage_capacity",
+    "retrieval_error_bound",
+    "stored_pattern_error_bound",
+]
+
+# ----------------------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _check_beta_alpha(beta, alpha) -> tuple[float, float]:
+    beta = check_scalar("beta", beta, gt=0.0)
+    alpha = check_scalar("alpha", alpha, ge=1.0)
+    return beta, alpha
+
+
+def _check_problem(
+    xi: Tensor,
+    keys: Tensor,
+    values: Tensor | None = None,
+    *,
+    xi_name: str = "xi",
+    keys_name: str = "keys",
+) -> torch.Size:
+    """Validate a (state, keys[, values]) triple; return the broadcast batch shape."""
+    check_tensor(xi_name, xi, min_dim=1)
+    check_tensor(keys_name, keys, min_dim=2)
+    check_finite(xi_name, xi)
+    check_finite(keys_name, keys)
+    if keys.dtype != xi.dtype:
+        raise ValueError(f"{keys_name} and {xi_name} must have the same dtype, got {keys.dtype} and {xi.dtype}")
+    if keys.shape[-2] == 0:
+        raise ValueError(f"{keys_name} must hold at least one pattern (shape (..., N, d) with N >= 1), "
+                         f"got shape {tuple(keys.shape)}")
+    if keys.shape[-1] != xi.shape[-1]:
+        raise ValueError(
+            f"{keys_name} must have shape (..., N, d) with d = {xi_name}.shape[-1] = {xi.shape[-1]}, "
+            f"got {keys_name} shape {tuple(keys.shape)}"
+        )
+    try:
+        batch = torch.broadcast_shapes(xi.shape[:-1], keys.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of {xi_name} {tuple(xi.shape[:-1])} and {keys_name} {tuple(keys.shape[:-2])} "
+            "must broadcast"
+        ) from None
+    if values is not None:
+        check_tensor("values", values, min_dim=2)
+        check_finite("values", values)
+        if values.dtype != xi.dtype:
+            raise ValueError(f"values and {xi_name} must have the same dtype, got {values.dtype} and {xi.dtype}")
+        if values.shape[-2] != keys.shape[-2]:
+            raise ValueError(
+                f"values must have shape (..., N, dv) with N = {keys_name}.shape[-2] = {keys.shape[-2]}, "
+                f"got values shape {tuple(values.shape)}"
+            )
+        try:
+            batch = torch.broadcast_shapes(batch, values.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"batch dims of values {tuple(values.shape[:-2])} must broadcast with {tuple(batch)}"
+            ) from None
+    return batch
+
+
+def _scores(xi: Tensor, keys: Tensor) -> Tensor:
+    """K xi along the last dims: (..., N)."""
+    return (keys @ xi.unsqueeze(-1)).squeeze(-1)
+
+
+def _uniform_entropy(n: int, alpha: float) -> float:
+    r""":math:`H_\alpha(u)` of the uniform distribution on ``n`` points."""
+    if alpha == 1.0:
+        return math.log(n)
+    return (1.0 - n ** (1.0 - alpha)) / (alpha * (alpha - 1.0))
+
+
+def _nonneg(x: Tensor) -> Tensor:
+    """max(x, 0) in value with the gradient of x: removes rounding below 0 of a quantity that is >= 0
+    in exact arithmetic without cutting its gradient."""
+    return x + (x.clamp_min(0.0) - x).detach()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entropies
+
+
+def tsallis_entropy(p: Tensor, alpha: float, dim: int = -1) -> Tensor:
+    r"""Tsallis :math:`\alpha`-entropy of a distribution (Shannon at :math:`\alpha = 1`).
+
+    .. math::
+
+        H^T_\alpha(p) = \frac{1 - \sum_j p_j^\alpha}{\alpha(\alpha-1)} \;(\alpha > 1), \qquad
+        H^T_1(p) = -\sum_j p_j \log p_j.
+
+    This is the convention of the ``entmax`` package and of Blondel et al. (2020): :math:`\alpha`-entmax
+    maximizes :math:`p^\top z + H^T_\alpha(p)` over the simplex.
+
+    Parameters
+    ----------
+    p : Tensor (..., n, ...)   points of the simplex along ``dim``.
+    alpha : float, :math:`\alpha \ge 1`.
+    dim : int, the simplex dimension.
+
+    Returns
+    -------
+    Tensor, ``p``'s shape without ``dim``.
+
+    References: Blondel, Martins & Niculae, JMLR 2020 (arXiv 1901.02324); Santos et al. 2024
+    (arXiv 2402.13725).
+    """
+    check_tensor("p", p, min_dim=1)
+    alpha = check_scalar("alpha", alpha, ge=1.0)
+    if alpha == 1.0:
+        return -torch.special.xlogy(p, p).sum(dim)
+    return (1.0 - p.pow(alpha).sum(dim)) / (alpha * (alpha - 1.0))
+
+
+def tsallis_conjugate(theta: Tensor, alpha: float, dim: int = -1) -> Tensor:
+    r"""Convex conjugate :math:`\Omega^*_\alpha` of the negative Tsallis entropy restricted to the simplex.
+
+    .. math::
+
+        \Omega^*_\alpha(\theta) = \max_{p\in\triangle} \langle p,\theta\rangle + H^T_\alpha(p)
+        = \langle p^*,\theta\rangle + H^T_\alpha(p^*), \quad p^* = \alpha\text{-entmax}(\theta),
+
+    evaluated by this formula for every :math:`\alpha \ge 1` (at :math:`\alpha = 1` it equals
+    :math:`\mathrm{logsumexp}(\theta)` only mathematically, which the tests use as a check). Its gradient
+    is :math:`p^*`.
+
+    Parameters
+    ----------
+    theta : Tensor (..., n, ...)   scores.
+    alpha : float, :math:`\alpha \ge 1`.
+    dim : int.
+
+    Returns
+    -------
+    Tensor, ``theta``'s shape without ``dim``.
+
+    References: Blondel et al., JMLR 2020 (arXiv 1901.02324); Santos et al. 2024 (arXiv 2402.13725), §3.
+    """
+    check_tensor("theta", theta, min_dim=1)
+    check_finite("theta", theta)
+    alpha = check_scalar("alpha", alpha, ge=1.0)
+    p = normalize(theta, alpha=alpha, dim=dim)
+    return (p * theta).sum(dim) + tsallis_entropy(p, alpha, dim)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Energy
+
+
+def energy(xi: Tensor, patterns: Tensor, beta: float, alpha: float = 1.0) -> Tensor:
+    r"""Modern Hopfield energy: Ramsauer's dense energy (:math:`\alpha = 1`) and the
+    Hopfield–Fenchel–Young :math:`\alpha`-entmax energy (:math:`\alpha > 1`).
+
+    .. math::
+
+        E(\xi) = -\beta^{-1}\Omega^*_\alpha(\beta X\xi) + \beta^{-1} H_\alpha(u)
+                 + \tfrac12\lVert\xi\rVert^2 + \tfrac12 M^2,
+
+    with :math:`\Omega^*_\alpha` as in :func:`tsallis_conjugate`, :math:`M = \max_i\lVert x_i\rVert`,
+    :math:`H_\alpha(u) = (1 - N^{1-\alpha})/(\alpha(\alpha-1))` (:math:`\log N` at :math:`\alpha = 1`).
+    At :math:`\alpha = 1` this is :math:`-\mathrm{lse}(\beta, X\xi) + \tfrac12\xi^\top\xi + \beta^{-1}\log N
+    + \tfrac12 M^2` (Ramsauer et al., Eq. 2) exactly.
+
+    Evaluated in the shifted form of Ramsauer's appendix A.1.2: with
+    :math:`z_i = -\tfrac12\big(M^2 - \lVert x_i\rVert^2 + \lVert x_i - \xi\rVert^2\big) \le 0` (which
+    differs from :math:`x_i^\top\xi` by a constant) and :math:`z' = z - \max z`,
+
+    .. math::
+
+        E = -\max_i z_i \;-\; \langle \hat p, z'\rangle \;+\; \beta^{-1}\big(H_\alpha(u) - H^T_\alpha(\hat p)\big)
+        \quad(\alpha > 1), \qquad
+        E = -\max_i z_i - \beta^{-1}\log\tfrac1N\textstyle\sum_i e^{\beta z'_i} \quad(\alpha = 1),
+
+    where :math:`\hat p = \alpha\text{-entmax}(\beta z')`. Every term is non-negative, so
+    :math:`E \ge 0` holds in floating point too (the entropy gap is clipped at 0 against rounding, keeping
+    its gradient), and no large terms cancel when :math:`\xi \approx x_i`.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d)
+        State.
+    patterns : Tensor (..., N, d)
+        Stored patterns as rows; batch dims broadcast with ``xi``'s.
+    beta : float
+        Inverse temperature, > 0.
+    alpha : float, default 1.0
+        :math:`\alpha \ge 1`.
+
+    Returns
+    -------
+    Tensor (...), same dtype as ``xi`` (half types computed in fp32). Differentiable; the gradient is
+    :func:`energy_grad`. Memory is O(batch · N · d) (pairwise differences).
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Eq. (2), appendix A.1.2 and Lemma A1; Santos et
+    al. 2024 (arXiv 2402.13725), Hopfield–Fenchel–Young energy.
+    """
+    _check_problem(xi, patterns, xi_name="xi", keys_name="patterns")
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    q = xi.to(cd)
+    x = patterns.to(cd)
+    n = x.shape[-2]
+    sq_norms = (x * x).sum(-1)  # (..., N)
+    m2 = sq_norms.amax(-1, keepdim=True)
+    dist2 = (x - q.unsqueeze(-2)).pow(2).sum(-1)  # (..., N), no cancellation near xi = x_i
+    z = -0.5 * ((m2 - sq_norms) + dist2)
+    z_max = z.amax(-1, keepdim=True)
+    zs = z - z_max  # <= 0, max exactly 0
+    if alpha == 1.0:
+        # mean of values in (0, 1] is <= 1 in floating point, so the log term is <= 0.
+        out = -z_max.squeeze(-1) - torch.log(torch.exp(beta * zs).mean(-1)) / beta
+    else:
+        p = normalize(beta * zs, alpha=alpha, dim=-1)
+        linear = -(p * zs).sum(-1)  # >= 0 term by term
+        gap = _nonneg(_uniform_entropy(n, alpha) - tsallis_entropy(p, alpha))
+        out = -z_max.squeeze(-1) + linear + gap / beta
+    return out.to(xi.dtype)
+
+
+def energy_grad(xi: Tensor, patterns: Tensor, beta: float, alpha: float = 1.0) -> Tensor:
+    r"""Gradient of :func:`energy` in closed form: :math:`\nabla_\xi E = \xi - T(\xi)`.
+
+    Follows from :math:`\nabla\Omega^*_\alpha(\theta) = \alpha\text{-entmax}(\theta)`, so fixed points of
+    the retrieval map are exactly the stationary points of the energy.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d);  patterns : Tensor (..., N, d);  beta : float > 0;  alpha : float >= 1.
+
+    Returns
+    -------
+    Tensor (broadcast batch, d).
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorem A1 (CCCP); Santos et al. 2024
+    (arXiv 2402.13725).
+    """
+    return xi - retrieval_map(xi, patterns, beta=beta, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Retrieval map
+
+
+def retrieval_weights(xi: Tensor, keys: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    r"""Retrieval (attention) weights :math:`\hat p = \alpha\text{-entmax}(\beta K\xi)`.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d)
+        State / query.
+    keys : Tensor (..., N, d)
+        Keys (stored patterns) as rows.
+    beta : float, default 1.0
+        Inverse temperature, > 0.
+    alpha : float, default 1.0
+        :math:`\alpha \ge 1` (1 = softmax).
+
+    Returns
+    -------
+    Tensor (..., N) on the simplex, dtype of ``xi`` (half types computed in fp32).
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Eq. (3); Santos et al. 2024 (arXiv 2402.13725).
+    """
+    _check_problem(xi, keys)
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    p = normalize(beta * _scores(xi.to(cd), keys.to(cd)), alpha=alpha, dim=-1)
+    return p.to(xi.dtype)
+
+
+def retrieval_map(
+    xi: Tensor, keys: Tensor, values: Tensor | None = None, beta: float = 1.0, alpha: float = 1.0
+) -> Tensor:
+    r"""One retrieval step (one attention step) :math:`T(\xi) = V^\top\,\alpha\text{-entmax}(\beta K\xi)`.
+
+    ``values=None`` means :math:`V = K` (the Hopfield update, Ramsauer Eq. 3 in row convention);
+    :math:`V \ne K` is an attention layer, which reuses this code.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d)
+    keys : Tensor (..., N, d)
+    values : Tensor (..., N, dv), optional
+    beta : float > 0;  alpha : float >= 1.
+
+    Returns
+    -------
+    Tensor (..., dv) in the convex hull of the value rows; dtype of ``xi``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Eq. (3) and §3; Santos et al. 2024
+    (arXiv 2402.13725).
+    """
+    _check_problem(xi, keys, values)
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    k = keys.to(cd)
+    v = k if values is None else values.to(cd)
+    p = normalize(beta * _scores(xi.to(cd), k), alpha=alpha, dim=-1)
+    return (p.unsqueeze(-2) @ v).squeeze(-2).to(xi.dtype)
+
+
+def retrieval_jacobian(
+    xi: Tensor, keys: Tensor, values: Tensor | None = None, beta: float = 1.0, alpha: float = 1.0
+) -> Tensor:
+    r"""Jacobian of :func:`retrieval_map` with respect to ``xi``.
+
+    .. math::
+
+        \frac{\partial T}{\partial\xi} = \beta\,V^\top\Big(\mathrm{diag}(s) - \frac{s s^\top}{\mathbf 1^\top s}\Big)K,
+        \qquad s = \text{jacobian\_weights}(\hat p, \alpha) = \hat p^{\,2-\alpha}\,\mathbb 1[\hat p > 0].
+
+    For :math:`V = K` (``values=None``) it is :math:`\beta\,\mathrm{Var}_{\tilde p}[x]\cdot\mathbf 1^\top s`
+    with :math:`\tilde p = s/\mathbf 1^\top s`: symmetric positive semi-definite. It vanishes where the
+    weights are one-hot (:math:`\alpha > 1`, exact retrieval). At a support change of entmax the map is
+    not differentiable; this returns the one-sided Jacobian of the current support.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d);  keys : Tensor (..., N, d);  values : Tensor (..., N, dv), optional;
+    beta : float > 0;  alpha : float >= 1.
+
+    Returns
+    -------
+    Tensor (..., dv, d), dtype of ``xi``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), appendix A.1.5.1; Peters et al. 2019
+    (arXiv 1905.05702) for the entmax Jacobian.
+    """
+    _check_problem(xi, keys, values)
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    k = keys.to(cd)
+    v = k if values is None else values.to(cd)
+    p = normalize(beta * _scores(xi.to(cd), k), alpha=alpha, dim=-1)
+    s = jacobian_weights(p, alpha)  # (..., N)
+    ssum = s.sum(-1)[..., None, None]
+    vs = (s.unsqueeze(-2) @ v).squeeze(-2)  # (..., dv)
+    ks = (s.unsqueeze(-2) @ k).squeeze(-2)  # (..., d)
+    weighted = (v * s.unsqueeze(-1)).transpose(-1, -2) @ k  # V^T diag(s) K
+    jac = beta * (weighted - vs.unsqueeze(-1) * ks.unsqueeze(-2) / ssum)
+    return jac.to(xi.dtype)
+
+
+def exact_retrieval_margin(xi: Tensor, keys: Tensor, beta: float = 1.0, alpha: float = 1.5) -> Tensor:
+    r"""Margin of the one-step exact-retrieval condition of :math:`\alpha`-entmax.
+
+    .. math::  m(\xi) = \beta\,\big(s_{(1)} - s_{(2)}\big) - \frac{1}{\alpha - 1}, \qquad s = K\xi,
+
+    where :math:`s_{(1)} \ge s_{(2)}` are the two largest scores. If :math:`m \ge 0` the weights are
+    exactly one-hot on the top key, so :math:`T(\xi)` equals that pattern exactly (the entmax margin
+    :math:`1/(\alpha-1)` of Fenchel–Young losses). Softmax (:math:`\alpha = 1`) has no finite margin:
+    returns :math:`-\infty`. With a single key (:math:`N = 1`) returns :math:`+\infty`.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d);  keys : Tensor (..., N, d);  beta : float > 0;  alpha : float >= 1.
+
+    Returns
+    -------
+    Tensor (...), dtype of ``xi``.
+
+    References: Santos et al. 2024 (arXiv 2402.13725), margins and exact retrieval; Blondel et al. 2020
+    (arXiv 1901.02324), Prop. on margins of Fenchel–Young losses.
+    """
+    batch = _check_problem(xi, keys)
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    if alpha == 1.0:
+        return torch.full(batch, -math.inf, dtype=xi.dtype, device=xi.device)
+    s = _scores(xi.to(cd), keys.to(cd))
+    if s.shape[-1] == 1:
+        return torch.full(batch, math.inf, dtype=xi.dtype, device=xi.device)
+    top2 = s.topk(2, dim=-1).values
+    return (beta * (top2[..., 0] - top2[..., 1]) - 1.0 / (alpha - 1.0)).to(xi.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed points
+
+
+@dataclass(frozen=True)
+class FixedPointResult:
+    r"""Outcome of :func:`fixed_point`.
+
+    Attributes
+    ----------
+    state : Tensor (..., d)
+        Final iterate. Each batch element is frozen at the first iterate whose residual is <= ``tol``,
+        so every element with ``element_converged`` True satisfies :math:`\lVert T(\xi)-\xi\rVert \le`
+        ``tol`` at the returned state.
+    iterations : int
+        Number of updates applied to the slowest batch element (``residual_history`` has
+        ``iterations + 1`` rows).
+    residual_history : Tensor (iterations + 1, ...)
+        Per element: row ``t`` is :math:`\lVert T(\xi_t) - \xi_t\rVert_2` (row 0 is the start).
+    energy_history : Tensor (iterations + 1, ...)
+        Per element: row ``t`` is :math:`E(\xi_t)`, non-increasing (CCCP).
+    converged : bool
+        True iff every batch element reached the tolerance.
+    reason : str
+        ``"converged"``, ``"max_iter"`` or ``"non-finite"``.
+    tol : float
+        The tolerance used.
+    """
+
+    state: Tensor
+    iterations: int
+    residual_history: Tensor
+    energy_history: Tensor
+    converged: bool
+    reason: str
+    tol: float
+
+    @property
+    def element_converged(self) -> Tensor:
+        """Bool tensor (...): which batch elements reached the tolerance."""
+        return self.residual_history[-1] <= self.tol
+
+    @property
+    def residual(self) -> Tensor:
+        """Tensor (...): residual :math:`\\lVert T(\\xi)-\\xi\\rVert` at the returned state."""
+        return self.residual_history[-1]
+
+
+def fixed_point(
+    xi0: Tensor,
+    keys: Tensor,
+    beta: float = 1.0,
+    alpha: float = 1.0,
+    tol: float = 1e-10,
+    max_iter: int = 1000,
+) -> FixedPointResult:
+    r"""Iterate the Hopfield update :math:`\xi_{t+1} = T(\xi_t) = X^\top\alpha\text{-entmax}(\beta X\xi_t)`
+    to a fixed point.
+
+    Stops when every batch element has residual :math:`\lVert T(\xi_t) - \xi_t\rVert_2 \le` ``tol``, or
+    after ``max_iter`` updates. Elements that reach the tolerance are frozen (they no longer move), so
+    the returned state of a converged element satisfies the residual criterion exactly as recorded.
+    The energy is non-increasing along the iterates and converges (Ramsauer et al., Theorems 1–2; the
+    same CCCP argument for :math:`\alpha > 1`, Santos et al. 2024). Runs without autograd.
+
+    Parameters
+    ----------
+    xi0 : Tensor (..., d)
+        Initial state.
+    keys : Tensor (..., N, d)
+        Stored patterns as rows (values = keys).
+    beta : float > 0;  alpha : float >= 1.
+    tol : float >= 0
+        Residual tolerance (absolute, 2-norm). The default 1e-10 suits float64; in float32 use about
+        1e-5 times the pattern scale.
+    max_iter : int >= 0
+        Maximum number of updates.
+
+    Returns
+    -------
+    FixedPointResult
+        State (broadcast batch, d), iteration count, per-element residual and energy histories of
+        shape (iterations + 1, ...), ``converged`` (all elements) and ``reason``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorems 1–2; Santos et al. 2024
+    (arXiv 2402.13725).
+    """
+    batch = _check_problem(xi0, keys, xi_name="xi0")
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    tol = check_scalar("tol", tol, ge=0.0)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    residuals, energies = [], []
+    reason = "max_iter"
+    with torch.no_grad():
+        xi = xi0.expand(*batch, xi0.shape[-1]).clone()
+        for it in range(max_iter + 1):
+            image = retrieval_map(xi, keys, beta=beta, alpha=alpha)
+            r = torch.linalg.vector_norm(image - xi, dim=-1)
+            residuals.append(r)
+            energies.append(energy(xi, keys, beta, alpha))
+            if not bool(torch.isfinite(r).all()):
+                reason = "non-finite"
+                break
+            done = r <= tol
+            if bool(done.all()):
+                reason = "converged"
+                break
+            if it == max_iter:
+                break
+            xi = torch.where(done.unsqueeze(-1), xi, image)
+    residual_history = torch.stack(residuals)
+    return FixedPointResult(
+        state=xi,
+        iterations=len(residuals) - 1,
+        residual_history=residual_history,
+        energy_history=torch.stack(energies),
+        converged=reason == "converged",
+        reason=reason,
+        tol=tol,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Diagnostics
+
+
+def _check_patterns(patterns: Tensor, name: str = "patterns", min_n: int = 1) -> None:
+    check_tensor(name, patterns, min_dim=2)
+    check_finite(name, patterns)
+    if patterns.shape[-2] < min_n:
+        raise ValueError(
+            f"{name} must have shape (..., N, d) with N >= {min_n}, got shape {tuple(patterns.shape)}"
+        )
+
+
+def separation(patterns: Tensor) -> Tensor:
+    r"""Separation of each stored pattern from the others.
+
+    .. math::  \Delta_i = x_i^\top x_i - \max_{j\ne i} x_i^\top x_j .
+
+    For patterns of equal norm, :math:`\Delta_i = \tfrac12\min_{j\ne i}\lVert x_i - x_j\rVert^2`.
+
+    Parameters
+    ----------
+    patterns : Tensor (..., N, d), N >= 2.
+
+    Returns
+    -------
+    Tensor (..., N), dtype of ``patterns`` (half types computed in fp32).
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), §2 (definition before Theorem 3).
+    """
+    _check_patterns(patterns, min_n=2)
+    x = patterns.to(compute_dtype(patterns.dtype))
+    gram = x @ x.transpose(-1, -2)
+    n = x.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    off = gram.masked_fill(eye, -math.inf).amax(-1)
+    return (gram.diagonal(dim1=-2, dim2=-1) - off).to(patterns.dtype)
+
+
+def metastability_count(weights: Tensor, mass: float = 0.9) -> Tensor:
+    r"""Metastability statistic :math:`k`: the smallest number of weights holding ``mass`` of the total.
+
+    .. math::  k = \min\{k : \textstyle\sum_{j\le k} w_{(j)} \ge \text{mass}\cdot\sum_j w_j\},
+
+    with :math:`w_{(1)} \ge w_{(2)} \ge \dots` sorted. Ramsauer et al. use mass 0.9 on softmax rows of
+    BERT heads; :math:`k \approx N` means global averaging, small :math:`k` a single-pattern fixed point.
+    Sums are accumulated in float64 and a row reaches the target within a slack of
+    :math:`N\cdot\varepsilon_{\text{dtype}}` times the row total (rounding of the weights' own dtype), so
+    e.g. ten weights of 0.1 give :math:`k = 9`.
+
+    Parameters
+    ----------
+    weights : Tensor (..., N)
+        Non-negative weights (rows need not sum exactly to 1; the target is relative to the row total).
+    mass : float in (0, 1], default 0.9.
+
+    Returns
+    -------
+    LongTensor (...), values in 1..N.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), §4 and appendix A.5.
+    """
+    check_tensor("weights", weights, min_dim=1)
+    check_finite("weights", weights)
+    mass = check_scalar("mass", mass, gt=0.0, le=1.0)
+    n = weights.shape[-1]
+    if n == 0:
+        raise ValueError(f"weights must have shape (..., N) with N >= 1, got {tuple(weights.shape)}")
+    if bool((weights < 0).any()):
+        raise ValueError("weights must be non-negative")
+    w = weights.to(torch.float64)
+    total = w.sum(-1, keepdim=True)
+    if bool((total <= 0).any()):
+        raise ValueError("weights must have a positive sum in every row")
+    csum = w.sort(-1, descending=True).values.cumsum(-1)
+    slack = n * torch.finfo(weights.dtype).eps * total
+    below = csum < mass * total - slack
+    return (below.sum(-1) + 1).clamp_max(n)
+
+
+_META_CLASSES = ("I", "II", "III", "IV")
+
+
+def metastability_class(k, n: int, divisor: float = 1.0) -> str:
+    r"""Ramsauer's class (I–IV) of a head from its metastability counts.
+
+    With :math:`\bar k` the median of ``k`` and :math:`N` the number of tokens:
+    (I) :math:`\bar k > N/2` (global averaging); (II) :math:`N/8 < \bar k \le N/2`;
+    (III) :math:`N/32 < \bar k \le N/8`; (IV) :math:`\bar k \le N/32` (close to single-pattern retrieval).
+    All thresholds are divided by ``divisor`` (the paper uses 4 for sequence length 128, A.5.1.3).
+
+    Parameters
+    ----------
+    k : int, float or Tensor of counts (any shape; the median is taken).
+    n : int >= 1, number of tokens / patterns.
+    divisor : float > 0, default 1.
+
+    Returns
+    -------
+    str, one of ``"I"``, ``"II"``, ``"III"``, ``"IV"``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), §4 and appendix A.5.1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    divisor = check_scalar("divisor", divisor, gt=0.0)
+    if isinstance(k, Tensor):
+        if k.numel() == 0:
+            raise ValueError("k must hold at least one count")
+        k_bar = float(torch.quantile(k.to(torch.float64).flatten(), 0.5))
+    else:
+        k_bar = check_scalar("k", k, ge=0.0)
+    if not math.isfinite(k_bar) or k_bar < 0:
+        raise ValueError(f"k must be finite and >= 0, got median {k_bar}")
+    if k_bar > n / 2 / divisor:
+        return "I"
+    if k_bar > n / 8 / divisor:
+        return "II"
+    if k_bar > n / 32 / divisor:
+        return "III"
+    return "IV"
+
+
+@dataclass(frozen=True)
+class BetaRegime:
+    r"""Result of :func:`beta_regime` (all tensors over the patterns' batch dims ``...``).
+
+    Attributes
+    ----------
+    beta : float
+    m_max : Tensor (...)
+        :math:`m_{\max} = \max_i\lVert x_i - m_x\rVert`, :math:`m_x` the pattern mean.
+    global_condition : Tensor bool (...)
+        :math:`\beta m_{\max}^2 < 1` (Lemma A3: the update is a contraction, unique global fixed point).
+    separation : Tensor (..., N)
+        :math:`\Delta_i` (:func:`separation`).
+    single_threshold : Tensor (..., N)
+        :math:`\frac{2}{\beta N} + \frac1\beta\ln\big(2(N-1)N\beta M^2\big)`.
+    single_condition : Tensor bool (..., N)
+        :math:`\Delta_i \ge` ``single_threshold`` (Lemmas A5–A7: the update maps
+        :math:`S_i = \{\lVert\xi - x_i\rVert \le 1/(\beta N M)\}` into itself and contracts there).
+    sphere_radius : Tensor (...)
+        :math:`1/(\beta N M)`.
+    isolated : Tensor bool (..., N)
+        :math:`S_i` is disjoint from every other :math:`S_j`:
+        :math:`\min_{j\ne i}\lVert x_i - x_j\rVert > 2/(\beta N M)` (Definition 1 requires disjoint spheres
+        for a pattern to count as stored).
+    regime : LongTensor (..., N)
+        Index into :attr:`NAMES`: 0 ``"global"`` if the global condition holds; else 2 ``"single"`` if the
+        single-pattern condition holds and the sphere is isolated; else 1 ``"metastable"`` (neither
+        sufficient condition holds: the pattern is expected to be absorbed in an average over a subset).
+    """
+
+    NAMES = ("global", "metastable", "single")
+    GLOBAL = 0
+    METASTABLE = 1
+    SINGLE = 2
+
+    beta: float
+    m_max: Tensor
+    global_condition: Tensor
+    separation: Tensor
+    single_threshold: Tensor
+    single_condition: Tensor
+    sphere_radius: Tensor
+    isolated: Tensor
+    regime: Tensor
+
+    def names(self) -> list:
+        """Regime labels as (nested) lists of strings, shaped like :attr:`regime`."""
+        def convert(x):
+            return [convert(y) for y in x] if isinstance(x, list) else self.NAMES[x]
+        return convert(self.regime.tolist())
+
+
+def beta_regime(patterns: Tensor, beta: float) -> BetaRegime:
+    r"""Classify each stored pattern by the sufficient conditions of Ramsauer et al., appendix A.1.5.
+
+    * **Global averaging** (Lemma A3): :math:`\beta m_{\max}^2 < 1` with
+      :math:`m_{\max} = \max_i\lVert x_i - m_x\rVert`, :math:`m_x = \frac1N\sum_i x_i`. The update is then a
+      contraction with a unique fixed point (the mean, for centred data).
+    * **Single pattern** (Lemmas A5–A7): :math:`\Delta_i \ge \frac{2}{\beta N} +
+      \frac1\beta\ln\big(2(N-1)N\beta M^2\big)`; then a fixed point lies in
+      :math:`S_i = \{\xi : \lVert\xi - x_i\rVert \le \frac{1}{\beta N M}\}`. We also require the spheres to
+      be disjoint (Definition 1), because for small :math:`\beta` the right-hand side tends to
+      :math:`-\infty` and the stated condition holds trivially while :math:`S_i` grows to contain the
+      other patterns.
+    * **Metastable**: otherwise.
+
+    These are sufficient conditions, not a characterization of the dynamics.
+
+    Parameters
+    ----------
+    patterns : Tensor (..., N, d), N >= 2.
+    beta : float > 0.
+
+    Returns
+    -------
+    BetaRegime (computed in float64).
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), appendix A.1.5.2–A.1.5.4, Definition 1.
+    """
+    _check_patterns(patterns, min_n=2)
+    beta = check_scalar("beta", beta, gt=0.0)
+    x = patterns.to(torch.float64)
+    n = x.shape[-2]
+    mean = x.mean(-2, keepdim=True)
+    m_max = torch.linalg.vector_norm(x - mean, dim=-1).amax(-1)
+    global_condition = beta * m_max**2 < 1.0
+    big_m = torch.linalg.vector_norm(x, dim=-1).amax(-1)
+    delta = separation(x)
+    log_term = torch.log(2.0 * (n - 1) * n * beta * big_m**2)  # -inf if all patterns are 0
+    threshold = (2.0 / (beta * n) + log_term / beta).unsqueeze(-1).expand_as(delta)
+    single_condition = delta >= threshold
+    radius = 1.0 / (beta * n * big_m)
+    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    nearest = dist.masked_fill(eye, math.inf).amin(-1)
+    isolated = nearest > 2.0 * radius.unsqueeze(-1)
+    regime = torch.full(delta.shape, BetaRegime.METASTABLE, dtype=torch.long, device=x.device)
+    regime = torch.where(single_condition & isolated, BetaRegime.SINGLE, regime)
+    regime = torch.where(global_condition.unsqueeze(-1).expand_as(regime), BetaRegime.GLOBAL, regime)
+    return BetaRegime(
+        beta=beta,
+        m_max=m_max,
+        global_condition=global_condition,
+        separation=delta,
+        single_threshold=threshold,
+        single_condition=single_condition,
+        sphere_radius=radius,
+        isolated=isolated,
+        regime=regime,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Capacity (Theorem 3)
+
+
+def _capacity_ab(beta: float, K: float, d: int, p: float) -> tuple[float, float]:
+    beta = check_scalar("beta", beta, gt=0.0)
+    K = check_scalar("K", K, gt=0.0)
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
+        raise ValueError(f"d must be an int >= 2, got {d!r}")
+    p = check_scalar("p", p, gt=0.0, le=1.0)
+    a = 2.0 / (d - 1) * (1.0 + math.log(2.0 * beta * K**2 * p * (d - 1)))
+    b = 2.0 * K**2 * beta / 5.0
+    return a, b
+
+
+def _w0_exp(y: float) -> float:
+    """W0(exp(y)) for real y: scipy.special.lambertw, or the Wright omega function (the same value,
+    W0(e^y) = omega(y)) when exp(y) overflows."""
+    if y < 700.0:
+        return float(scipy.special.lambertw(math.exp(y), 0).real)
+    return float(scipy.special.wrightomega(y).real)
+
+
+def capacity_constant(beta: float, K: float, d: int, p: float) -> float:
+    r"""Constant :math:`c` of Ramsauer's storage-capacity theorem (Theorem 3 / A5).
+
+    .. math::
+
+        a = \frac{2}{d-1}\Big(1 + \ln\big(2\beta K^2 p (d-1)\big)\Big), \qquad b = \frac{2K^2\beta}{5},
+        \qquad c = \frac{b}{W_0\big(\exp(a + \ln b)\big)},
+
+    :math:`W_0` the upper branch of the Lambert W function (``scipy.special.lambertw``). Worked cases of
+    the paper: :math:`c = 3.1546` for :math:`\beta=1, K=3, d=20, p=0.001`; :math:`c = 1.3718` for
+    :math:`\beta=1, K=1, d=75, p=0.001`.
+
+    Parameters
+    ----------
+    beta : float > 0;  K : float > 0 (patterns on the sphere of radius :math:`K\sqrt{d-1}`);
+    d : int >= 2 (dimension);  p : float in (0, 1] (failure probability).
+
+    Returns
+    -------
+    float
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorem 3 and appendix Theorem A5.
+    """
+    a, b = _capacity_ab(beta, K, d, p)
+    return b / _w0_exp(a + math.log(b))
+
+
+@dataclass(frozen=True)
+class CapacityBound:
+    r"""Result of :func:`storage_capacity`.
+
+    Attributes
+    ----------
+    c : float           capacity constant (:func:`capacity_constant`).
+    a, b : float        the theorem's intermediate constants.
+    n_patterns : float  :math:`\sqrt p\, c^{(d-1)/4}`, the number of patterns storable with probability
+                        :math:`1-p`.
+    required_c : float  :math:`(2/\sqrt p)^{4/(d-1)}`.
+    condition_holds : bool  :math:`c \ge` ``required_c`` (the theorem's premise).
+    """
+
+    c: float
+    a: float
+    b: float
+    n_patterns: float
+    required_c: float
+    condition_holds: bool
+
+
+def storage_capacity(beta: float, K: float, d: int, p: float) -> CapacityBound:
+    r"""Theorem 3 of Ramsauer et al.: with probability :math:`1 - p`, :math:`N \ge \sqrt p\,c^{(d-1)/4}`
+    random patterns on the sphere of radius :math:`M = K\sqrt{d-1}` can be stored, provided
+    :math:`c \ge (2/\sqrt p)^{4/(d-1)}`; :math:`c` as in :func:`capacity_constant`.
+
+    Parameters
+    ----------
+    beta : float > 0;  K : float > 0;  d : int >= 2;  p : float in (0, 1].
+
+    Returns
+    -------
+    CapacityBound
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorem 3 / A5.
+    """
+    a, b = _capacity_ab(beta, K, d, p)
+    c = b / _w0_exp(a + math.log(b))
+    required = (2.0 / math.sqrt(p)) ** (4.0 / (d - 1))
+    return CapacityBound(
+        c=c,
+        a=a,
+        b=b,
+        n_patterns=math.sqrt(p) * c ** ((d - 1) / 4.0),
+        required_c=required,
+        condition_holds=c >= required,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Retrieval error (Theorem 5)
+
+
+def _select_pattern(patterns: Tensor, index) -> tuple[Tensor, Tensor]:
+    """Rows x_index (..., d) and Delta_index (...) for an int or a LongTensor index over the batch."""
+    n = patterns.shape[-2]
+    delta = separation(patterns)
+    if isinstance(index, Tensor):
+        if index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"index must be an int or an integer tensor, got dtype {index.dtype}")
+        if bool(((index < 0) | (index >= n)).any()):
+            raise ValueError(f"index must be in [0, N) with N = {n}")
+        batch = torch.broadcast_shapes(index.shape, patterns.shape[:-2])
+        idx = index.expand(batch)
+        x = patterns.expand(*batch, *patterns.shape[-2:])
+        xi_row = torch.gather(x, -2, idx[..., None, None].expand(*batch, 1, x.shape[-1])).squeeze(-2)
+        d_i = torch.gather(delta.expand(*batch, n), -1, idx.unsqueeze(-1)).squeeze(-1)
+        return xi_row, d_i
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+        raise ValueError(f"index must be an int in [0, N) with N = {n}, got {index!r}")
+    return patterns[..., index, :], delta[..., index]
+
+
+def retrieval_error_bound(
+    xi: Tensor, patterns: Tensor, index, beta: float, x_star: Tensor | None = None
+) -> Tensor:
+    r"""Theorem 5 bound on the one-step retrieval error :math:`\lVert T(\xi) - x_i\rVert`.
+
+    .. math::
+
+        \lVert T(\xi) - x_i\rVert \le 2(N-1)\exp\!\big(-\beta(\Delta_i - 2 r M)\big)\,M, \qquad
+        r = \max\{\lVert\xi - x_i\rVert, \lVert x_i^* - x_i\rVert\}.
+
+    If ``x_star`` (the fixed point near :math:`x_i`) is None, :math:`r = \lVert\xi - x_i\rVert`, which gives
+    a smaller, still valid bound: with :math:`c = \xi^\top x_i - \max_{j\ne i}\xi^\top x_j \ge \Delta_i -
+    2\lVert\xi - x_i\rVert M` (Cauchy–Schwarz, :math:`\lVert x_i - x_j\rVert \le 2M`), Lemma A4 gives
+    :math:`\sum_{j\ne i}p_j \le (N-1)e^{-\beta c}` and
+    :math:`\lVert T(\xi) - x_i\rVert \le 2M\sum_{j\ne i}p_j`. The same holds for :math:`\alpha`-entmax
+    (:math:`\alpha > 1`) [derived here]: on the support :math:`p_j^{\alpha-1} = p_i^{\alpha-1} -
+    (\alpha-1)\beta(s_i - s_j) \le 1 - (\alpha-1)\beta c`, and
+    :math:`(1-(\alpha-1)x)_+^{1/(\alpha-1)} \le e^{-x}`. The bound is informative only when it is below the
+    trivial :math:`2M` (diameter of the ball holding both points), i.e. when
+    :math:`\beta(\Delta_i - 2rM) > \ln(N-1)`.
+
+    Parameters
+    ----------
+    xi : Tensor (..., d)
+    patterns : Tensor (..., N, d), N >= 2
+    index : int or LongTensor (...)  which pattern :math:`i`.
+    beta : float > 0
+    x_star : Tensor (..., d), optional
+
+    Returns
+    -------
+    Tensor (...), dtype of ``xi``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorem 5 (appendix A9) and Lemma A4.
+    """
+    _check_problem(xi, patterns, xi_name="xi", keys_name="patterns")
+    _check_patterns(patterns, min_n=2)
+    beta = check_scalar("beta", beta, gt=0.0)
+    cd = compute_dtype(xi.dtype)
+    x = patterns.to(cd)
+    n = x.shape[-2]
+    x_i, delta_i = _select_pattern(x, index)
+    big_m = torch.linalg.vector_norm(x, dim=-1).amax(-1)
+    r = torch.linalg.vector_norm(xi.to(cd) - x_i, dim=-1)
+    if x_star is not None:
+        check_tensor("x_star", x_star, min_dim=1)
+        check_finite("x_star", x_star)
+        if x_star.shape[-1] != xi.shape[-1]:
+            raise ValueError(f"x_star must have shape (..., d) with d = {xi.shape[-1]}, got {tuple(x_star.shape)}")
+        r = torch.maximum(r, torch.linalg.vector_norm(x_star.to(cd) - x_i, dim=-1))
+    bound = 2.0 * (n - 1) * torch.exp(-beta * (delta_i - 2.0 * r * big_m)) * big_m
+    return bound.to(xi.dtype)
+
+
+def stored_pattern_error_bound(patterns: Tensor, beta: float) -> Tensor:
+    r"""Second part of Theorem 5: distance between a pattern and its fixed point.
+
+    .. math::  \lVert x_i - x_i^*\rVert \le 2e(N-1)M\exp(-\beta\Delta_i),
+
+    valid when :math:`\lVert x_i - x_i^*\rVert \le \frac{1}{2\beta M}` and the starting point satisfies
+    :math:`\lVert x_i - \xi\rVert \le \frac{1}{2\beta M}` (the theorem's premises; check them, e.g. with
+    the result of :func:`fixed_point` started at :math:`x_i`).
+
+    Parameters
+    ----------
+    patterns : Tensor (..., N, d), N >= 2;  beta : float > 0.
+
+    Returns
+    -------
+    Tensor (..., N), dtype of ``patterns``.
+
+    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorem 5 (appendix A9).
+    """
+    _check_patterns(patterns, min_n=2)
+    beta = check_scalar("beta", beta, gt=0.0)
+    x = patterns.to(compute_dtype(patterns.dtype))
+    n = x.shape[-2]
+    big_m = torch.linalg.vector_norm(x, dim=-1).amax(-1, keepdim=True)
+    bound = 2.0 * math.e * (n - 1) * big_m * torch.exp(-beta * separation(x))
+    return bound.to(patterns.dtype)
