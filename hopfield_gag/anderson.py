@@ -1,0 +1,1009 @@
+r"""Anderson acceleration (AA) of batched fixed-point maps, and attention extrapolation read as AA(1).
+
+Anderson acceleration (Walker & Ni 2011) solves :math:`x = g(x)` from the residuals
+:math:`f_i = g(x_i) - x_i`. With depth :math:`m`, :math:`m_k = \min(m, k)` and the difference matrices
+
+.. math::
+
+    \mathcal X_k = [\Delta x_{k-m_k}, \dots, \Delta x_{k-1}], \quad
+    \mathcal F_k = [\Delta f_{k-m_k}, \dots, \Delta f_{k-1}], \quad
+    \Delta x_i = x_{i+1} - x_i,\ \Delta f_i = f_{i+1} - f_i,
+
+each step is (damping :math:`\beta \in (0, 1]`)
+
+.. math::
+
+    x_{k+1} = x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\,\gamma^{(k)}, \qquad
+    \gamma^{(k)} =
+    \begin{cases}
+      \arg\min_\gamma \lVert f_k - \mathcal F_k\gamma\rVert_2
+        = (\mathcal F_k^\top\mathcal F_k)^{-1}\mathcal F_k^\top f_k & \text{type II (standard AA)}\\
+      (\mathcal X_k^\top\mathcal F_k)^{-1}\mathcal X_k^\top f_k & \text{type I (Petrov–Galerkin)}
+    \end{cases}
+
+which for :math:`\beta = 1` is :math:`x_{k+1} = g(x_k) - \mathcal G_k\gamma^{(k)}`. Both are multisecant
+quasi-Newton steps :math:`x_{k+1} = x_k - H_k f_k` for the root of :math:`f(x) = g(x) - x` with
+
+.. math::
+
+    H_k^{\rm II} = -\beta I + (\mathcal X_k + \beta\mathcal F_k)(\mathcal F_k^\top\mathcal F_k)^{-1}\mathcal F_k^\top,
+    \qquad
+    H_k^{\rm I} = -\beta I + (\mathcal X_k + \beta\mathcal F_k)(\mathcal X_k^\top\mathcal F_k)^{-1}\mathcal X_k^\top,
+
+both satisfying the multisecant condition :math:`H_k\mathcal F_k = \mathcal X_k` (type II minimizes
+:math:`\lVert H + \beta I\rVert_F`, "bad Broyden"; type I is the inverse of the "good Broyden" Jacobian
+estimate :math:`B_k = -\beta^{-1} I + (\mathcal F_k + \beta^{-1}\mathcal X_k)(\mathcal X_k^\top\mathcal
+X_k)^{-1}\mathcal X_k^\top` with :math:`B_k\mathcal X_k = \mathcal F_k`; Fang & Saad 2009). ``m = 0`` is the
+plain (Krasnosel'skii–Mann) iteration :math:`x_{k+1} = x_k + \beta f_k`.
+
+Equivalence with SciPy: ``scipy.optimize.anderson(F, x0, alpha=beta, w0=0, line_search=None, M=m)``
+applied to :math:`F(x) = g(x) - x` produces the same iterates as :func:`anderson` with ``kind="II"``,
+``damping=beta``, ``reg=0`` (its ``A = (1 + w0^2 \delta_{ij})\langle dF_i, dF_j\rangle`` is our relative
+Tikhonov term with ``reg = w0**2``).
+
+The second half of the module reads attention extrapolation as one AA(1) step
+(:func:`extrapolation_as_aa`, :func:`aa1_mixing`, :func:`aa_adaptive_scale`); see ``THEORY.md``,
+"Extrapolation as first-order Anderson acceleration".
+
+References
+----------
+* H. F. Walker, P. Ni, "Anderson acceleration for fixed-point iterations", SIAM J. Numer. Anal.
+  49(4):1715–1735, 2011, doi:10.1137/10078356X.
+* H. Fang, Y. Saad, "Two classes of multisecant methods for nonlinear acceleration", Numer. Linear
+  Algebra Appl. 16(3):197–221, 2009 (type I / type II).
+* J. Zhang, B. O'Donoghue, S. Boyd, "Globally convergent type-I Anderson acceleration for nonsmooth
+  fixed-point iterations", SIAM J. Optim. 30(4):3170–3197, 2020, arXiv 1808.03971 (safeguards, restarts).
+* A. Toth, C. T. Kelley, "Convergence analysis for Anderson acceleration", SIAM J. Numer. Anal.
+  53(2):805–819, 2015 (local r-linear convergence with bounded coefficients).
+* SciPy ``scipy.optimize.anderson`` (``scipy/optimize/_nonlin.py``, class ``Anderson``; Eyert 1996).
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .normalizers import normalize
+
+__all__ = [
+    "AndersonStatus",
+    "AndersonState",
+    "AndersonResult",
+    "AndersonSolver",
+    "anderson",
+    "AA1Extrapolation",
+    "extrapolation_as_aa",
+    "aa1_mixing",
+    "AdaptiveScale",
+    "aa_adaptive_scale",
+]
+
+KINDS = ("II", "I")
+SAFEGUARDS = (None, "energy")
+
+
+class AndersonStatus(enum.Enum):
+    """Why a batch element (or the whole solve) stopped. Values are the codes stored in
+    :attr:`AndersonResult.element_status`."""
+
+    RUNNING = 0
+    CONVERGED = 1  #: residual ||g(x) - x||_2 <= tol
+    MAX_ITER = 2  #: max_iter steps taken without reaching tol
+    BREAKDOWN = 3  #: the step was exactly zero although the residual is above tol (stagnation)
+    NONFINITE = 4  #: g returned NaN/inf; the last finite iterate is kept
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Solver state and result
+
+
+@dataclass(frozen=True)
+class AndersonState:
+    r"""Immutable state of :class:`AndersonSolver` after ``iteration`` steps.
+
+    Tensors are flattened to a batch of ``B = prod(batch_shape)`` independent problems of size ``n`` and
+    held in the compute dtype (fp32 for half inputs).
+
+    Attributes
+    ----------
+    x, gx, f : Tensor (B, n)
+        Current iterate :math:`x_k`, its image :math:`g(x_k)` and residual :math:`f_k = g(x_k) - x_k`.
+    fnorm : Tensor (B,)
+        :math:`\lVert f_k\rVert_2`.
+    dX, dF : Tensor (B, n, m)
+        Difference histories :math:`\mathcal X_k, \mathcal F_k`, oldest column first; columns with
+        ``valid`` False are zero (empty slots after a start or restart).
+    valid : Tensor (B, m) bool
+    codes : Tensor (B,) int64
+        :class:`AndersonStatus` values per element.
+    steps : Tensor (B,) int64
+        Steps taken by each element (an element stops moving once it leaves ``RUNNING``).
+    restarts, rejections : Tensor (B,) int64
+        History restarts (ill-conditioned or non-finite coefficients) and safeguard rejections.
+    energy : Tensor (B,) or None
+        :math:`E(x_k)` when the energy safeguard is on.
+    iteration, map_evaluations, energy_evaluations : int
+        Solver steps taken; calls of ``g`` (each on the whole batch); calls of ``energy``.
+    residual_history, energy_history : tuple of Tensor (B,)
+        One entry per iterate :math:`x_0, \dots, x_k`.
+    batch_shape : tuple; dtype : torch.dtype
+        Shape of the leading dims of ``x0`` and its dtype (used to call ``g`` and to build the result).
+    """
+
+    x: Tensor
+    gx: Tensor
+    f: Tensor
+    fnorm: Tensor
+    dX: Tensor
+    dF: Tensor
+    valid: Tensor
+    codes: Tensor
+    steps: Tensor
+    restarts: Tensor
+    rejections: Tensor
+    energy: Optional[Tensor]
+    iteration: int
+    map_evaluations: int
+    energy_evaluations: int
+    residual_history: tuple
+    energy_history: tuple
+    batch_shape: tuple
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class AndersonResult:
+    r"""Outcome of :func:`anderson`.
+
+    Attributes
+    ----------
+    solution : Tensor (..., n)
+        Final iterate :math:`x_k` per batch element (dtype of ``x0``). A converged element is frozen at
+        the first iterate with :math:`\lVert g(x_k) - x_k\rVert_2 \le` ``tol``.
+    image : Tensor (..., n)
+        :math:`g(\text{solution})` (already evaluated; for a contraction it is closer to the fixed point).
+    residual : Tensor (...)
+        :math:`\lVert g(x_k) - x_k\rVert_2` at ``solution``.
+    status : AndersonStatus
+        ``CONVERGED`` iff every element converged; otherwise the most severe element status
+        (``NONFINITE`` > ``BREAKDOWN`` > ``MAX_ITER``).
+    element_status : Tensor (...) int64
+        Per-element :class:`AndersonStatus` values (``AndersonStatus(int(code))``).
+    converged : Tensor (...) bool
+    iterations : int
+        Solver steps taken (for the slowest element).
+    map_evaluations : int
+        Calls of ``g``, each on the whole batch: ``iterations + 1``. An element that stopped early is
+        still evaluated (it is frozen), so this is the honest cost of the batched solve.
+    element_map_evaluations : Tensor (...) int64
+        Map evaluations each element needed on its own: ``steps + 1``.
+    energy_evaluations : int
+        Calls of ``energy`` (safeguard only: 1 at start, 2 per step).
+    residual_history : Tensor (iterations + 1, ...)
+        Row ``t`` = :math:`\lVert f_t\rVert_2` (constant after an element stops).
+    energy_history : Tensor (iterations + 1, ...) or None
+        Row ``t`` = :math:`E(x_t)` (safeguard only).
+    restarts, safeguard_rejections : Tensor (...) int64
+    """
+
+    solution: Tensor
+    image: Tensor
+    residual: Tensor
+    status: AndersonStatus
+    element_status: Tensor
+    converged: Tensor
+    iterations: int
+    map_evaluations: int
+    element_map_evaluations: Tensor
+    energy_evaluations: int
+    residual_history: Tensor
+    energy_history: Optional[Tensor]
+    restarts: Tensor
+    safeguard_rejections: Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Solver
+
+
+def _check_int(name: str, value, ge: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < ge:
+        raise ValueError(f"{name} must be an int >= {ge}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AndersonSolver:
+    r"""Walker–Ni Anderson acceleration AA(m) as an immutable configuration with ``init / step /
+    terminate``.
+
+    Parameters
+    ----------
+    m : int >= 0, default 5
+        Depth (number of difference pairs kept). ``m = 0`` is the damped plain iteration.
+    kind : {"II", "I"}, default "II"
+        Type II: least-squares coefficients (standard AA, SciPy's). Type I: Petrov–Galerkin coefficients
+        :math:`\gamma = (\mathcal X^\top\mathcal F)^{-1}\mathcal X^\top f` (Fang & Saad 2009; Zhang et al. 2020).
+    damping : float in (0, 1], default 1.0
+        Mixing parameter :math:`\beta`.
+    reg : float >= 0, default 1e-10
+        Relative Tikhonov term: the diagonal of the coefficient matrix :math:`M` (:math:`\mathcal F^\top
+        \mathcal F` or :math:`\mathcal X^\top\mathcal F`) is multiplied by :math:`1 + \text{reg}`
+        (SciPy's ``w0**2``). ``reg = 0`` gives exact multisecant conditions.
+    tol : float >= 0, default 1e-10
+        Absolute tolerance on :math:`\lVert g(x_k) - x_k\rVert_2`, per batch element.
+    max_iter : int >= 0, default 500
+        Maximum number of steps (each costs one evaluation of ``g``).
+    safeguard : {None, "energy"}
+        ``"energy"``: accept the AA candidate :math:`x^{\rm AA}` only if
+        :math:`E(x^{\rm AA}) \le E(g(x_k))`, else take the plain step :math:`g(x_k)` (per element). For a
+        CCCP map (:math:`E(g(x)) \le E(x)`, e.g. the Hopfield update) the energy of the iterates is then
+        non-increasing. Costs two energy evaluations per step, no extra map evaluation.
+    energy : callable, optional
+        ``energy(x) -> Tensor (...)`` for ``x`` of shape ``(..., n)``; required by ``safeguard="energy"``.
+        For a Hopfield problem: ``lambda x: hopfield.energy(x, keys, beta, alpha)``.
+    cond_max : float, optional
+        Restart the history of an element (drop all pairs, take the plain step) when the condition
+        number of its column-scaled coefficient matrix exceeds this, or when the coefficients are not
+        finite. Default :math:`1/(100\,\epsilon)` of the compute dtype (normal equations square the
+        condition number of :math:`\mathcal F`, so this allows :math:`\kappa(\mathcal F)\lesssim 10^{6.6}` in
+        float64).
+
+    Notes
+    -----
+    The coefficient system is solved batched with :func:`torch.linalg.solve_ex` after scaling it to unit
+    column norms (Jacobi scaling), which makes ``reg`` relative and the condition test scale-free. Walker &
+    Ni recommend QR with column dropping; with ``m <= 10`` the scaled normal equations plus restart are
+    accurate to the same tolerance on the problems here and match SciPy's own algebra.
+    """
+
+    m: int = 5
+    kind: str = "II"
+    damping: float = 1.0
+    reg: float = 1e-10
+    tol: float = 1e-10
+    max_iter: int = 500
+    safeguard: Optional[str] = None
+    energy: Optional[Callable[[Tensor], Tensor]] = None
+    cond_max: Optional[float] = None
+
+    def __post_init__(self):
+        _check_int("m", self.m, 0)
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        check_scalar("damping", self.damping, gt=0.0, le=1.0)
+        check_scalar("reg", self.reg, ge=0.0)
+        check_scalar("tol", self.tol, ge=0.0)
+        _check_int("max_iter", self.max_iter, 0)
+        if self.safeguard not in SAFEGUARDS:
+            raise ValueError(f"safeguard must be one of {SAFEGUARDS}, got {self.safeguard!r}")
+        if self.safeguard == "energy" and not callable(self.energy):
+            raise ValueError("energy must be a callable x -> (...) when safeguard='energy', got "
+                             f"{self.energy!r}")
+        if self.energy is not None and not callable(self.energy):
+            raise ValueError(f"energy must be callable or None, got {self.energy!r}")
+        if self.cond_max is not None:
+            check_scalar("cond_max", self.cond_max, gt=1.0)
+
+    # ---------------------------------------------------------------- helpers
+    def _call(self, g, x: Tensor, batch_shape: tuple, dtype: torch.dtype) -> Tensor:
+        """Evaluate ``g`` on the flat batch ``x`` (B, n) in the caller's shape and dtype."""
+        n = x.shape[-1]
+        out = g(x.to(dtype).reshape(*batch_shape, n))
+        if not isinstance(out, Tensor) or tuple(out.shape) != (*batch_shape, n):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"g must map a tensor of shape {(*batch_shape, n)} to the same shape, got {shape}")
+        return out.to(x.dtype).reshape(x.shape)
+
+    def _energy(self, x: Tensor, batch_shape: tuple, dtype: torch.dtype) -> Tensor:
+        n = x.shape[-1]
+        e = self.energy(x.to(dtype).reshape(*batch_shape, n))
+        if not isinstance(e, Tensor) or tuple(e.shape) != tuple(batch_shape):
+            shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+            raise ValueError(f"energy must map a tensor of shape {(*batch_shape, n)} to shape {tuple(batch_shape)}, "
+                             f"got {shape}")
+        return e.to(x.dtype).reshape(x.shape[:-1])
+
+    def _cond_max(self, dtype: torch.dtype) -> float:
+        return self.cond_max if self.cond_max is not None else 1.0 / (100.0 * torch.finfo(dtype).eps)
+
+    # ---------------------------------------------------------------- init / step / terminate
+    def init(self, g: Callable[[Tensor], Tensor], x0: Tensor) -> AndersonState:
+        r"""Evaluate :math:`g(x_0)` and build the initial state (empty history).
+
+        Parameters
+        ----------
+        g : callable ``(..., n) -> (..., n)``
+            The fixed-point map, batched over the leading dims.
+        x0 : Tensor (..., n)
+            Starting point; each leading index is an independent problem.
+        """
+        if not callable(g):
+            raise ValueError(f"g must be a callable (..., n) -> (..., n), got {g!r}")
+        check_tensor("x0", x0, min_dim=1)
+        check_finite("x0", x0)
+        if x0.shape[-1] == 0:
+            raise ValueError(f"x0 must have shape (..., n) with n >= 1, got {tuple(x0.shape)}")
+        batch_shape = tuple(x0.shape[:-1])
+        cd = compute_dtype(x0.dtype)
+        n = x0.shape[-1]
+        x = x0.detach().to(cd).reshape(-1, n).clone()
+        B = x.shape[0]
+        gx = self._call(g, x, batch_shape, x0.dtype)
+        f = gx - x
+        fnorm = torch.linalg.vector_norm(f, dim=-1)
+        codes = torch.zeros(B, dtype=torch.int64, device=x.device)
+        finite = torch.isfinite(gx).all(-1)
+        codes[fnorm <= self.tol] = AndersonStatus.CONVERGED.value
+        codes[~finite] = AndersonStatus.NONFINITE.value
+        if self.max_iter == 0:
+            codes[codes == 0] = AndersonStatus.MAX_ITER.value
+        energy, e_hist, e_evals = None, (), 0
+        if self.safeguard == "energy":
+            energy = self._energy(x, batch_shape, x0.dtype)
+            e_hist, e_evals = (energy,), 1
+        zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
+        return AndersonState(
+            x=x, gx=gx, f=f, fnorm=fnorm,
+            dX=x.new_zeros(B, n, self.m), dF=x.new_zeros(B, n, self.m),
+            valid=torch.zeros(B, self.m, dtype=torch.bool, device=x.device),
+            codes=codes, steps=zeros, restarts=zeros.clone(), rejections=zeros.clone(),
+            energy=energy, iteration=0, map_evaluations=1, energy_evaluations=e_evals,
+            residual_history=(fnorm,), energy_history=e_hist, batch_shape=batch_shape, dtype=x0.dtype,
+        )
+
+    def coefficients(self, state: AndersonState) -> tuple[Tensor, Tensor]:
+        r"""Mixing coefficients :math:`\gamma^{(k)}` of the next step and which elements must restart.
+
+        Solves :math:`(D_W^{-1} M D_F^{-1})\,y = D_W^{-1} W^\top f_k`, :math:`\gamma = D_F^{-1} y` with
+        :math:`W = \mathcal F` (type II) or :math:`\mathcal X` (type I), :math:`M = W^\top\mathcal F` with its
+        diagonal times :math:`1 + \text{reg}`, and :math:`D` the column norms. Empty history slots get
+        identity rows and zero coefficients.
+
+        Returns
+        -------
+        gamma : Tensor (B, m)
+            Coefficients (zero for restarted elements and empty slots).
+        restart : Tensor (B,) bool
+            Elements whose matrix was singular, had condition number above ``cond_max``, or gave
+            non-finite coefficients.
+        """
+        dX, dF, valid, f = state.dX, state.dF, state.valid, state.f
+        B, m = valid.shape
+        if m == 0:
+            return f.new_zeros(B, 0), torch.zeros(B, dtype=torch.bool, device=f.device)
+        W = dF if self.kind == "II" else dX
+        Wt = W.transpose(-1, -2)
+        M = Wt @ dF  # (B, m, m)
+        rhs = (Wt @ f.unsqueeze(-1)).squeeze(-1)  # (B, m)
+        M = M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
+        dl = torch.linalg.vector_norm(W, dim=-2)  # (B, m)
+        dr = torch.linalg.vector_norm(dF, dim=-2)
+        bad_col = valid & ~((dl > 0) & (dr > 0) & torch.isfinite(dl) & torch.isfinite(dr))
+        dl = torch.where(valid & ~bad_col, dl, torch.ones_like(dl))
+        dr = torch.where(valid & ~bad_col, dr, torch.ones_like(dr))
+        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+        eye = torch.eye(m, dtype=f.dtype, device=f.device).expand(B, m, m)
+        S = torch.where(vv, M / (dl.unsqueeze(-1) * dr.unsqueeze(-2)), eye)
+        b = torch.where(valid, rhs / dl, torch.zeros_like(rhs))
+        finite_sys = torch.isfinite(S).flatten(1).all(-1) & torch.isfinite(b).all(-1)
+        S = torch.where(finite_sys[:, None, None], S, eye)
+        b = torch.where(finite_sys[:, None], b, torch.zeros_like(b))
+        y, info = torch.linalg.solve_ex(S, b)
+        sv = torch.linalg.svdvals(S)
+        cond = sv[:, 0] / sv[:, -1]
+        gamma = y / dr
+        restart = (
+            (info != 0) | ~finite_sys | bad_col.any(-1) | ~(cond <= self._cond_max(f.dtype))
+            | ~torch.isfinite(gamma).all(-1)
+        )
+        gamma = torch.where(restart[:, None] | ~valid, torch.zeros_like(gamma), gamma)
+        return gamma, restart
+
+    def step(self, g: Callable[[Tensor], Tensor], state: AndersonState) -> AndersonState:
+        r"""One AA step for every running element: coefficients, candidate
+        :math:`x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\gamma`, optional energy safeguard,
+        one evaluation of ``g``, history update, status update."""
+        st = state
+        beta = self.damping
+        active = st.codes == AndersonStatus.RUNNING.value
+        gamma, restart = self.coefficients(st)
+        restart = restart & active
+        valid = st.valid & ~restart[:, None]
+        dX = torch.where(valid.unsqueeze(-2), st.dX, torch.zeros_like(st.dX))
+        dF = torch.where(valid.unsqueeze(-2), st.dF, torch.zeros_like(st.dF))
+        plain = st.x + beta * st.f
+        if self.m > 0:
+            cand = plain - ((dX + beta * dF) @ gamma.unsqueeze(-1)).squeeze(-1)
+            bad = active & ~torch.isfinite(cand).all(-1)
+            if bool(bad.any()):  # non-finite candidate: restart and take the plain step
+                cand = torch.where(bad[:, None], plain, cand)
+                valid = valid & ~bad[:, None]
+                dX = torch.where(valid.unsqueeze(-2), dX, torch.zeros_like(dX))
+                dF = torch.where(valid.unsqueeze(-2), dF, torch.zeros_like(dF))
+                restart = restart | bad
+        else:
+            cand = plain
+        energy, e_evals, rejections = st.energy, st.energy_evaluations, st.rejections
+        if self.safeguard == "energy":
+            e_cand = self._energy(cand, st.batch_shape, st.dtype)
+            e_plain = self._energy(st.gx, st.batch_shape, st.dtype)
+            e_evals += 2
+            accept = e_cand <= e_plain  # NaN energy -> reject
+            cand = torch.where(accept[:, None], cand, st.gx)
+            e_new = torch.where(accept, e_cand, e_plain)
+            rejections = rejections + (active & ~accept).long()
+        x_new = torch.where(active[:, None], cand, st.x)
+        gx_new = self._call(g, x_new, st.batch_shape, st.dtype)
+        nonfinite = active & ~torch.isfinite(gx_new).all(-1)
+        moving = active & ~nonfinite
+        x_new = torch.where(moving[:, None], x_new, st.x)
+        gx_new = torch.where(moving[:, None], gx_new, st.gx)
+        f_new = gx_new - x_new
+        fnorm = torch.where(moving, torch.linalg.vector_norm(f_new, dim=-1), st.fnorm)
+        if self.safeguard == "energy":
+            energy = torch.where(moving, e_new, st.energy)
+        dx = x_new - st.x
+        if self.m > 0:
+            df = f_new - st.f
+            mv = moving[:, None, None]
+            dX = torch.where(mv, torch.cat([dX[..., 1:], dx.unsqueeze(-1)], -1), dX)
+            dF = torch.where(mv, torch.cat([dF[..., 1:], df.unsqueeze(-1)], -1), dF)
+            ones = torch.ones_like(valid[:, :1])
+            valid = torch.where(moving[:, None], torch.cat([valid[:, 1:], ones], -1), valid)
+        codes = st.codes.clone()
+        codes[nonfinite] = AndersonStatus.NONFINITE.value
+        conv = moving & (fnorm <= self.tol)
+        codes[conv] = AndersonStatus.CONVERGED.value
+        stalled = moving & ~conv & (dx == 0).all(-1)
+        codes[stalled] = AndersonStatus.BREAKDOWN.value
+        iteration = st.iteration + 1
+        if iteration >= self.max_iter:
+            codes[codes == AndersonStatus.RUNNING.value] = AndersonStatus.MAX_ITER.value
+        return replace(
+            st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, dX=dX, dF=dF, valid=valid, codes=codes,
+            steps=st.steps + active.long(), restarts=st.restarts + restart.long(), rejections=rejections,
+            energy=energy, iteration=iteration, map_evaluations=st.map_evaluations + 1,
+            energy_evaluations=e_evals, residual_history=st.residual_history + (fnorm,),
+            energy_history=st.energy_history + ((energy,) if energy is not None else ()),
+        )
+
+    def terminate(self, state: AndersonState) -> tuple[bool, AndersonStatus]:
+        """``(done, status)``: done when no element is running; status as :attr:`AndersonResult.status`."""
+        codes = state.codes
+        if bool((codes == AndersonStatus.RUNNING.value).any()):
+            return False, AndersonStatus.RUNNING
+        for s in (AndersonStatus.NONFINITE, AndersonStatus.BREAKDOWN, AndersonStatus.MAX_ITER):
+            if bool((codes == s.value).any()):
+                return True, s
+        return True, AndersonStatus.CONVERGED
+
+    # ---------------------------------------------------------------- inspection
+    def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor]:
+        v = state.valid.unsqueeze(-2)
+        return (torch.where(v, state.dX, torch.zeros_like(state.dX)),
+                torch.where(v, state.dF, torch.zeros_like(state.dF)), state.valid)
+
+    def inverse_jacobian(self, state: AndersonState) -> Tensor:
+        r"""Dense inverse-Jacobian estimate :math:`H_k` of the next step (:math:`x_{k+1} = x_k - H_k f_k`
+        unless the element restarts), :math:`O(n^2)` memory, for tests and inspection.
+
+        Type II: :math:`-\beta I + (\mathcal X + \beta\mathcal F) M^{-1}\mathcal F^\top`,
+        type I: :math:`-\beta I + (\mathcal X + \beta\mathcal F) M^{-1}\mathcal X^\top`, with :math:`M` the
+        (regularized) coefficient matrix; empty slots are ignored.
+
+        Returns
+        -------
+        Tensor (..., n, n) in the compute dtype.
+        """
+        dX, dF, valid = self._history(state)
+        B, n, m = dX.shape
+        beta = self.damping
+        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        if m == 0:
+            return (-beta * eye_n).expand(*state.batch_shape, n, n).clone()
+        W = dF if self.kind == "II" else dX
+        M = W.transpose(-1, -2) @ dF
+        M = M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
+        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
+        H = -beta * eye_n + (dX + beta * dF) @ torch.linalg.solve(M, W.transpose(-1, -2))
+        return H.reshape(*state.batch_shape, n, n)
+
+    def jacobian(self, state: AndersonState) -> Tensor:
+        r"""Dense Jacobian estimate :math:`B_k = H_k^{-1}` of :math:`f(x) = g(x) - x`, closed form (``reg``
+        ignored, i.e. exact for ``reg = 0``):
+
+        type I ("good Broyden"): :math:`-\beta^{-1}I + (\mathcal F + \beta^{-1}\mathcal X)(\mathcal X^\top
+        \mathcal X)^{-1}\mathcal X^\top`, so :math:`B\mathcal X = \mathcal F` and it changes only on
+        :math:`\mathrm{span}\,\mathcal X`;
+        type II: :math:`-\beta^{-1}I + (\mathcal F + \beta^{-1}\mathcal X)(\mathcal F^\top\mathcal X)^{-1}
+        \mathcal F^\top` (Sherman–Morrison–Woodbury inverse of :math:`H^{\rm II}`).
+
+        Returns
+        -------
+        Tensor (..., n, n) in the compute dtype.
+        """
+        dX, dF, valid = self._history(state)
+        B, n, m = dX.shape
+        beta = self.damping
+        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        if m == 0:
+            return (-eye_n / beta).expand(*state.batch_shape, n, n).clone()
+        if self.kind == "I":
+            W, M = dX, dX.transpose(-1, -2) @ dX
+        else:
+            W, M = dF, dF.transpose(-1, -2) @ dX
+        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
+        Bk = -eye_n / beta + (dF + dX / beta) @ torch.linalg.solve(M, W.transpose(-1, -2))
+        return Bk.reshape(*state.batch_shape, n, n)
+
+    def result(self, state: AndersonState) -> AndersonResult:
+        """Package a state as an :class:`AndersonResult` (shapes restored, dtype of ``x0``)."""
+        bs, n, dt = state.batch_shape, state.x.shape[-1], state.dtype
+        done, status = self.terminate(state)
+        if not done:
+            status = AndersonStatus.MAX_ITER
+        codes = state.codes.reshape(bs)
+        e_hist = torch.stack(state.energy_history).reshape(-1, *bs) if state.energy_history else None
+        return AndersonResult(
+            solution=state.x.to(dt).reshape(*bs, n),
+            image=state.gx.to(dt).reshape(*bs, n),
+            residual=state.fnorm.reshape(bs),
+            status=status,
+            element_status=codes,
+            converged=codes == AndersonStatus.CONVERGED.value,
+            iterations=state.iteration,
+            map_evaluations=state.map_evaluations,
+            element_map_evaluations=(state.steps + 1).reshape(bs),
+            energy_evaluations=state.energy_evaluations,
+            residual_history=torch.stack(state.residual_history).reshape(-1, *bs),
+            energy_history=e_hist,
+            restarts=state.restarts.reshape(bs),
+            safeguard_rejections=state.rejections.reshape(bs),
+        )
+
+
+def anderson(
+    g: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    m: int = 5,
+    kind: str = "II",
+    damping: float = 1.0,
+    reg: float = 1e-10,
+    tol: float = 1e-10,
+    max_iter: int = 500,
+    safeguard: Optional[str] = None,
+    energy: Optional[Callable[[Tensor], Tensor]] = None,
+    cond_max: Optional[float] = None,
+) -> AndersonResult:
+    r"""Solve :math:`x = g(x)` by Anderson acceleration AA(m), independently for every batch element.
+
+    .. math::
+
+        x_{k+1} = x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\gamma^{(k)},\qquad
+        \gamma^{(k)}_{\rm II} = \arg\min_\gamma\lVert f_k - \mathcal F_k\gamma\rVert_2,\quad
+        \gamma^{(k)}_{\rm I} = (\mathcal X_k^\top\mathcal F_k)^{-1}\mathcal X_k^\top f_k
+
+    (module docstring for the notation). Stops an element when :math:`\lVert g(x_k) - x_k\rVert_2 \le`
+    ``tol``; runs without autograd (differentiate the solution implicitly if needed).
+
+    Parameters
+    ----------
+    g : callable ``(..., n) -> (..., n)``
+        Batched fixed-point map.
+    x0 : Tensor (..., n)
+        Starting points, fp16/bf16/fp32/fp64 (half types are iterated in fp32, ``g`` sees ``x0.dtype``).
+    m, kind, damping, reg, tol, max_iter, safeguard, energy, cond_max
+        See :class:`AndersonSolver`.
+
+    Returns
+    -------
+    AndersonResult
+
+    Examples
+    --------
+    >>> import torch
+    >>> r = anderson(torch.cos, torch.zeros(1, dtype=torch.float64), m=1)
+    >>> round(float(r.solution), 10), r.status.name
+    (0.7390851332, 'CONVERGED')
+
+    References
+    ----------
+    Walker & Ni 2011 (Alg. AA); Fang & Saad 2009 (types I/II); Zhang, O'Donoghue & Boyd 2020 (safeguards);
+    Toth & Kelley 2015 (convergence); SciPy ``scipy.optimize.anderson`` (equivalent for ``kind="II"``,
+    ``reg=0``, ``alpha=damping``, ``w0=0``, ``line_search=None``, ``M=m``).
+    """
+    solver = AndersonSolver(m=m, kind=kind, damping=damping, reg=reg, tol=tol, max_iter=max_iter,
+                            safeguard=safeguard, energy=energy, cond_max=cond_max)
+    with torch.no_grad():
+        state = solver.init(g, x0)
+        while not solver.terminate(state)[0]:
+            state = solver.step(g, state)
+    return solver.result(state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention extrapolation read as AA(1)
+
+METHODS = ("pladis", "gag")
+_DEFAULT_LAM = {"pladis": 2.0, "gag": 10.0}
+
+
+@dataclass(frozen=True)
+class AA1Extrapolation:
+    r"""An attention extrapolation written as one AA(1) step :math:`o = s - \gamma\,D`.
+
+    With the sparse output as the newest image :math:`g(x_k) = s` and the dense output as the previous
+    image :math:`g(x_{k-1}) = d`, AA(1) is :math:`s - \gamma(s - d)`. A method is "AA(1)" if its output has
+    this form with some coefficient :math:`\gamma` and some difference :math:`D` derived from
+    :math:`s - d`.
+
+    Attributes
+    ----------
+    method : str
+    gamma : Tensor (...)
+        Per-token mixing coefficient :math:`\gamma`.
+    difference : Tensor (..., dv)
+        The difference :math:`D` it multiplies: :math:`s - d` (PLADIS) or
+        :math:`P_\zeta(s - d) = \Delta_\parallel + \zeta\Delta_\perp` (GAG).
+    output : Tensor (..., dv)
+        :math:`s - \gamma D`, equal to the method's own formula.
+    newest, previous : Tensor (..., dv)
+        :math:`s` and :math:`d`.
+    cap_factor : Tensor (...)
+        :math:`\min(1, \eta/\lVert D\rVert)` for GAG (1 for PLADIS).
+    zeta : float
+        Orthogonal weight (GAG; 1.0 for PLADIS, whose difference is not projected).
+    """
+
+    method: str
+    gamma: Tensor
+    difference: Tensor
+    output: Tensor
+    newest: Tensor
+    previous: Tensor
+    cap_factor: Tensor
+    zeta: float
+
+    def mixing_operator(self) -> Tensor:
+        r"""Matrix :math:`\Gamma` with :math:`o = s - \Gamma(s - d)` (a matrix-valued AA(1) coefficient).
+
+        PLADIS: :math:`\Gamma = \gamma I`. GAG: :math:`\Gamma = \gamma\,(\zeta I + (1-\zeta)\hat s\hat s^\top)`,
+        :math:`\hat s = s/\lVert s\rVert` (the projection :math:`P_\zeta`), with the capped
+        :math:`\gamma = -\lambda\min(1, \eta/\lVert P_\zeta\Delta\rVert)`.
+
+        Returns
+        -------
+        Tensor (..., dv, dv)
+        """
+        s = self.newest
+        dv = s.shape[-1]
+        eye = torch.eye(dv, dtype=s.dtype, device=s.device)
+        if self.method == "pladis":
+            return self.gamma[..., None, None] * eye
+        ss = (s * s).sum(-1, keepdim=True)
+        tiny = torch.finfo(s.dtype).tiny
+        u = torch.where(ss > tiny, s / ss.clamp_min(tiny).sqrt(), torch.zeros_like(s))
+        P = self.zeta * eye + (1.0 - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
+        return self.gamma[..., None, None] * P
+
+
+def _check_pair(dense: Tensor, sparse: Tensor) -> None:
+    check_tensor("dense", dense, min_dim=1)
+    check_tensor("sparse", sparse, min_dim=1)
+    check_finite("dense", dense)
+    check_finite("sparse", sparse)
+    if dense.shape != sparse.shape:
+        raise ValueError(f"sparse must have the shape of dense (..., dv) = {tuple(dense.shape)}, "
+                         f"got {tuple(sparse.shape)}")
+    if dense.dtype != sparse.dtype:
+        raise ValueError(f"sparse must have the dtype of dense ({dense.dtype}), got {sparse.dtype}")
+
+
+def _as_scalar_or_tensor(name: str, value, ref: Tensor, **bounds):
+    if isinstance(value, Tensor) and value.numel() != 1:
+        check_finite(name, value)
+        try:
+            torch.broadcast_shapes(value.shape, ref.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"{name} must be a float or a tensor broadcastable to {tuple(ref.shape[:-1])}, "
+                             f"got shape {tuple(value.shape)}") from None
+        return value.to(ref.dtype)
+    return check_scalar(name, value, **bounds)
+
+
+def extrapolation_as_aa(
+    dense: Tensor,
+    sparse: Tensor,
+    method: str,
+    lam=None,
+    eta: float = 15.0,
+    zeta: float = 0.0,
+    eps: float = 1e-12,
+) -> AA1Extrapolation:
+    r"""The AA(1) step an attention extrapolation implies: :math:`o = s - \gamma D`.
+
+    Roles: the two retrievals of the same state are read as two successive images of the retrieval map,
+    :math:`g(x_{k-1}) = d` (dense, earlier/less converged) and :math:`g(x_k) = s` (sparse, newer); AA(1) is
+    :math:`x_{k+1} = g(x_k) - \gamma(g(x_k) - g(x_{k-1})) = (1-\gamma)s + \gamma d`.
+
+    * ``"pladis"`` (Kim & Sim 2025, Eq. 15): :math:`d + \lambda(s - d)` is AA(1) with the fixed
+      :math:`\gamma = 1 - \lambda` and :math:`D = s - d` (:math:`\lambda > 1` ⇔ :math:`\gamma < 0`,
+      extrapolation past the newest image).
+    * ``"gag"`` (Kim 2026, Eq. 12–13): :math:`s + \lambda\,\mathrm{cap}_\eta(\Delta_\parallel + \zeta\Delta_\perp)`
+      with :math:`\Delta = s - d`, :math:`\Delta_\parallel = (\langle\Delta, s\rangle/\lVert s\rVert^2)s`,
+      :math:`\Delta_\perp = \Delta - \Delta_\parallel`, :math:`\mathrm{cap}_\eta(v) = v\min(1, \eta/\lVert v\rVert)`
+      is AA(1) with the difference replaced by :math:`D = P_\zeta\Delta = \Delta_\parallel + \zeta\Delta_\perp`
+      and the per-token coefficient :math:`\gamma = -\lambda\min(1, \eta/\lVert D\rVert)`. Uncapped with
+      :math:`\zeta = 1` it is PLADIS with :math:`\lambda_P = 1 + \lambda`; with :math:`\zeta = 0` the
+      output is :math:`(1 + \lambda c)s` (:math:`c = \langle\Delta, s\rangle/\lVert s\rVert^2`), a radial
+      rescaling of :math:`s`.
+
+    Unlike true AA(1), neither :math:`\gamma` is the least-squares coefficient (see :func:`aa1_mixing` and
+    :func:`aa_adaptive_scale` for that one).
+
+    Parameters
+    ----------
+    dense, sparse : Tensor (..., dv)
+        Dense (softmax) and sparse (entmax) retrieval outputs of the same queries.
+    method : {"pladis", "gag"}
+    lam : float or Tensor broadcastable to (...), optional
+        Extrapolation scale; default 2.0 for PLADIS (its recommended 1.5–2.0) and 10.0 for GAG.
+    eta : float > 0, default 15.0
+        GAG norm cap.
+    zeta : float in [0, 1], default 0.0
+        GAG weight of the orthogonal part.
+    eps : float > 0, default 1e-12
+        Floor of :math:`\lVert s\rVert^2` and :math:`\lVert D\rVert` in the GAG divisions (as in the
+        reference implementations).
+
+    Returns
+    -------
+    AA1Extrapolation
+        ``gamma`` (...), ``difference`` (..., dv), ``output`` = ``sparse - gamma * difference`` (...,
+        dv), in the dtype of the inputs (half types computed in fp32).
+
+    References
+    ----------
+    K. Kim, B. Sim, "PLADIS", ICCV 2025, arXiv 2503.07677; K. Kim, "Geometry-Aware Attention Guidance",
+    arXiv 2603.02531; Walker & Ni 2011 (AA(1)).
+    """
+    _check_pair(dense, sparse)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if lam is None:
+        lam = _DEFAULT_LAM[method]
+    lam = _as_scalar_or_tensor("lam", lam, dense)
+    eps = check_scalar("eps", eps, gt=0.0)
+    dt = dense.dtype
+    cd = compute_dtype(dt)
+    d, s = dense.to(cd), sparse.to(cd)
+    lam_t = lam.to(cd) if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=cd, device=d.device)
+    delta = s - d
+    batch = torch.broadcast_shapes(d.shape[:-1], lam_t.shape)
+    if method == "pladis":
+        gamma = (1.0 - lam_t).expand(batch)
+        diff = delta
+        cap = torch.ones(batch, dtype=cd, device=d.device)
+        zeta_v = 1.0
+    else:
+        eta = check_scalar("eta", eta, gt=0.0)
+        zeta_v = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+        c = (delta * s).sum(-1, keepdim=True) / (s * s).sum(-1, keepdim=True).clamp_min(eps)
+        par = c * s
+        diff = par + zeta_v * (delta - par)
+        norm = torch.linalg.vector_norm(diff, dim=-1)
+        cap = torch.clamp(eta / norm.clamp_min(eps), max=1.0)
+        gamma = -lam_t * cap
+    out = s - gamma.unsqueeze(-1) * diff
+    return AA1Extrapolation(
+        method=method, gamma=gamma.to(dt), difference=diff.to(dt), output=out.to(dt), newest=sparse,
+        previous=dense, cap_factor=cap.to(dt), zeta=zeta_v,
+    )
+
+
+def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    r"""AA(1)'s least-squares mixing coefficient from two residuals.
+
+    .. math::
+
+        \gamma^\star = \arg\min_\gamma\lVert f_k - \gamma(f_k - f_{k-1})\rVert_2
+        = \frac{\langle f_k, f_k - f_{k-1}\rangle}{\lVert f_k - f_{k-1}\rVert_2^2}
+
+    (Walker & Ni 2011 with m = 1; equivalently the minimizer of
+    :math:`\lVert(1-\gamma)f_k + \gamma f_{k-1}\rVert`). The next AA(1) iterate is
+    :math:`(1-\gamma^\star)g(x_k) + \gamma^\star g(x_{k-1})`. Degenerate pairs, where
+    :math:`\lVert f_k - f_{k-1}\rVert^2 \le (\text{rel\_eps})^2(\lVert f_k\rVert^2 + \lVert f_{k-1}\rVert^2)`
+    or it is below the smallest normal number, get :math:`\gamma^\star = 0` (keep the newest image): the
+    coefficient would be rounding noise.
+
+    Parameters
+    ----------
+    f_prev, f_curr : Tensor (..., n)
+        Residuals :math:`f_{k-1}` and :math:`f_k`.
+    rel_eps : float, optional
+        Relative floor of the difference; default :math:`64\,\epsilon` of the compute dtype.
+
+    Returns
+    -------
+    gamma : Tensor (...)
+        Compute dtype (fp32 for half inputs).
+    degenerate : Tensor (...) bool
+    """
+    check_tensor("f_prev", f_prev, min_dim=1)
+    check_tensor("f_curr", f_curr, min_dim=1)
+    check_finite("f_prev", f_prev)
+    check_finite("f_curr", f_curr)
+    if f_prev.shape != f_curr.shape:
+        raise ValueError(f"f_curr must have the shape of f_prev {tuple(f_prev.shape)}, got {tuple(f_curr.shape)}")
+    cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
+    a, b = f_prev.to(cd), f_curr.to(cd)
+    if rel_eps is None:
+        rel_eps = 64.0 * torch.finfo(cd).eps
+    rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)
+    diff = b - a
+    den = (diff * diff).sum(-1)
+    num = (b * diff).sum(-1)
+    scale = (a * a).sum(-1) + (b * b).sum(-1)
+    degenerate = (den <= rel_eps**2 * scale) | (den <= torch.finfo(cd).tiny)
+    gamma = torch.where(degenerate, torch.zeros_like(num), num / torch.where(degenerate, torch.ones_like(den), den))
+    return gamma, degenerate
+
+
+@dataclass(frozen=True)
+class AdaptiveScale:
+    r"""Result of :func:`aa_adaptive_scale` (per query token).
+
+    Attributes
+    ----------
+    gamma : Tensor (..., Lq)
+        AA(1) mixing coefficient after clamping, :math:`\gamma = 1 - \lambda`.
+    pladis_scale : Tensor (..., Lq)
+        The implied PLADIS scale :math:`\lambda = \mathrm{clamp}(1 - \gamma^\star, \text{lo}, \text{hi})`.
+    gamma_raw : Tensor (..., Lq)
+        Unclamped :math:`\gamma^\star` (0 where degenerate).
+    degenerate : Tensor (..., Lq) bool
+        :math:`\lVert f_k - f_{k-1}\rVert` at rounding level (dense ≈ sparse): :math:`\gamma^\star := 0`.
+    clamped : Tensor (..., Lq) bool
+        :math:`1 - \gamma^\star` fell outside ``[lo, hi]``.
+    dense, sparse, output : Tensor (..., Lq, dv)
+        :math:`d = \mathrm{softmax}(z)V`, :math:`s = \alpha\text{-entmax}(z)V`, and
+        :math:`d + \lambda(s - d) = (1-\gamma)s + \gamma d`.
+    """
+
+    gamma: Tensor
+    pladis_scale: Tensor
+    gamma_raw: Tensor
+    degenerate: Tensor
+    clamped: Tensor
+    dense: Tensor
+    sparse: Tensor
+    output: Tensor
+
+
+def aa_adaptive_scale(
+    q: Tensor,
+    k: Tensor,
+    v: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    alpha: float = 1.5,
+    mask: Optional[Tensor] = None,
+    lo: float = 0.0,
+    hi: float = 3.0,
+) -> AdaptiveScale:
+    r"""Per-token extrapolation scale chosen by AA(1)'s own least-squares rule (no tuning).
+
+    Hopfield reading (``THEORY.md``, "Extrapolation as first-order Anderson acceleration"): the query is
+    the state :math:`\xi` (it lives in key space), :math:`\beta` = ``scale``, and the dense and sparse
+    retrievals of the *same* state are two images of the retrieval map, so the AA(1) iterates coincide,
+    :math:`x_{k-1} = x_k = \xi`, while the images differ. The residuals are measured where the Hopfield
+    state lives, in key space:
+
+    .. math::
+
+        p_d = \mathrm{softmax}(z),\ p_s = \alpha\text{-entmax}(z),\ z = \text{scale}\cdot q k^\top,\qquad
+        f_{k-1} = p_d k - \xi,\quad f_k = p_s k - \xi,\quad f_k - f_{k-1} = (p_s - p_d)k,
+
+    .. math::
+
+        \gamma^\star = \frac{\langle f_k, f_k - f_{k-1}\rangle}{\lVert f_k - f_{k-1}\rVert^2},\qquad
+        \lambda^\star = 1 - \gamma^\star = \frac{\langle \xi - p_d k, (p_s - p_d)k\rangle}{\lVert (p_s - p_d)k\rVert^2},
+
+    i.e. :math:`\lambda^\star` puts the key-space mixture :math:`((1-\gamma)p_s + \gamma p_d)k` at the point
+    of the dense→sparse line closest to the state (smallest fixed-point residual). The coefficient mixes
+    the *weights*, so it applies unchanged to any linear read-out: the returned output is
+    :math:`((1-\gamma)p_s + \gamma p_d)v = d + \lambda(s - d)`. For :math:`v = k` this is exactly AA(1) on
+    :math:`f_{k-1} = d - \xi`, :math:`f_k = s - \xi`.
+
+    Guards: a degenerate difference (:func:`aa1_mixing`) gives :math:`\gamma^\star = 0` (:math:`\lambda = 1`,
+    the sparse output; then :math:`s \approx d` in key space anyway). :math:`\lambda` is clamped to
+    ``[lo, hi]`` (default ``[0, 3]``: never past the dense output, at most 1.5× PLADIS's largest
+    recommended scale 2.0; bounded coefficients, :math:`|\gamma| + |1-\gamma| \le 2\,\text{hi} - 1`, are what
+    the local convergence theory of Toth & Kelley 2015 assumes).
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d)
+    k : Tensor (..., Lk, d)
+    v : Tensor (..., Lk, dv), optional
+        Values; ``None`` means ``v = k`` (the Hopfield case). Batch dims of q, k, v broadcast.
+    scale : float > 0, optional
+        Score scale (inverse temperature :math:`\beta`); default :math:`1/\sqrt d`.
+    alpha : float > 1, default 1.5
+        Entmax order of the sparse branch (PLADIS/GAG use 1.5).
+    mask : Tensor, optional
+        Boolean (True = keep) or additive float, broadcastable to the scores (..., Lq, Lk).
+    lo, hi : float, default 0.0, 3.0
+        Clamp range of the PLADIS scale :math:`\lambda`, ``lo < hi``.
+
+    Returns
+    -------
+    AdaptiveScale
+        Per-token ``gamma``, ``pladis_scale`` (..., Lq) and the outputs (..., Lq, dv), dtype of ``q``
+        (half types computed in fp32).
+
+    References
+    ----------
+    Walker & Ni 2011 (AA(1)); Ramsauer et al. 2021, arXiv 2008.02217 (attention as a Hopfield update,
+    re-iteration in key space); Kim & Sim 2025 (PLADIS); Toth & Kelley 2015 (bounded coefficients).
+    """
+    check_tensor("q", q, min_dim=2)
+    check_tensor("k", k, min_dim=2)
+    check_finite("q", q)
+    check_finite("k", k)
+    if k.dtype != q.dtype:
+        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, "
+                         f"got {tuple(k.shape)}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"k must hold at least one key, got shape {tuple(k.shape)}")
+    if v is not None:
+        check_tensor("v", v, min_dim=2)
+        check_finite("v", v)
+        if v.dtype != q.dtype:
+            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
+        if v.shape[-2] != k.shape[-2]:
+            raise ValueError(f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, "
+                             f"got {tuple(v.shape)}")
+    try:
+        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
+    except RuntimeError:
+        raise ValueError("batch dims of q, k, v must broadcast, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {None if v is None else tuple(v.shape)}") from None
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
+    alpha = check_scalar("alpha", alpha, gt=1.0)
+    lo = check_scalar("lo", lo)
+    hi = check_scalar("hi", hi)
+    if not lo < hi:
+        raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
+    dt = q.dtype
+    cd = compute_dtype(dt)
+    qc, kc = q.to(cd), k.to(cd)
+    z = scale * (qc @ kc.transpose(-1, -2))
+    p_d = normalize(z, alpha=1.0, dim=-1, mask=mask)
+    p_s = normalize(z, alpha=alpha, dim=-1, mask=mask)
+    d_key, s_key = p_d @ kc, p_s @ kc
+    gamma_raw, degenerate = aa1_mixing(d_key - qc, s_key - qc)
+    lam_raw = 1.0 - gamma_raw
+    lam = lam_raw.clamp(lo, hi)
+    clamped = (lam_raw < lo) | (lam_raw > hi)
+    gamma = 1.0 - lam
+    if v is None:
+        dense, sparse = d_key, s_key
+    else:
+        vc = v.to(cd)
+        dense, sparse = p_d @ vc, p_s @ vc
+    out = dense + lam.unsqueeze(-1) * (sparse - dense)
+    return AdaptiveScale(
+        gamma=gamma.to(dt), pladis_scale=lam.to(dt), gamma_raw=gamma_raw.to(dt), degenerate=degenerate,
+        clamped=clamped, dense=dense.to(dt), sparse=sparse.to(dt), output=out.to(dt),
+    )
