@@ -1,0 +1,85 @@
+"""Argument checks shared by every public function.
+
+Every check raises ``ValueError`` (or ``TypeError`` for a non-tensor) whose message names the
+argument and states what was expected, so bad input never turns into a silent NaN downstream.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
+    """Require a floating tensor of one of the supported dtypes with at least ``min_dim`` dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{name} must have a floating dtype in (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> None:
+    """Raise if ``x`` holds NaN or +inf (and -inf unless ``allow_neg_inf``)."""
+    if allow_neg_inf:
+        bad = torch.isnan(x) | torch.isposinf(x)
+        what = "NaN or +inf"
+    else:
+        bad = ~torch.isfinite(x)
+        what = "NaN or inf"
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite: found {int(bad.sum())} entries that are {what}")
+
+
+def check_dim(name: str, dim: int, ndim: int) -> int:
+    """Normalize a possibly negative ``dim`` and check it is in range for a tensor of ``ndim`` dims."""
+    if not isinstance(dim, int):
+        raise TypeError(f"{name} must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < max(ndim, 1):
+        raise ValueError(f"{name}={dim} is out of range for a tensor with {ndim} dimension(s)")
+    return dim % max(ndim, 1)
+
+
+def check_scalar(
+    name: str,
+    value,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> float:
+    """Require a finite real number inside the given bounds; return it as ``float``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    bounds = []
+    if gt is not None and not v > gt:
+        bounds.append(f"> {gt}")
+    if ge is not None and not v >= ge:
+        bounds.append(f">= {ge}")
+    if lt is not None and not v < lt:
+        bounds.append(f"< {lt}")
+    if le is not None and not v <= le:
+        bounds.append(f"<= {le}")
+    if bounds:
+        raise ValueError(f"{name} must be {' and '.join(bounds)}, got {v}")
+    return v
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for thresholds and reductions: fp32 for half types, otherwise the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -1,0 +1,563 @@
+r"""Maps from scores to the probability simplex: softmax, sparsemax and :math:`\alpha`-entmax.
+
+All three solve a regularized argmax over the simplex :math:`\triangle = \{p \ge 0, \mathbf 1^\top p = 1\}`:
+
+.. math::
+
+    \alpha\text{-entmax}(z) = \arg\max_{p\in\triangle}\; p^\top z + H^T_\alpha(p), \qquad
+    H^T_\alpha(p) = \frac{1}{\alpha(\alpha-1)}\sum_j (p_j - p_j^\alpha),
+
+with Shannon entropy at :math:`\alpha = 1` (softmax) and :math:`\alpha = 2` giving sparsemax. For
+:math:`\alpha > 1` the solution has the threshold form
+
+.. math::
+
+    p_i = \big[(\alpha-1) z_i - \tau\big]_+^{1/(\alpha-1)}, \qquad \tau \text{ such that } \textstyle\sum_i p_i = 1.
+
+Algorithms for the threshold (``method=``):
+
+``"newton"`` (default, exact, no sort)
+    :math:`h(t) = \lVert (z - t)_+ \rVert_r - 1/(\alpha-1)` with :math:`r = 1/(\alpha-1)` and
+    :math:`t = \tau/(\alpha-1)` is decreasing in :math:`t` and convex for :math:`\alpha \le 2` (a norm of
+    a vector of convex, non-negative functions), so Newton's method started at the lower bracket end
+    :math:`t_0 = \max z - 1/(\alpha-1)` increases monotonically to the root; a bisection bracket
+    safeguards :math:`\alpha > 2` and rounding. The iteration finishes *exactly*: at :math:`\alpha = 1.5`
+    and :math:`\alpha = 2` the threshold on a fixed support :math:`S` has a closed form, which is accepted
+    only when the support it induces is :math:`S` itself (so it is the root, not an approximation). For
+    other :math:`\alpha` Newton runs to a stall at double precision on the final smooth piece. On CPU
+    (fp32/fp64) the iteration runs row-wise in a small C kernel (:mod:`hopfield_gag._kernel`); elsewhere
+    the same algorithm runs vectorized in PyTorch.
+``"sort"`` (exact reference, :math:`\alpha \in \{1.5, 2\}`)
+    The sort-and-cumsum algorithms of Martins & Astudillo (2016) and Peters, Niculae & Martins (2019).
+``"bisect"`` (reference, any :math:`\alpha > 1`)
+    64 bisection steps on :math:`\tau \in [-1, -(1/n)^{\alpha-1}]` (after shifting the max to 0), then
+    renormalization (Blondel et al. 2020; the ``entmax`` package's ``entmax_bisect``).
+
+Backward passes use the closed-form Jacobian (never materialized):
+
+.. math::
+
+    \frac{\partial p}{\partial z} = \mathrm{diag}(s) - \frac{s s^\top}{\mathbf 1^\top s}, \qquad
+    s_j = p_j^{2-\alpha}\,\mathbb 1[p_j > 0]
+
+(:math:`s = p` for softmax, :math:`s = \mathbb 1[p>0]` for sparsemax), which is symmetric, so the
+vector–Jacobian and Jacobian–vector products coincide (:func:`jacobian_vector_product`).
+
+Numerics. Half-precision inputs are computed in fp32, renormalized, and cast back; fp32 and fp64 are
+computed in their own precision (the C kernel accumulates in double). Masks are boolean (``True`` = keep)
+or additive floats (``-inf`` removes an entry); ``-inf`` entries in the scores themselves are treated as
+masked. NaN or ``+inf`` scores raise ``ValueError`` naming the argument, and so does a row with no
+unmasked entry (it has no distribution). Entries removed by a boolean mask are not inspected.
+
+References: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016 (arXiv 1602.02068); Peters,
+Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019 (arXiv 1905.05702); Blondel, Martins &
+Niculae, "Learning with Fenchel-Young Losses", JMLR 2020 (arXiv 1901.02324).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import _kernel
+from ._validation import check_dim, check_scalar, check_tensor, compute_dtype
+
+__all__ = [
+    "softmax",
+    "sparsemax",
+    "entmax",
+    "normalize",
+    "jacobian_weights",
+    "jacobian_vector_product",
+    "Softmax",
+    "Sparsemax",
+    "Entmax",
+    "Normalize",
+    "METHODS",
+]
+
+METHODS = ("newton", "sort", "bisect")
+_BISECT_STEPS = 64
+_NEWTON_MAX_ITER = 200
+
+# ----------------------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _apply_mask(z: Tensor, mask, shape: torch.Size) -> Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor (bool or floating) or None, got {type(mask).__name__}")
+    try:
+        target = torch.broadcast_shapes(shape, mask.shape)
+    except RuntimeError:
+        target = None
+    if target != shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to x of shape {tuple(shape)}")
+    if mask.device != z.device:
+        raise ValueError(f"mask is on {mask.device} but x is on {z.device}")
+    if mask.dtype == torch.bool:
+        return z.masked_fill(~mask, -math.inf)
+    if mask.is_floating_point():
+        if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
+            raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
+        return z + mask.to(z.dtype)
+    raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
+
+
+def _prepare(x: Tensor, dim: int, mask, name: str = "x") -> tuple[Tensor, int]:
+    """Validate, upcast half types, apply the mask. Returns (scores in compute dtype, normalized dim)."""
+    check_tensor(name, x, min_dim=1)
+    dim = check_dim("dim", dim, x.dim())
+    if x.shape[dim] == 0:
+        raise ValueError(f"{name} must have at least one entry along dim={dim}, got shape {tuple(x.shape)}")
+    z = x.to(compute_dtype(x.dtype))
+    if mask is not None:
+        z = _apply_mask(z, mask, x.shape)
+    return z, dim
+
+
+def _raise_for_row_max(zmax: Tensor, name: str = "x") -> None:
+    """Turn a non-finite row maximum into the documented error (NaN and +inf propagate into the max)."""
+    if bool(torch.isfinite(zmax).all()):
+        return
+    if bool(torch.isnan(zmax).any()):
+        raise ValueError(f"{name} must not contain NaN")
+    if bool(torch.isposinf(zmax).any()):
+        raise ValueError(f"{name} must not contain +inf")
+    raise ValueError(
+        f"{name}: every row must keep at least one finite entry; a fully masked row (all -inf) has no "
+        "distribution"
+    )
+
+
+def _check_alpha(alpha) -> float:
+    a = check_scalar("alpha", alpha, gt=1.0)
+    return a
+
+
+def _check_method(method: str, alpha: float) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "sort" and alpha not in (1.5, 2.0):
+        raise ValueError(f"method='sort' is exact only for alpha in (1.5, 2.0), got alpha={alpha}; use 'newton'")
+    return method
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Jacobian (shared by every backward and by hopfield.retrieval_jacobian)
+
+
+def jacobian_weights(p: Tensor, alpha: float) -> Tensor:
+    r"""Weights :math:`s` of the normalizer Jacobian :math:`\mathrm{diag}(s) - s s^\top/\mathbf 1^\top s`.
+
+    :math:`s_j = p_j^{2-\alpha}` on the support :math:`p_j > 0` and 0 elsewhere; :math:`s = p` for
+    softmax (:math:`\alpha = 1`), :math:`s = \mathbb 1[p > 0]` for sparsemax, :math:`s = \sqrt p` for
+    1.5-entmax (Peters et al. 2019, §3).
+
+    Parameters
+    ----------
+    p : Tensor (..., n)
+        Output of the normalizer (any shape; elementwise).
+    alpha : float
+        :math:`\alpha \ge 1`.
+
+    Returns
+    -------
+    Tensor, same shape and dtype as ``p``.
+    """
+    alpha = check_scalar("alpha", alpha, ge=1.0)
+    if alpha == 1.0:
+        return p
+    if alpha == 2.0:
+        return (p > 0).to(p.dtype)
+    if alpha == 1.5:
+        return p.sqrt()
+    positive = p > 0
+    return torch.where(positive, p.clamp_min(torch.finfo(p.dtype).tiny).pow(2.0 - alpha), torch.zeros_like(p))
+
+
+def jacobian_vector_product(p: Tensor, g: Tensor, alpha: float, dim: int = -1) -> Tensor:
+    r"""Product of the normalizer Jacobian at output ``p`` with ``g`` along ``dim``.
+
+    .. math::  J g = s \odot g - s\,\frac{\langle s, g\rangle}{\mathbf 1^\top s},
+               \qquad s = \text{jacobian\_weights}(p, \alpha).
+
+    The Jacobian is symmetric, so this is also the vector–Jacobian product used in backward.
+
+    Parameters
+    ----------
+    p : Tensor (..., n, ...)   normalizer output.
+    g : Tensor, same shape as ``p``.
+    alpha : float, :math:`\alpha \ge 1`.
+    dim : int, the normalized dimension.
+    """
+    s = jacobian_weights(p, alpha)
+    ssum = s.sum(dim, keepdim=True)
+    coef = (s * g).sum(dim, keepdim=True) / ssum
+    return s * g - s * coef
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Threshold algorithms. All take scores z in the compute dtype (masked entries = -inf) and return p.
+
+
+def _entmax_sort(z: Tensor, alpha: float, dim: int) -> Tensor:
+    """Exact sort-based 1.5-entmax / sparsemax (reference path)."""
+    zmax = z.amax(dim, keepdim=True)
+    _raise_for_row_max(zmax)
+    a = alpha - 1.0
+    # Entries below max - 1/a can never be in the support; give -inf a finite stand-in there so the
+    # cumulative sums stay finite.
+    floor = zmax - (2.0 / a + 1.0)
+    x = a * (torch.maximum(z, floor) - zmax)
+    xs, _ = torch.sort(x, dim=dim, descending=True)
+    n = z.shape[dim]
+    shape = [1] * z.dim()
+    shape[dim] = n
+    rho = torch.arange(1, n + 1, device=z.device, dtype=z.dtype).view(shape)
+    csum = xs.cumsum(dim)
+    if alpha == 2.0:
+        support = (1 + rho * xs > csum).sum(dim, keepdim=True)
+        tau = (csum.gather(dim, support - 1) - 1) / support.to(z.dtype)
+        p = (x - tau).clamp_min(0)
+    else:
+        mean = csum / rho
+        mean_sq = (xs * xs).cumsum(dim) / rho
+        ss = rho * (mean_sq - mean * mean)
+        delta = (1 - ss) / rho
+        tau_rho = mean - delta.clamp_min(0).sqrt()
+        support = (tau_rho <= xs).sum(dim, keepdim=True)
+        tau = tau_rho.gather(dim, support - 1)
+        p = (x - tau).clamp_min(0).square()
+    return p / p.sum(dim, keepdim=True)
+
+
+def _entmax_bisect(z: Tensor, alpha: float, dim: int, n_iter: int = _BISECT_STEPS) -> Tensor:
+    """Bisection on the threshold for any alpha > 1 (reference path)."""
+    zmax = z.amax(dim, keepdim=True)
+    _raise_for_row_max(zmax)
+    a = alpha - 1.0
+    r = 1.0 / a
+    x = a * (z - zmax)
+    n = z.shape[dim]
+    lo = torch.full_like(zmax, -1.0)
+    hi = torch.full_like(zmax, -((1.0 / n) ** a))
+    for _ in range(n_iter):
+        mid = 0.5 * (lo + hi)
+        f = (x - mid).clamp_min(0).pow(r).sum(dim, keepdim=True) - 1
+        above = f >= 0
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    p = (x - lo).clamp_min(0).pow(r)
+    return p / p.sum(dim, keepdim=True)
+
+
+def _entmax_newton_torch(z: Tensor, alpha: float, dim: int) -> Tensor:
+    """The Newton/closed-form algorithm of the module docstring, vectorized in PyTorch (any device)."""
+    zmax = z.amax(dim, keepdim=True)
+    _raise_for_row_max(zmax)
+    a = alpha - 1.0
+    inv_a = 1.0 / a
+    r = 1.0 / a
+    kind = 1 if alpha == 2.0 else (2 if alpha == 1.5 else 0)
+    if kind == 0 and z.dtype != torch.float64:
+        # general alpha needs y**(r-1) and y**r, which under/overflow fp32 for alpha near 1 or above 2
+        return _entmax_newton_torch(z.double(), alpha, dim).to(z.dtype)
+    n = z.shape[dim]
+    eps = torch.finfo(z.dtype).eps
+    lo = zmax - inv_a
+    hi = zmax - (1.0 / n) ** a * inv_a
+    t = lo.clone()
+    tau = lo.clone()
+    done = torch.zeros_like(zmax, dtype=torch.bool)
+    width1 = width2 = torch.full_like(zmax, math.inf)  # bracket widths one and two iterations ago
+    for _ in range(_NEWTON_MAX_ITER):
+        width2, width1 = width1, hi - lo
+        y = (z - t).clamp_min(0)
+        on = y > 0
+        s0 = on.sum(dim, keepdim=True).to(z.dtype)
+        s1 = y.sum(dim, keepdim=True)
+        if kind == 1:
+            norm = s1
+        elif kind == 2:
+            norm = torch.linalg.vector_norm(y, 2, dim=dim, keepdim=True)
+        else:
+            y_rm1 = torch.where(on, y.clamp_min(torch.finfo(z.dtype).tiny).pow(r - 1.0), torch.zeros_like(y))
+            srm1 = y_rm1.sum(dim, keepdim=True)
+            norm = (y_rm1 * y).sum(dim, keepdim=True).pow(a)
+        above = norm >= inv_a
+        lo = torch.where(above, t, lo)
+        hi = torch.where(above, hi, t)
+        accept = torch.zeros_like(done)
+        if kind == 1:
+            tn = t + (s1 - 1.0) / s0
+            cnt = (z > tn).sum(dim, keepdim=True).to(z.dtype)
+            accept = (cnt == s0) | (tn <= t)
+            candidate = tn
+        elif kind == 2:
+            disc = s1 * s1 - s0 * (norm * norm - inv_a * inv_a)
+            candidate = t + (s1 - disc.clamp_min(0).sqrt()) / s0
+            cnt = (z > candidate).sum(dim, keepdim=True).to(z.dtype)
+            accept = (disc >= 0) & (cnt == s0)
+            tn = t + (norm - inv_a) * norm / s1
+        else:
+            # As in the C kernel: converged when h(t) = 0 to rounding or the bracket collapsed; tiny
+            # Newton steps are not convergence when r < 1 and are replaced by bisection.
+            tol = 4 * eps * (t.abs() + inv_a)
+            converged = ((norm - inv_a).abs() <= 8 * eps * inv_a) | (hi - lo <= tol)
+            tn = t + (norm - inv_a) * norm.pow(r - 1.0) / srm1
+            bad = ~((tn > lo) & (tn < hi) & torch.isfinite(tn))
+            if r < 1.0:  # Newton may cycle: bisect unless the bracket keeps halving
+                bad = bad | ((tn - t).abs() <= 1e-3 * (hi - lo)) | (hi - lo > 0.5 * width2)
+            stalled = ~bad & ((tn - t).abs() <= tol)
+            tn = torch.where(bad, 0.5 * (lo + hi), tn)
+            candidate = torch.where(converged, t, tn)
+            accept = converged | stalled
+        if kind == 2:
+            tn = torch.where((tn >= lo) & (tn <= hi) & torch.isfinite(tn), tn, 0.5 * (lo + hi))
+            stalled = (tn - t).abs() <= 4 * eps * (t.abs() + inv_a)
+            # a tie exactly at the threshold: the closed form and Newton agree to rounding
+            candidate = torch.where(accept | (disc >= 0), candidate, tn)
+            accept = accept | stalled
+        new = accept & ~done
+        tau = torch.where(new, candidate, tau)
+        done = done | accept
+        t = torch.where(done, t, tn)
+        if bool(done.all()):
+            break
+    tau = torch.where(done, tau, t)
+    y = (z - tau).clamp_min(0)
+    p = y if kind == 1 else (a * y).pow(r)
+    return p / p.sum(dim, keepdim=True)
+
+
+@torch.library.custom_op("hopfield_gag::entmax_rows", mutates_args=())
+def _entmax_rows(z: Tensor, alpha: float) -> Tensor:
+    """alpha-entmax over the last dim of a contiguous CPU fp32/fp64 tensor, via the C kernel."""
+    lib = _kernel.load()
+    p = torch.empty_like(z)
+    rows = z.numel() // z.shape[-1] if z.numel() else 0
+    if rows == 0:
+        return p
+    fn = lib.entmax_rows_f32 if z.dtype == torch.float32 else lib.entmax_rows_f64
+    ctype = ctypes.POINTER(ctypes.c_float if z.dtype == torch.float32 else ctypes.c_double)
+    flags = fn(
+        ctypes.cast(z.data_ptr(), ctype),
+        ctypes.cast(p.data_ptr(), ctype),
+        rows,
+        z.shape[-1],
+        float(alpha),
+        torch.get_num_threads(),
+    )
+    if flags & 8:
+        raise MemoryError("entmax kernel: could not allocate a per-thread row buffer")
+    if flags & 1:
+        raise ValueError("x must not contain NaN or +inf")
+    if flags & 2:
+        raise ValueError(
+            "x: every row must keep at least one finite entry; a fully masked row (all -inf) has no distribution"
+        )
+    return p
+
+
+@_entmax_rows.register_fake
+def _(z, alpha):
+    return torch.empty_like(z)
+
+
+def _kernel_applies(z: Tensor) -> bool:
+    return z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64) and _kernel.load() is not None
+
+
+def _entmax_newton(z: Tensor, alpha: float, dim: int) -> Tensor:
+    if _kernel_applies(z):
+        zt = z.movedim(dim, -1).contiguous()
+        return _entmax_rows(zt, alpha).movedim(-1, dim)
+    return _entmax_newton_torch(z, alpha, dim)
+
+
+_ALGORITHMS = {"newton": _entmax_newton, "sort": _entmax_sort, "bisect": _entmax_bisect}
+
+# ----------------------------------------------------------------------------------------------------------
+# autograd Functions
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    r"""Softmax with the closed-form backward :math:`p \odot (g - \langle p, g\rangle)`."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, dim: int):
+        zmax = z.amax(dim, keepdim=True)
+        _raise_for_row_max(zmax)
+        p = torch.softmax(z, dim)
+        ctx.save_for_backward(p)
+        ctx.dim = dim
+        return p
+
+    @staticmethod
+    def backward(ctx, g):
+        (p,) = ctx.saved_tensors
+        return jacobian_vector_product(p, g, 1.0, ctx.dim), None
+
+
+class EntmaxFunction(torch.autograd.Function):
+    r""":math:`\alpha`-entmax (:math:`\alpha > 1`) with the closed-form backward
+    :math:`s \odot g - s \langle s, g\rangle/\mathbf 1^\top s`, :math:`s = p^{2-\alpha}` on the support."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, alpha: float, dim: int, method: str):
+        p = _ALGORITHMS[method](z, alpha, dim)
+        ctx.save_for_backward(p)
+        ctx.alpha = alpha
+        ctx.dim = dim
+        return p
+
+    @staticmethod
+    def backward(ctx, g):
+        (p,) = ctx.saved_tensors
+        return jacobian_vector_product(p, g, ctx.alpha, ctx.dim), None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Functional API
+
+
+def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
+    r"""Softmax :math:`p_i = e^{z_i} / \sum_j e^{z_j}` along ``dim`` (:math:`\alpha = 1` entmax).
+
+    Parameters
+    ----------
+    x : Tensor (..., n, ...)
+        Scores, fp16/bf16/fp32/fp64. ``-inf`` entries get probability 0.
+    dim : int
+        Dimension normalized.
+    mask : Tensor, optional
+        Boolean (``True`` = keep) or additive float, broadcastable to ``x``.
+
+    Returns
+    -------
+    Tensor, same shape and dtype as ``x``; rows on the simplex.
+
+    Raises
+    ------
+    ValueError
+        NaN or ``+inf`` in ``x``; a row with no unmasked entry; a mask of the wrong shape or dtype.
+    """
+    z, dim = _prepare(x, dim, mask)
+    return SoftmaxFunction.apply(z, dim).to(x.dtype)
+
+
+def entmax(x: Tensor, alpha: float = 1.5, dim: int = -1, mask: Tensor | None = None, method: str = "newton") -> Tensor:
+    r""":math:`\alpha`-entmax along ``dim`` for any :math:`\alpha > 1`.
+
+    .. math::
+
+        \alpha\text{-entmax}(z) = \arg\max_{p\in\triangle} p^\top z + H^T_\alpha(p)
+        = \big[(\alpha-1) z - \tau\mathbf 1\big]_+^{1/(\alpha-1)}.
+
+    Parameters
+    ----------
+    x : Tensor (..., n, ...)
+        Scores, fp16/bf16/fp32/fp64 (half types are computed in fp32). ``-inf`` entries get 0.
+    alpha : float
+        :math:`\alpha > 1`; 1.5 is the PLADIS/GAG default, 2 is sparsemax. Use :func:`softmax` (or
+        :func:`normalize`) for :math:`\alpha = 1`.
+    dim : int
+        Dimension normalized.
+    mask : Tensor, optional
+        Boolean (``True`` = keep) or additive float, broadcastable to ``x``.
+    method : {"newton", "sort", "bisect"}
+        Threshold algorithm (module docstring). ``"sort"`` only for :math:`\alpha \in \{1.5, 2\}`.
+
+    Returns
+    -------
+    Tensor, same shape and dtype as ``x``; rows on the simplex (sum 1 to the compute dtype's rounding
+    before the final cast), exactly sparse.
+
+    Raises
+    ------
+    ValueError
+        :math:`\alpha \le 1`; unknown method; NaN or ``+inf`` in ``x``; a fully masked row; bad mask.
+    """
+    alpha = _check_alpha(alpha)
+    method = _check_method(method, alpha)
+    z, dim = _prepare(x, dim, mask)
+    return EntmaxFunction.apply(z, alpha, dim, method).to(x.dtype)
+
+
+def sparsemax(x: Tensor, dim: int = -1, mask: Tensor | None = None, method: str = "newton") -> Tensor:
+    r"""Sparsemax :math:`\arg\min_{p\in\triangle}\lVert p - z\rVert^2 = [z - \tau]_+` along ``dim``
+    (:math:`\alpha = 2` entmax). Same arguments, shapes and errors as :func:`entmax`."""
+    return entmax(x, 2.0, dim, mask, method)
+
+
+def normalize(x: Tensor, alpha: float = 1.0, dim: int = -1, mask: Tensor | None = None) -> Tensor:
+    r"""The :math:`\alpha`-entmax family including its limit: :func:`softmax` at :math:`\alpha = 1`,
+    :func:`entmax` (``method="newton"``) for :math:`\alpha > 1`.
+
+    This is the single entry point the Hopfield, theory and attention layers use, so that every
+    retrieval map in the package normalizes scores the same way. Shapes and errors as :func:`entmax`;
+    ``alpha < 1`` raises ``ValueError``.
+    """
+    alpha = check_scalar("alpha", alpha, ge=1.0)
+    if alpha == 1.0:
+        return softmax(x, dim, mask)
+    return entmax(x, alpha, dim, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class Softmax(nn.Module):
+    """Module form of :func:`softmax`."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return softmax(x, self.dim, mask)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Entmax(nn.Module):
+    """Module form of :func:`entmax`."""
+
+    def __init__(self, alpha: float = 1.5, dim: int = -1, method: str = "newton"):
+        super().__init__()
+        self.alpha = _check_alpha(alpha)
+        self.method = _check_method(method, self.alpha)
+        self.dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return entmax(x, self.alpha, self.dim, mask, self.method)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, dim={self.dim}, method={self.method!r}"
+
+
+class Sparsemax(Entmax):
+    """Module form of :func:`sparsemax`."""
+
+    def __init__(self, dim: int = -1, method: str = "newton"):
+        super().__init__(2.0, dim, method)
+
+
+class Normalize(nn.Module):
+    """Module form of :func:`normalize` (softmax at ``alpha=1``, entmax above)."""
+
+    def __init__(self, alpha: float = 1.0, dim: int = -1):
+        super().__init__()
+        self.alpha = check_scalar("alpha", alpha, ge=1.0)
+        self.dim = dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return normalize(x, self.alpha, self.dim, mask)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, dim={self.dim}"
