@@ -27,15 +27,18 @@ static inline double powr(double y, double r, int kind) {
     return kind == 1 ? y : (kind == 2 ? y * y : pow(y, r));
 }
 
-/* Keep the entries of buf[0..m) that are > bound; returns the new count. */
-static inline int64_t compact(double *buf, int64_t m, double bound) {
+/* Replace buf[0..m) by its entries u = buf[i] - shift with u > bound; returns the new count. */
+static inline int64_t compact(double *buf, int64_t m, double bound, double shift) {
     int64_t j = 0;
-    for (int64_t i = 0; i < m; ++i)
-        if (buf[i] > bound) buf[j++] = buf[i];
+    for (int64_t i = 0; i < m; ++i) {
+        const double u = buf[i] - shift;
+        if (u > bound) buf[j++] = u;
+    }
     return j;
 }
 
-/* Threshold t for a row whose candidate entries (all > the lower bound lo) are buf[0..m).
+/* Threshold t for a row whose candidate entries (all > the lower bound lo), shifted so that their max is
+   zmax (0 when called from a row), are buf[0..m).
    Compacts buf in place (*m_io is updated). Sets *status to 4 if MAXIT was hit (the bracket
    estimate is returned). */
 static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, double alpha, int kind, int *status) {
@@ -67,7 +70,7 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
         const double N = kind == 1 ? s1 : (kind == 2 ? sqrt(s2) : pow(sr, a));
         if (N >= inv_a) {
             lo = t;
-            m = compact(buf, m, lo);
+            m = compact(buf, m, lo, 0.0);
         } else {
             hi = t;
         }
@@ -121,29 +124,29 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
 /* One row: max and candidate gathering in a single pass (entries <= running_max - 1/a are below the
    final lower bound too, since the max only grows), threshold on the candidates, then one branch-free
    (vectorizable) write pass. The normalizing sum runs over the candidates only: the support is among
-   them. */
+   them. Everything after the first pass is in max-shifted coordinates u = z - max z: at |z| ~ 1e38 the
+   unshifted max(z) - 1/(alpha-1) would round back to max(z). */
 #define DEFINE_ROW(NAME, T)                                                                    \
     static int NAME(const T *z, T *p, int64_t n, double alpha, int kind, double *buf) {       \
         const double a = alpha - 1.0, r = 1.0 / a, inv_a = 1.0 / a;                            \
-        double zmax = -INFINITY, bound = -INFINITY;                                            \
+        double zmax = -INFINITY;                                                               \
         int nonfinite = 0;                                                                     \
         int64_t m = 0;                                                                         \
         for (int64_t i = 0; i < n; ++i) {                                                      \
             const double v = (double)z[i];                                                     \
             nonfinite |= !(v < INFINITY); /* NaN or +inf */                                    \
-            if (v > bound) {                                                                   \
+            if (v > zmax) {                                                                    \
+                zmax = v;                                                                      \
                 buf[m++] = v;                                                                  \
-                if (v > zmax) {                                                                \
-                    zmax = v;                                                                  \
-                    bound = zmax - inv_a;                                                      \
-                }                                                                              \
+            } else if (v - zmax > -inv_a) {                                                    \
+                buf[m++] = v;                                                                  \
             }                                                                                  \
         }                                                                                      \
         if (nonfinite) return 1;                                                               \
         if (zmax == -INFINITY) return 2;                                                       \
-        m = compact(buf, m, zmax - inv_a);                                                     \
+        m = compact(buf, m, -inv_a, zmax);                                                     \
         int status = 0;                                                                        \
-        const double tau = threshold(buf, &m, zmax, n, alpha, kind, &status);                   \
+        const double tau = threshold(buf, &m, 0.0, n, alpha, kind, &status);                   \
         double sum = 0;                                                                        \
         for (int64_t i = 0; i < m; ++i) {                                                      \
             const double y = buf[i] - tau;                                                     \
@@ -153,15 +156,15 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
         if (kind == 2) {                                                                       \
             const double c = a * a * inv_sum;                                                  \
             for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double y = fmax((double)z[i] - tau, 0.0);                                \
+                const double y = fmax(((double)z[i] - zmax) - tau, 0.0);                       \
                 p[i] = (T)(c * y * y);                                                         \
             }                                                                                  \
         } else if (kind == 1) {                                                                \
             for (int64_t i = 0; i < n; ++i)                                                    \
-                p[i] = (T)(fmax((double)z[i] - tau, 0.0) * inv_sum);                           \
+                p[i] = (T)(fmax(((double)z[i] - zmax) - tau, 0.0) * inv_sum);                  \
         } else {                                                                               \
             for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double y = (double)z[i] - tau;                                           \
+                const double y = ((double)z[i] - zmax) - tau;                                  \
                 p[i] = (T)(y > 0 ? pow(a * y, r) * inv_sum : 0.0);                             \
             }                                                                                  \
         }                                                                                      \

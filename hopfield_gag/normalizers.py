@@ -209,9 +209,8 @@ def _entmax_sort(z: Tensor, alpha: float, dim: int) -> Tensor:
     _raise_for_row_max(zmax)
     a = alpha - 1.0
     # Entries below max - 1/a can never be in the support; give -inf a finite stand-in there so the
-    # cumulative sums stay finite.
-    floor = zmax - (2.0 / a + 1.0)
-    x = a * (torch.maximum(z, floor) - zmax)
+    # cumulative sums stay finite. Shift first: at |z| ~ 1e38 an unshifted max - c rounds to max.
+    x = a * (z - zmax).clamp_min(-(2.0 / a + 1.0))
     xs, _ = torch.sort(x, dim=dim, descending=True)
     n = z.shape[dim]
     shape = [1] * z.dim()
@@ -265,6 +264,9 @@ def _entmax_newton_torch(z: Tensor, alpha: float, dim: int) -> Tensor:
     if kind == 0 and z.dtype != torch.float64:
         # general alpha needs y**(r-1) and y**r, which under/overflow fp32 for alpha near 1 or above 2
         return _entmax_newton_torch(z.double(), alpha, dim).to(z.dtype)
+    # max-shifted coordinates: at |z| ~ 1e38, max(z) - 1/(alpha-1) would round back to max(z)
+    z = z - zmax
+    zmax = torch.zeros_like(zmax)
     n = z.shape[dim]
     eps = torch.finfo(z.dtype).eps
     lo = zmax - inv_a

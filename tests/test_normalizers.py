@@ -1,0 +1,393 @@
+"""Tests of hopfield_gag.normalizers: simplex, invariances, limits, masks, agreement between our own
+algorithms and with the ``entmax`` package (reference oracle), closed-form gradients, dtypes, errors."""
+from __future__ import annotations
+
+import math
+
+import entmax as entmax_pkg
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from hopfield_gag import normalizers as N
+
+ALPHAS = [1.1, 1.25, 1.5, 2.0, 3.0]
+HALF_TYPES = [torch.float16, torch.bfloat16]
+
+
+def scores(max_len=40, max_rows=4, bound=60.0):
+    """Small float64 score matrices, shrinkable by hypothesis (rows x len)."""
+    return st.tuples(st.integers(1, max_rows), st.integers(1, max_len)).flatmap(
+        lambda s: arrays(
+            np.float64,
+            s,
+            elements=st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=64),
+        )
+    ).map(torch.from_numpy)
+
+
+def random_scores(seed, rows, n, scale, dtype=torch.float64, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, n, generator=g, dtype=torch.float64) * scale
+    if ties and n > 2:
+        x[:, : n // 2] = x[:, :1]
+    return x.to(dtype)
+
+
+alpha_st = st.sampled_from(ALPHAS)
+
+
+# ---------------------------------------------------------------------------------------------- simplex
+
+
+@given(x=scores(), alpha=alpha_st)
+@example(x=torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64), alpha=1.5)  # all ties
+@example(x=torch.tensor([[1e-300, -1e-300]], dtype=torch.float64), alpha=2.0)  # denormal-scale gaps
+def test_output_on_simplex(x, alpha):
+    p = N.entmax(x, alpha)
+    assert p.dtype == x.dtype and p.shape == x.shape
+    assert bool((p >= 0).all())
+    # float64: each of n terms is computed to ~eps relative, so the sum is within n*eps of 1
+    torch.testing.assert_close(p.sum(-1), torch.ones(x.shape[0], dtype=x.dtype), rtol=0, atol=x.shape[1] * 1e-15)
+
+
+@given(x=scores())
+def test_softmax_on_simplex_and_matches_torch(x):
+    p = N.softmax(x)
+    torch.testing.assert_close(p, torch.softmax(x, -1), rtol=0, atol=0)
+
+
+@given(x=scores(), alpha=alpha_st, shift=st.floats(-1e3, 1e3))
+def test_shift_invariance(x, alpha, shift):
+    p = N.entmax(x, alpha)
+    q = N.entmax(x + shift, alpha)
+    # adding `shift` rounds each score by ~eps*|x+shift|; p moves by that times the Jacobian (norm <= 1
+    # in the scores' units times (alpha-1)^... bounded by 1/(alpha-1) for the threshold form)
+    atol = 8 * 2.2e-16 * (float(x.abs().max()) + abs(shift) + 1) * max(1.0, 1 / (alpha - 1)) * x.shape[1]
+    torch.testing.assert_close(p, q, rtol=0, atol=atol)
+
+
+@given(x=scores(), alpha=alpha_st, data=st.data())
+def test_permutation_equivariance(x, alpha, data):
+    perm = torch.tensor(data.draw(st.permutations(range(x.shape[1]))), dtype=torch.long)
+    p = N.entmax(x, alpha)
+    q = N.entmax(x[:, perm], alpha)
+    torch.testing.assert_close(q, p[:, perm], rtol=0, atol=1e-14)
+
+
+@given(x=scores(), alpha=alpha_st)
+def test_order_preserving(x, alpha):
+    # z_i >= z_j  =>  p_i >= p_j  (the threshold map is monotone)
+    p = N.entmax(x, alpha)
+    zi, zj = x.unsqueeze(-1), x.unsqueeze(-2)
+    pi, pj = p.unsqueeze(-1), p.unsqueeze(-2)
+    assert bool(((zi >= zj) <= (pi >= pj - 1e-15)).all())
+
+
+def test_not_scale_invariant():
+    x = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    assert not torch.allclose(N.entmax(x, 1.5), N.entmax(10 * x, 1.5))
+
+
+# ---------------------------------------------------------------------------------------------- limits
+
+
+@given(x=scores(max_len=20, bound=8.0))
+def test_alpha_to_one_limit_is_softmax(x):
+    # log p_i = (1/eps) log(1 + eps (z_i - t)) = (z_i - t) - eps (z_i - t)^2 / 2 + O(eps^2): the error of
+    # (1+eps)-entmax against softmax is O(eps * R^2), R = range of the scores (+1 for the threshold).
+    soft = N.softmax(x)
+    r = float(x.max() - x.min()) + 1.0
+    errors = []
+    for eps in (1e-2, 1e-3, 1e-4):
+        err = float((N.entmax(x, 1 + eps) - soft).abs().max())
+        assert err <= eps * r * r
+        errors.append(err)
+    assert errors[2] <= errors[0] + 1e-12
+
+
+@given(x=scores(max_len=12), alpha=st.sampled_from([1.25, 1.5, 2.0, 3.0]))
+def test_one_hot_iff_top_gap_at_least_margin(x, alpha):
+    # alpha-entmax(z) = e_k  iff  z_k - max_{j != k} z_j >= 1/(alpha - 1)  (Blondel et al. 2020, margin)
+    assume(x.shape[1] >= 2)
+    top2 = x.topk(2, dim=-1).values
+    gap = top2[:, 0] - top2[:, 1]
+    margin = 1 / (alpha - 1)
+    assume(bool(((gap - margin).abs() > 1e-9).all()))  # stay off the boundary itself
+    p = N.entmax(x, alpha)
+    one_hot = p.max(-1).values == 1.0
+    assert torch.equal(one_hot, gap >= margin)
+
+
+@pytest.mark.parametrize("t", [-2.5, -2.0, -1.3, -0.4, 0.0, 0.7, 1.9, 2.0, 2.4])
+def test_two_key_closed_forms(t):
+    x = torch.tensor([[t, 0.0]], dtype=torch.float64)
+    sparse = N.sparsemax(x)[0, 0].item()
+    assert sparse == pytest.approx(min(max((t + 1) / 2, 0.0), 1.0), abs=1e-15)
+    expected = ((t + math.sqrt(8 - t * t)) / 4) ** 2 if abs(t) <= 2 else (1.0 if t > 0 else 0.0)
+    assert N.entmax(x, 1.5)[0, 0].item() == pytest.approx(expected, abs=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------- agreement
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 300),
+    scale=st.floats(1e-3, 300.0),
+    ties=st.booleans(),
+    alpha=st.sampled_from([1.5, 2.0]),
+)
+def test_newton_agrees_with_sort_and_bisect(seed, n, scale, ties, alpha):
+    x = random_scores(seed, 6, n, scale, ties=ties)
+    ref = N.entmax(x, alpha, method="sort")
+    # both exact algorithms: agreement to float64 rounding of the scores (scale * eps)
+    tol = 64 * 2.2e-16 * max(scale, 1.0) * max(1.0, 1 / (alpha - 1))
+    torch.testing.assert_close(N.entmax(x, alpha, method="newton"), ref, rtol=0, atol=tol)
+    torch.testing.assert_close(N._entmax_newton_torch(x, alpha, -1), ref, rtol=0, atol=tol)
+    torch.testing.assert_close(N.entmax(x, alpha, method="bisect"), ref, rtol=0, atol=tol)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 200),
+    scale=st.floats(1e-2, 100.0),
+    alpha=st.sampled_from([1.1, 1.25, 1.75, 2.5, 3.0]),
+)
+def test_newton_agrees_with_bisect_any_alpha(seed, n, scale, alpha):
+    x = random_scores(seed, 6, n, scale)
+    ref = N.entmax(x, alpha, method="bisect")
+    # for alpha > 2 the map p = y^(1/(alpha-1)) has unbounded slope at the threshold, so a rounding-level
+    # difference in tau (~eps * scale) moves a near-threshold entry by up to (eps*scale)^(1/(alpha-1))
+    tau_err = 64 * 2.2e-16 * max(scale, 1.0)
+    tol = tau_err if alpha <= 2 else tau_err ** (1 / (alpha - 1))
+    torch.testing.assert_close(N.entmax(x, alpha), ref, rtol=0, atol=max(tol, 1e-13))
+    torch.testing.assert_close(N._entmax_newton_torch(x, alpha, -1), ref, rtol=0, atol=max(tol, 1e-13))
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 200), scale=st.floats(1e-2, 50.0))
+def test_agrees_with_entmax_package(seed, n, scale):
+    x = random_scores(seed, 5, n, scale)
+    tol = 64 * 2.2e-16 * max(scale, 1.0)
+    torch.testing.assert_close(N.entmax(x, 1.5), entmax_pkg.entmax15(x, dim=-1), rtol=0, atol=tol)
+    torch.testing.assert_close(N.sparsemax(x), entmax_pkg.sparsemax(x, dim=-1), rtol=0, atol=tol)
+    for alpha in (1.25, 1.75):
+        ref = entmax_pkg.entmax_bisect(x, alpha, dim=-1, n_iter=100)
+        torch.testing.assert_close(N.entmax(x, alpha), ref, rtol=0, atol=max(tol, 1e-12))
+
+
+def test_fp32_kernel_agrees_with_float64_reference_on_attention_shapes():
+    g = torch.Generator().manual_seed(0)
+    for lk in (1, 2, 77, 1024):
+        q = torch.randn(2, 4, 64, 64, generator=g)
+        k = torch.randn(2, 4, lk, 64, generator=g)
+        x = q @ k.transpose(-1, -2) / 8
+        for alpha in (1.5, 2.0):
+            p = N.entmax(x, alpha)
+            ref = N.entmax(x.double(), alpha, method="sort")
+            # same fp32 scores; only the final rounding of p to fp32 differs (half an ulp of p <= 1)
+            torch.testing.assert_close(p.double(), ref, rtol=0, atol=6e-8)
+            assert float((p.sum(-1) - 1).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_any_dim(dim):
+    x = random_scores(3, 12, 60, 2.0).view(3, 4, 60)
+    p = N.entmax(x, 1.5, dim=dim)
+    q = N.entmax(x.movedim(dim, -1), 1.5).movedim(-1, dim)
+    torch.testing.assert_close(p, q, rtol=0, atol=0)
+    torch.testing.assert_close(p.sum(dim), torch.ones_like(p.sum(dim)), rtol=0, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+@given(x=scores(max_len=20), alpha=st.sampled_from([1.0, 1.5, 2.0, 3.0]), data=st.data())
+def test_mask_invariance(x, alpha, data):
+    keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=x.shape[1], max_size=x.shape[1])))
+    assume(bool(keep.any()))
+    p_bool = N.normalize(x, alpha, mask=keep)
+    additive = torch.where(keep, 0.0, -math.inf).to(x.dtype)
+    p_add = N.normalize(x, alpha, mask=additive)
+    p_inf = N.normalize(x.masked_fill(~keep, -math.inf), alpha)
+    sub = N.normalize(x[:, keep], alpha)
+    assert bool((p_bool[:, ~keep] == 0).all())
+    torch.testing.assert_close(p_bool[:, keep], sub, rtol=0, atol=1e-14)
+    torch.testing.assert_close(p_add, p_bool, rtol=0, atol=1e-14)
+    torch.testing.assert_close(p_inf, p_bool, rtol=0, atol=1e-14)
+
+
+def test_mask_broadcasts_over_rows():
+    x = random_scores(0, 4, 10, 1.0).view(2, 2, 10)
+    mask = torch.ones(1, 1, 10, dtype=torch.bool)
+    mask[..., 3:] = False
+    p = N.entmax(x, 1.5, mask=mask)
+    assert bool((p[..., 3:] == 0).all())
+
+
+def test_additive_mask_is_differentiable_and_masked_grads_vanish():
+    x = random_scores(1, 3, 8, 2.0).requires_grad_()
+    mask = torch.zeros(8, dtype=torch.float64)
+    mask[5:] = -math.inf
+    (N.entmax(x, 1.5, mask=mask) * torch.arange(8.0, dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert bool((x.grad[:, 5:] == 0).all())
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.25, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("method", ["newton", "bisect"])
+def test_gradcheck(alpha, method):
+    g = torch.Generator().manual_seed(7)
+    # distinct, well-spread scores so the finite-difference stencil (eps 1e-6) never crosses a support
+    # boundary, where entmax is not differentiable
+    x = (torch.randperm(12, generator=g).to(torch.float64).view(2, 6) * 0.37).requires_grad_()
+    if alpha == 1.0:
+        fn = lambda t: N.softmax(t)  # noqa: E731
+    else:
+        fn = lambda t: N.entmax(t, alpha, method=method)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6) if alpha == 1.0 else True
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 30), alpha=st.sampled_from([1.5, 2.0]))
+def test_closed_form_backward_matches_autograd_through_sort(seed, n, alpha):
+    # the sort algorithm is a composition of differentiable torch ops on each piece: autograd through
+    # it is an independent derivation of the Jacobian
+    x = random_scores(seed, 3, n, 2.0)
+    g = random_scores(seed + 1, 3, n, 1.0)
+    x1 = x.clone().requires_grad_()
+    (N.entmax(x1, alpha) * g).sum().backward()
+    x2 = x.clone().requires_grad_()
+    (N._entmax_sort(x2, alpha, -1) * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-12)
+
+
+@given(x=scores(max_len=10), alpha=st.sampled_from([1.0, 1.5, 2.0, 2.5]))
+def test_jacobian_vector_product_matches_explicit_jacobian(x, alpha):
+    p = N.normalize(x, alpha)
+    s = N.jacobian_weights(p, alpha)
+    jac = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2) / s.sum(-1, keepdim=True).unsqueeze(-1)
+    g = torch.linspace(-1, 1, x.shape[1], dtype=x.dtype).expand_as(x)
+    torch.testing.assert_close(N.jacobian_vector_product(p, g, alpha), (jac @ g.unsqueeze(-1)).squeeze(-1))
+    # rows of the Jacobian sum to zero: shifting all scores does not move p
+    torch.testing.assert_close(jac.sum(-1), torch.zeros_like(p), rtol=0, atol=1e-12)
+
+
+def test_jacobian_weights_special_cases():
+    p = torch.tensor([0.0, 0.25, 0.75], dtype=torch.float64)
+    torch.testing.assert_close(N.jacobian_weights(p, 1.0), p)
+    torch.testing.assert_close(N.jacobian_weights(p, 2.0), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(N.jacobian_weights(p, 1.5), p.sqrt())
+    torch.testing.assert_close(N.jacobian_weights(p, 1.25), torch.tensor([0.0, 0.25**0.75, 0.75**0.75], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 1.25])
+def test_half_types_computed_in_fp32_and_cast_back(dtype, alpha):
+    x = random_scores(5, 16, 77, 3.0, dtype=dtype)
+    p = N.normalize(x, alpha)
+    assert p.dtype == dtype
+    assert torch.equal(p, N.normalize(x.float(), alpha).to(dtype))
+    # each entry is rounded once to the half type: relative error 2^-11 (fp16) / 2^-8 (bf16) per entry,
+    # so the row sum is within that of 1
+    unit = 2.0**-11 if dtype == torch.float16 else 2.0**-8
+    assert float((p.float().sum(-1) - 1).abs().max()) <= unit
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 3.0])
+def test_finite_output_for_extreme_finite_input(dtype, alpha):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([[big, -big, 0.0, big], [-big, -big, -big, -big], [1e-3, 0, 0, 0]], dtype=dtype)
+    p = N.normalize(x, alpha)
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p.double().sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=4e-3)
+
+
+def test_fp32_rows_sum_to_one_before_cast():
+    x = random_scores(11, 64, 1024, 4.0, dtype=torch.float32)
+    for alpha in (1.5, 2.0, 1.25):
+        p = N.entmax(x, alpha)
+        assert float((p.double().sum(-1) - 1).abs().max()) <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("fn", ["softmax", "entmax", "sparsemax"])
+@pytest.mark.parametrize("method", ["newton", "sort", "bisect"])
+def test_nonfinite_input_raises(bad, fn, method):
+    x = torch.zeros(2, 5)
+    x[1, 2] = bad
+    call = {
+        "softmax": lambda: N.softmax(x),
+        "entmax": lambda: N.entmax(x, 1.5, method=method),
+        "sparsemax": lambda: N.sparsemax(x, method=method),
+    }[fn]
+    with pytest.raises(ValueError, match="x must not contain"):
+        call()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0, 3.0])
+def test_fully_masked_row_raises(alpha):
+    x = torch.zeros(2, 4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[0] = False
+    with pytest.raises(ValueError, match="fully masked"):
+        N.normalize(x, alpha, mask=mask)
+    with pytest.raises(ValueError, match="fully masked"):
+        N.normalize(torch.full((1, 3), -math.inf), alpha)
+
+
+def test_argument_errors():
+    x = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="alpha must be > 1"):
+        N.entmax(x, 1.0)
+    with pytest.raises(ValueError, match="alpha must be >= 1"):
+        N.normalize(x, 0.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        N.entmax(x, 1.5, method="fast")
+    with pytest.raises(ValueError, match="method='sort' is exact only"):
+        N.entmax(x, 1.7, method="sort")
+    with pytest.raises(ValueError, match="mask of shape"):
+        N.entmax(x, 1.5, mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must have dtype bool"):
+        N.entmax(x, 1.5, mask=torch.ones(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="must not contain NaN or \\+inf"):
+        N.entmax(x, 1.5, mask=torch.full((4,), math.inf))
+    with pytest.raises(ValueError, match="floating dtype"):
+        N.entmax(torch.zeros(2, 4, dtype=torch.int64), 1.5)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        N.entmax([1.0, 2.0], 1.5)
+    with pytest.raises(ValueError, match="dim=3 is out of range"):
+        N.entmax(x, 1.5, dim=3)
+    with pytest.raises(ValueError, match="at least one entry"):
+        N.entmax(torch.zeros(2, 0), 1.5)
+
+
+def test_modules_match_functional():
+    x = random_scores(2, 3, 9, 2.0)
+    assert torch.equal(N.Entmax(1.25)(x), N.entmax(x, 1.25))
+    assert torch.equal(N.Sparsemax()(x), N.sparsemax(x))
+    assert torch.equal(N.Softmax()(x), N.softmax(x))
+    assert torch.equal(N.Normalize(1.5)(x), N.entmax(x, 1.5))
+    assert "alpha=1.25" in repr(N.Entmax(1.25))
+
+
+def test_torch_path_used_when_kernel_disabled(monkeypatch):
+    # the PyTorch implementation is the path on non-CPU devices; force it on CPU and compare
+    monkeypatch.setattr(N, "_kernel_applies", lambda z: False)
+    x = random_scores(4, 8, 50, 3.0, dtype=torch.float32)
+    p = N.entmax(x, 1.5)
+    monkeypatch.undo()
+    torch.testing.assert_close(p, N.entmax(x, 1.5), rtol=0, atol=1e-7)
