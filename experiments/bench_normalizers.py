@@ -1,0 +1,98 @@
+"""Benchmark: our exact sort-free entmax/sparsemax against the `entmax` package and torch.softmax.
+
+fp32 CPU, 2 threads, attention-score tensors z = q kᵀ/√64 with q, k ~ N(0, 1) at the shapes
+(B, H, Lq, Lk) = (2, 8, 1024, 77) and (2, 8, 1024, 1024). Every contender runs once per round,
+round-robin, so a drift in machine load hits all of them alike; the table reports medians over rounds and
+ratios measured in this one run.
+
+Targets (issue 2): our alpha=1.5 entmax >= 5x faster than entmax.entmax15 at Lk=77 and >= 10x at Lk=1024;
+within 3x of torch.softmax at Lk=77.
+
+Usage: python experiments/bench_normalizers.py [--rounds N] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import entmax as entmax_pkg
+from hopfield_gag import normalizers
+
+SHAPES = [(2, 8, 1024, 77), (2, 8, 1024, 1024)]
+
+
+def attention_scores(shape, seed=0):
+    b, h, lq, lk = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, lq, 64, generator=g)
+    k = torch.randn(b, h, lk, 64, generator=g)
+    return q @ k.transpose(-1, -2) / 8.0
+
+
+def contenders(x):
+    return {
+        "torch.softmax": lambda: torch.softmax(x, -1),
+        "ours entmax(1.5)": lambda: normalizers.entmax(x, 1.5),
+        "ours sparsemax": lambda: normalizers.sparsemax(x),
+        "entmax.entmax15": lambda: entmax_pkg.entmax15(x, dim=-1),
+        "entmax.sparsemax": lambda: entmax_pkg.sparsemax(x, dim=-1),
+        "entmax.entmax_bisect(1.5)": lambda: entmax_pkg.entmax_bisect(x, 1.5, dim=-1),
+    }
+
+
+def measure(fns, rounds, slow_rounds):
+    times = {name: [] for name in fns}
+    for name, fn in fns.items():  # warm-up (kernel build, allocator)
+        fn()
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if "bisect" in name and r >= slow_rounds:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--quick", action="store_true", help="3 rounds; for a smoke run")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds "
+          f"(entmax_bisect: {min(rounds, 3)})\n")
+    verdicts = []
+    for shape in SHAPES:
+        x = attention_scores(shape)
+        # sanity: the contenders compute the same thing
+        ours = normalizers.entmax(x, 1.5)
+        ref = entmax_pkg.entmax15(x, dim=-1)
+        err = float((ours - ref).abs().max())
+        med = measure(contenders(x), rounds, slow_rounds=min(rounds, 3))
+        base = med["ours entmax(1.5)"]
+        print(f"shape {shape}   (max |ours - entmax.entmax15| = {err:.1e})")
+        print(f"  {'contender':28s} {'median ms':>10s} {'/ ours entmax(1.5)':>20s}")
+        for name, ms in med.items():
+            print(f"  {name:28s} {ms:10.2f} {ms / base:20.2f}")
+        lk = shape[-1]
+        speedup = med["entmax.entmax15"] / base
+        target = 5.0 if lk == 77 else 10.0
+        verdicts.append((f"Lk={lk}: entmax.entmax15 / ours >= {target:g}", speedup, speedup >= target))
+        sm_speedup = med["entmax.sparsemax"] / med["ours sparsemax"]
+        print(f"  entmax.sparsemax / ours sparsemax = {sm_speedup:.2f}")
+        if lk == 77:
+            vs_softmax = base / med["torch.softmax"]
+            verdicts.append(("Lk=77: ours / torch.softmax <= 3", vs_softmax, vs_softmax <= 3.0))
+        print()
+    print("targets")
+    for what, value, ok in verdicts:
+        print(f"  {what:40s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

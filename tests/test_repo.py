@@ -1,0 +1,29 @@
+"""Repository contracts: the README's two commands and CI's command stay the same text."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", quick)
+
+
+def test_readme_has_exactly_two_quickstart_commands():
+    cmds = _readme_commands()
+    assert len(cmds) == 2, cmds
+    assert "hopfield-gag" in cmds[0]
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_cmd = _readme_commands()[1].strip()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_cmd in ci_lines
+
+
+def test_top_level_layout():
+    for name in ["hopfield_gag", "experiments", "notebooks", "tests", "paper_figures", "pyproject.toml", "README.md"]:
+        assert (ROOT / name).exists(), name
