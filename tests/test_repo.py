@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _readme_commands():
     text = (ROOT / "README.md").read_text()
     quick = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.+?)\n```", quick)
+    return [c.strip() for c in re.findall(r"```bash\n(.+?)\n\s*```", quick, flags=re.S)]
 
 
 def test_readme_has_exactly_two_quickstart_commands():
