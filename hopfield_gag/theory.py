@@ -1,0 +1,849 @@
+r"""The sparse–dense discrepancy of attention, its directional properties, and the GAG map.
+
+This module is the correctness oracle for GAG (Kim, arXiv 2603.02531) and PLADIS (Kim & Sim, arXiv
+2503.07677). Statements, assumptions, proofs and counterexamples are in ``THEORY.md``; the symbols here
+are the same.
+
+Notation (batched over ``(..., heads, queries)``; ``Lq`` queries, ``Lk`` keys):
+
+* queries ``q`` (..., Lq, d), keys ``k`` (..., Lk, d), values ``v`` (..., Lk, dv); ``v = None`` means
+  ``v = k`` (the Hopfield / auto-associative case, the only one in which iterating makes sense);
+* scale :math:`\beta` (default :math:`1/\sqrt d`), scores :math:`z = \beta\, q k^\top` (plus an additive
+  mask; removed entries are :math:`-\infty`);
+* dense weights :math:`p_d = \mathrm{softmax}(z)`, sparse weights :math:`p_s = \alpha\text{-entmax}(z)`
+  (default :math:`\alpha = 1.5`), both from :func:`hopfield_gag.normalizers.normalize`;
+* dense output :math:`d = p_d v = T_d(\xi)`, sparse output :math:`s = p_s v = T_s(\xi)` (the retrieval
+  direction), discrepancy :math:`\Delta = s - d`;
+* parallel coefficient :math:`c = \langle\Delta, s\rangle/\lVert s\rVert^2` (0 if :math:`s = 0`),
+  :math:`\Delta_\parallel = c\,s`, :math:`\Delta_\perp = \Delta - \Delta_\parallel`;
+* GAG output :math:`o = s + \lambda\,\mathrm{cap}_\eta(\Delta_\parallel + \zeta\Delta_\perp)`,
+  :math:`\mathrm{cap}_\eta(g) = g\min(1, \eta/\lVert g\rVert)` (the Euclidean projection on the ball of
+  radius :math:`\eta`).
+
+Margins. Every predicate returns a float tensor of per-token margins (shape (..., Lq)); a margin
+:math:`\ge 0` means the property holds for that token. Inner-product properties are reported as cosines
+in :math:`[-1, 1]`; when one of the two vectors is below the float noise floor of its computation
+(:func:`noise_floor`) the direction is numerically undefined and the margin is exactly 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .hopfield import energy_grad, retrieval_map, separation
+from .normalizers import normalize
+
+__all__ = [
+    "SparseDenseDiscrepancy",
+    "sparse_dense_discrepancy",
+    "majorization_margin",
+    "crossing_certificate",
+    "sharpening_margin",
+    "query_alignment_margin",
+    "basin_alignment_margin",
+    "parallel_margin",
+    "parallel_certificate",
+    "descent_margin",
+    "consistency_margin",
+    "norm_cap",
+    "gag_output",
+    "gag_update",
+    "gag_map",
+    "iterate_map",
+    "LipschitzEstimate",
+    "lipschitz_estimate",
+    "GagContractionBound",
+    "gag_contraction_bound",
+    "noise_floor",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+def noise_floor(magnitude: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    r"""Float noise floor of a weighted sum :math:`\sum_{j\le n} w_j v_j` with :math:`\lVert v_j\rVert \le`
+    ``magnitude`` and weights on the simplex.
+
+    .. math::  \text{floor} = 64\,\varepsilon_{\text{dtype}}\sqrt{n}\cdot\text{magnitude}.
+
+    Each weight carries a few ulps of error (normalization and renormalization); errors add up like a
+    random walk over the ``n`` terms; 64 leaves a wide safety factor. Vectors shorter than this have no
+    reliable direction, so cosine margins involving them are reported as 0.
+    """
+    return 64.0 * torch.finfo(dtype).eps * math.sqrt(max(n, 1)) * magnitude
+
+
+def _cosine(a: Tensor, b: Tensor, floor_a: Tensor, floor_b: Tensor) -> Tensor:
+    """cos(a, b) along the last dim; exactly 0 where ||a|| <= floor_a or ||b|| <= floor_b."""
+    na = torch.linalg.vector_norm(a, dim=-1)
+    nb = torch.linalg.vector_norm(b, dim=-1)
+    ok = (na > floor_a) & (nb > floor_b)
+    den = torch.where(ok, na * nb, torch.ones_like(na))
+    return torch.where(ok, (a * b).sum(-1) / den, torch.zeros_like(na))
+
+
+def _check_scale(scale, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    return check_scalar("scale", scale, gt=0.0)
+
+
+def _check_alpha(alpha, name: str = "alpha", ge: float = 1.0) -> float:
+    return check_scalar(name, alpha, ge=ge)
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor | None) -> None:
+    check_tensor("q", q, min_dim=2)
+    check_tensor("k", k, min_dim=2)
+    check_finite("q", q)
+    check_finite("k", k)
+    if k.dtype != q.dtype:
+        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, got k shape {tuple(k.shape)}"
+        )
+    if k.shape[-2] == 0:
+        raise ValueError(f"k must hold at least one key (shape (..., Lk, d), Lk >= 1), got {tuple(k.shape)}")
+    if v is not None:
+        check_tensor("v", v, min_dim=2)
+        check_finite("v", v)
+        if v.dtype != q.dtype:
+            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
+        if v.shape[-2] != k.shape[-2]:
+            raise ValueError(
+                f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, got v shape {tuple(v.shape)}"
+            )
+    try:
+        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}"
+            + ("" if v is None else f", v {tuple(v.shape[:-2])}")
+            + " must broadcast"
+        ) from None
+
+
+def _effective_scores(q: Tensor, k: Tensor, beta: float, mask) -> Tensor:
+    """z = beta q k^T, with the mask applied: boolean False -> -inf, additive float added."""
+    z = beta * (q @ k.transpose(-1, -2))
+    if mask is None:
+        return z
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor (bool or floating) or None, got {type(mask).__name__}")
+    try:
+        shape = torch.broadcast_shapes(z.shape, mask.shape)
+    except RuntimeError:
+        shape = None
+    if shape != z.shape:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} must be broadcastable to the scores (..., Lq, Lk) = {tuple(z.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        return z.masked_fill(~mask, -math.inf)
+    if mask.is_floating_point():
+        if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
+            raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
+        return z + mask.to(z.dtype)
+    raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the discrepancy
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SparseDenseDiscrepancy:
+    r"""All quantities of the sparse–dense discrepancy for a batch of queries.
+
+    Attributes
+    ----------
+    z : Tensor (..., Lq, Lk)
+        Scores :math:`\beta q k^\top` (+ additive mask); removed keys are :math:`-\infty`.
+    p_dense, p_sparse : Tensor (..., Lq, Lk)
+        :math:`p_d = \mathrm{softmax}(z)`, :math:`p_s = \alpha\text{-entmax}(z)`.
+    dense, sparse : Tensor (..., Lq, dv)
+        :math:`d = p_d v`, :math:`s = p_s v`.
+    delta : Tensor (..., Lq, dv)
+        :math:`\Delta = s - d`.
+    parallel_coef : Tensor (..., Lq)
+        :math:`c = \langle\Delta, s\rangle / \lVert s\rVert^2` (0 where :math:`s = 0`).
+    delta_parallel, delta_perp : Tensor (..., Lq, dv)
+        :math:`\Delta_\parallel = c s`, :math:`\Delta_\perp = \Delta - \Delta_\parallel`.
+    scale, alpha : float
+        :math:`\beta` and :math:`\alpha` used.
+    value_norm_max : Tensor (..., 1)
+        :math:`\max_j\lVert v_j\rVert` over the keys (for noise floors).
+
+    All tensors are in the compute dtype (fp32 for half inputs, else the input dtype).
+    """
+
+    z: Tensor
+    p_dense: Tensor
+    p_sparse: Tensor
+    dense: Tensor
+    sparse: Tensor
+    delta: Tensor
+    parallel_coef: Tensor
+    delta_parallel: Tensor
+    delta_perp: Tensor
+    scale: float
+    alpha: float
+    value_norm_max: Tensor
+
+    @property
+    def n_keys(self) -> int:
+        return self.z.shape[-1]
+
+    def floor(self) -> Tensor:
+        """Noise floor (..., Lq) of output-space vectors (``delta``, ``sparse``, ``dense``)."""
+        f = noise_floor(self.value_norm_max, self.n_keys, self.z.dtype)
+        return f.expand(self.parallel_coef.shape)
+
+
+def sparse_dense_discrepancy(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+) -> SparseDenseDiscrepancy:
+    r"""Sparse and dense attention on the same (q, k, v) and their discrepancy.
+
+    .. math::
+
+        z = \beta q k^\top,\quad p_d = \mathrm{softmax}(z),\quad p_s = \alpha\text{-entmax}(z),\quad
+        d = p_d v,\quad s = p_s v,\quad \Delta = s - d,
+
+        c = \frac{\langle\Delta, s\rangle}{\lVert s\rVert^2},\quad \Delta_\parallel = c\,s,\quad
+        \Delta_\perp = \Delta - \Delta_\parallel .
+
+    "Shared conditioning" (GAG abstract): both maps see the same queries, keys and values, so
+    :math:`\Delta` comes only from the normalizer.
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d)
+    k : Tensor (..., Lk, d)
+    v : Tensor (..., Lk, dv), optional
+        ``None`` means ``v = k`` (Hopfield case).
+    scale : float > 0, optional
+        :math:`\beta`; default :math:`1/\sqrt d`.
+    alpha : float > 1
+        Order of the sparse normalizer (1.5 in PLADIS and GAG; 2 = sparsemax).
+    mask : Tensor, optional
+        Boolean (``True`` = keep) or additive float, broadcastable to (..., Lq, Lk).
+
+    Returns
+    -------
+    SparseDenseDiscrepancy
+
+    References: GAG (arXiv 2603.02531) Eq. 12–13 as reimplemented (``THEORY.md`` §Reading);
+    Ramsauer et al. 2021 (arXiv 2008.02217) §3 for attention as a Hopfield step.
+    """
+    _check_qkv(q, k, v)
+    beta = _check_scale(scale, q.shape[-1])
+    alpha = _check_alpha(alpha, ge=1.0)
+    if alpha == 1.0:
+        raise ValueError("alpha must be > 1 (the sparse branch); alpha = 1 would give Delta = 0")
+    cd = compute_dtype(q.dtype)
+    qc, kc = q.to(cd), k.to(cd)
+    vc = kc if v is None else v.to(cd)
+    z = _effective_scores(qc, kc, beta, mask)
+    p_d = normalize(z, 1.0)
+    p_s = normalize(z, alpha)
+    dense = p_d @ vc
+    sparse = p_s @ vc
+    delta = sparse - dense
+    ss = (sparse * sparse).sum(-1)
+    c = torch.where(ss > 0, (delta * sparse).sum(-1) / torch.where(ss > 0, ss, torch.ones_like(ss)),
+                    torch.zeros_like(ss))
+    d_par = c.unsqueeze(-1) * sparse
+    vmax = torch.linalg.vector_norm(vc, dim=-1).amax(-1, keepdim=True)
+    return SparseDenseDiscrepancy(
+        z=z, p_dense=p_d, p_sparse=p_s, dense=dense, sparse=sparse, delta=delta, parallel_coef=c,
+        delta_parallel=d_par, delta_perp=delta - d_par, scale=beta, alpha=alpha, value_norm_max=vmax,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# weight-level lemmas
+# ----------------------------------------------------------------------------------------------------
+def majorization_margin(p: Tensor, p_ref: Tensor, order: Tensor) -> Tensor:
+    r"""Majorization margin of ``p`` over ``p_ref``, both sorted by ``order`` (descending).
+
+    .. math::
+
+        m = \min_{1\le k < n}\; \sum_{j\le k} \big(p_{\pi(j)} - p^{\mathrm{ref}}_{\pi(j)}\big),
+        \qquad z_{\pi(1)} \ge z_{\pi(2)} \ge \dots,
+
+    with :math:`\pi` sorting ``order`` (the scores). If both distributions are non-increasing
+    functions of the score (true for every :math:`\alpha`-entmax, including softmax), sorting by the
+    score sorts both, so :math:`m \ge 0` iff ``p`` majorizes ``p_ref`` (:math:`p \succ p^{\mathrm{ref}}`).
+    Entries removed by a mask carry 0 in both and do not affect :math:`m`. :math:`m \in [-1, 1]`;
+    :math:`n = 1` gives 0.
+
+    Parameters
+    ----------
+    p, p_ref : Tensor (..., n)   distributions.
+    order : Tensor (..., n)      scores defining the order (``-inf`` allowed).
+
+    Returns
+    -------
+    Tensor (...)
+
+    References: Marshall, Olkin & Arnold, *Inequalities: Theory of Majorization*, 2nd ed. (2011), §1.A.
+    """
+    idx = order.argsort(dim=-1, descending=True, stable=True)
+    diff = (p.gather(-1, idx) - p_ref.gather(-1, idx)).cumsum(-1)
+    if diff.shape[-1] == 1:
+        return torch.zeros_like(diff[..., 0])
+    return diff[..., :-1].amin(-1)
+
+
+def crossing_certificate(p_hi: Tensor, p_lo: Tensor, w: Tensor) -> Tensor:
+    r"""Certificate for :math:`\langle p_{hi} - p_{lo}, w\rangle \ge 0` (transport lemma, ``THEORY.md`` L1).
+
+    With :math:`D = p_{hi} - p_{lo}`, :math:`S^+ = \{j : D_j > 0\}`, :math:`S^- = \{j : D_j < 0\}`:
+
+    .. math::
+
+        \mathrm{cert} = \min_{j\in S^+} w_j - \max_{j\in S^-} w_j, \qquad
+        \langle D, w\rangle \ge \tfrac12\lVert D\rVert_1\cdot\mathrm{cert}.
+
+    So ``cert >= 0`` proves the inner product is non-negative. When :math:`D = 0` (no mass moves) the
+    certificate is :math:`+\infty`.
+
+    Parameters
+    ----------
+    p_hi, p_lo : Tensor (..., n)   distributions (sums equal).
+    w : Tensor (..., n)            scores of the keys (e.g. :math:`\langle v_j, s\rangle`).
+
+    Returns
+    -------
+    Tensor (...)
+    """
+    dd = p_hi - p_lo
+    big = torch.full_like(w, math.inf)
+    lo = torch.where(dd > 0, w, big).amin(-1)
+    hi = torch.where(dd < 0, w, -big).amax(-1)
+    return lo - hi
+
+
+# ----------------------------------------------------------------------------------------------------
+# predicates (margins)
+# ----------------------------------------------------------------------------------------------------
+def sharpening_margin(
+    q: Tensor,
+    k: Tensor,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+    alpha_ref: float = 1.0,
+) -> Tensor:
+    r"""**P-sharpen**: :math:`\alpha\text{-entmax}(z)` majorizes :math:`\alpha_{\mathrm{ref}}\text{-entmax}(z)`.
+
+    Margin: :func:`majorization_margin` of :math:`p_\alpha = \alpha\text{-entmax}(z)` over
+    :math:`p_{\alpha_{\mathrm{ref}}}` (softmax for the default ``alpha_ref = 1``),
+    :math:`z = \beta q k^\top`.
+
+    Proved for every :math:`z` and :math:`\alpha > \alpha_{\mathrm{ref}} \ge 1` (``THEORY.md`` T1, T2):
+    the ratio :math:`p_s/p_d` is non-decreasing in :math:`z_j` (single crossing), and
+    :math:`\partial p_j/\partial\alpha` crosses zero once in :math:`z_j`. Consequence:
+    :math:`\langle p_\alpha - p_{\alpha_{\mathrm{ref}}}, z\rangle \ge 0`.
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d);  k : Tensor (..., Lk, d);  scale : float, default :math:`1/\sqrt d`;
+    alpha : float > alpha_ref;  mask : optional (bool / additive) broadcastable to (..., Lq, Lk);
+    alpha_ref : float >= 1.
+
+    Returns
+    -------
+    Tensor (..., Lq) in :math:`[-1, 1]`, compute dtype.
+    """
+    _check_qkv(q, k, None)
+    beta = _check_scale(scale, q.shape[-1])
+    alpha = _check_alpha(alpha, ge=1.0)
+    alpha_ref = _check_alpha(alpha_ref, "alpha_ref", ge=1.0)
+    if not alpha > alpha_ref:
+        raise ValueError(f"alpha must be > alpha_ref, got alpha={alpha}, alpha_ref={alpha_ref}")
+    cd = compute_dtype(q.dtype)
+    z = _effective_scores(q.to(cd), k.to(cd), beta, mask)
+    return majorization_margin(normalize(z, alpha), normalize(z, alpha_ref), z)
+
+
+def query_alignment_margin(
+    q: Tensor, k: Tensor, scale: float | None = None, alpha: float = 1.5, mask: Tensor | None = None
+) -> Tensor:
+    r"""**P-align (query)**: the key-space discrepancy points along the query.
+
+    .. math::
+
+        \Delta_K = k^\top (p_s - p_d),\qquad
+        \langle\Delta_K, q\rangle = \beta^{-1}\langle p_s - p_d, \beta q k^\top\rangle,\qquad
+        m = \cos(\Delta_K, q).
+
+    In the Hopfield case :math:`v = k` this is :math:`\cos(\Delta, \xi)`. Proved :math:`\ge 0` for all
+    inputs with a boolean (or :math:`-\infty`) mask, as a corollary of P-sharpen (``THEORY.md`` T3);
+    a finite additive mask (a score bias) breaks it. Values ``v`` play no role.
+
+    Returns
+    -------
+    Tensor (..., Lq), cosine, 0 where :math:`\Delta_K` or :math:`q` is below the noise floor.
+    """
+    _check_qkv(q, k, None)
+    disc = sparse_dense_discrepancy(q, k, None, scale, alpha, mask)
+    qc = q.to(disc.z.dtype)
+    return _cosine(disc.delta, qc, disc.floor(), torch.zeros(()))
+
+
+def basin_alignment_margin(
+    q: Tensor,
+    k: Tensor,
+    target: Tensor | None = None,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""**P-align (basin)**, Hopfield case :math:`v = k`: :math:`\Delta` points from the dense retrieval
+    towards the stored pattern.
+
+    .. math::  m = \cos(\Delta, x^\star - d), \qquad x^\star = k_{i^\star},\ i^\star = \arg\max_j z_j
+
+    (or ``target``). Exactly, :math:`\langle\Delta, x^\star - d\rangle \ge 0 \iff \lVert x^\star - s\rVert^2
+    \le \lVert x^\star - d\rVert^2 + \lVert\Delta\rVert^2`. Proved in the exact-retrieval region of the
+    sparse map (:math:`s = x^\star`, then :math:`m = 1`) and whenever the sparse error is at most the
+    dense error; false for near-duplicate / metastable patterns (``THEORY.md`` T4).
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d);  k : Tensor (..., Lk, d)
+    target : Tensor, optional
+        Long (..., Lq) key indices, or stored patterns (..., Lq, d). Default: the top-scoring key.
+    scale, alpha, mask : as in :func:`sparse_dense_discrepancy`.
+
+    Returns
+    -------
+    Tensor (..., Lq), cosine.
+    """
+    disc = sparse_dense_discrepancy(q, k, None, scale, alpha, mask)
+    kc = k.to(disc.z.dtype)
+    if target is None or (isinstance(target, Tensor) and not target.is_floating_point()):
+        idx = disc.z.argmax(-1) if target is None else target
+        if not isinstance(idx, Tensor) or idx.shape != disc.z.shape[:-1]:
+            raise ValueError(f"target (indices) must have shape {tuple(disc.z.shape[:-1])}")
+        kb = kc.expand(*disc.z.shape[:-2], *kc.shape[-2:])
+        xstar = kb.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, kc.shape[-1]))
+    else:
+        check_tensor("target", target, min_dim=2)
+        xstar = target.to(disc.z.dtype)
+    return _cosine(disc.delta, xstar - disc.dense, disc.floor(), disc.floor())
+
+
+def parallel_margin(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""Parallel coefficient sign: :math:`m = \cos(\Delta, s)`, so :math:`m \ge 0 \iff c \ge 0`.
+
+    Holds when the value scores :math:`w_j = \langle v_j, s\rangle` are higher on the keys the sparse map
+    up-weights than on the keys it down-weights (:func:`parallel_certificate` :math:`\ge 0`); in
+    particular when :math:`w` is a non-decreasing function of :math:`z` (e.g. orthogonal equal-norm
+    values with :math:`v = k`), and in the exact-retrieval region when :math:`\langle v_j, v_i\rangle \le
+    \lVert v_i\rVert^2`. False in general: collinear values of different norms (``THEORY.md`` T5).
+
+    Returns
+    -------
+    Tensor (..., Lq), cosine.
+    """
+    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    return _cosine(disc.delta, disc.sparse, disc.floor(), disc.floor())
+
+
+def parallel_certificate(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""Sufficient condition for :math:`c \ge 0`: :func:`crossing_certificate` with
+    :math:`w_j = \langle v_j, \hat s\rangle`, :math:`\hat s = s/\lVert s\rVert`.
+
+    .. math::  \langle\Delta, s\rangle = \langle p_s - p_d, V s\rangle
+               \ge \tfrac12\lVert p_s - p_d\rVert_1\,\lVert s\rVert\,\mathrm{cert}.
+
+    Returns
+    -------
+    Tensor (..., Lq) in units of the value norm; :math:`\ge 0` proves ``parallel_margin >= 0``.
+    """
+    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    vc = (k if v is None else v).to(disc.z.dtype)
+    sn = torch.linalg.vector_norm(disc.sparse, dim=-1, keepdim=True)
+    shat = disc.sparse / torch.where(sn > 0, sn, torch.ones_like(sn))
+    w = shat @ vc.transpose(-1, -2)  # (..., Lq, Lk)
+    return crossing_certificate(disc.p_sparse, disc.p_dense, w)
+
+
+def descent_margin(
+    q: Tensor,
+    k: Tensor,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    energy_alpha: float = 1.0,
+) -> Tensor:
+    r"""**P-descent**, Hopfield case :math:`v = k`: :math:`\Delta` is a descent direction of the Hopfield
+    energy at the dense retrieval :math:`d = T_d(\xi)`.
+
+    .. math::  m = -\cos\big(\nabla E(d), \Delta\big), \qquad \nabla E(d) = d - T(d)
+
+    with :math:`E` the dense (Ramsauer) energy for ``energy_alpha = 1`` or the Hopfield–Fenchel–Young
+    energy of that order (:func:`hopfield_gag.hopfield.energy_grad`, scale :math:`\beta`).
+    ``THEORY.md`` T6: for the dense energy it holds when the sparse retrieval is exact and :math:`d`
+    is far from the dense fixed point relative to its offset from the stored pattern; it FAILS for
+    queries at (or near) a stored pattern, because the dense energy's minimum :math:`x_i^*` is displaced
+    from :math:`x_i` and :math:`\Delta` points to :math:`x_i`. For the sparse energy
+    (``energy_alpha = alpha``) it holds whenever :math:`\xi` and :math:`d` are in the exact-retrieval
+    region of the same pattern.
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d) states;  k : Tensor (..., Lk, d) stored patterns;  scale, alpha as in
+    :func:`sparse_dense_discrepancy`;  energy_alpha : float >= 1.
+
+    Returns
+    -------
+    Tensor (..., Lq), cosine.
+    """
+    disc = sparse_dense_discrepancy(q, k, None, scale, alpha)
+    energy_alpha = _check_alpha(energy_alpha, "energy_alpha")
+    kc = k.to(disc.z.dtype)
+    grad = energy_grad(disc.dense, kc.unsqueeze(-3), disc.scale, energy_alpha)
+    return -_cosine(grad, disc.delta, disc.floor(), disc.floor())
+
+
+def consistency_margin(
+    q: Tensor,
+    k: Tensor,
+    steps: int = 1,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+    reduce: str | None = "min",
+) -> Tensor:
+    r"""**P-consistent**, Hopfield case: along the dense iteration :math:`\xi_{t+1} = T_d(\xi_t)`,
+    successive discrepancies agree in direction.
+
+    .. math::  m_t = \cos(\Delta_t, \Delta_{t+1}), \quad \Delta_t = T_s(\xi_t) - T_d(\xi_t),
+               \quad \xi_0 = q,\ t = 0, \dots, \text{steps} - 1.
+
+    ``THEORY.md`` T7: holds when the sparse retrieval is exact along the trajectory and the dense step is
+    no longer than the distance to the stored pattern; asymptotically whenever the dense limit is not a
+    sparse fixed point; fails in metastable configurations.
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, d) initial states;  k : Tensor (..., Lk, d) patterns;
+    steps : int >= 1;  scale, alpha, mask : as in :func:`sparse_dense_discrepancy`;
+    reduce : ``"min"`` (default) or ``None``.
+
+    Returns
+    -------
+    Tensor (..., Lq) (``reduce="min"``: the worst step) or (..., Lq, steps).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if reduce not in ("min", None):
+        raise ValueError(f"reduce must be 'min' or None, got {reduce!r}")
+    _check_qkv(q, k, None)
+    cd = compute_dtype(q.dtype)
+    kc = k.to(cd)  # iterate in the compute dtype: no re-rounding of the states to half precision
+    disc = sparse_dense_discrepancy(q.to(cd), kc, None, scale, alpha, mask)
+    out = []
+    for _ in range(steps):
+        nxt = sparse_dense_discrepancy(disc.dense, kc, None, disc.scale, alpha, mask)
+        out.append(_cosine(disc.delta, nxt.delta, disc.floor(), nxt.floor()))
+        disc = nxt
+    m = torch.stack(out, -1)
+    return m.amin(-1) if reduce == "min" else m
+
+
+# ----------------------------------------------------------------------------------------------------
+# the GAG map
+# ----------------------------------------------------------------------------------------------------
+def norm_cap(g: Tensor, eta: float | None) -> Tensor:
+    r"""Norm cap :math:`\mathrm{cap}_\eta(g) = g\min(1, \eta/\lVert g\rVert)` along the last dim.
+
+    It is the Euclidean projection onto the ball :math:`\{\lVert x\rVert \le \eta\}`, hence
+    1-Lipschitz (firmly non-expansive). ``eta=None`` means no cap. :math:`\mathrm{cap}_\eta(0) = 0`.
+    """
+    if eta is None:
+        return g
+    eta = check_scalar("eta", eta, gt=0.0)
+    n = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    factor = torch.where(n > eta, eta / torch.where(n > eta, n, torch.ones_like(n)), torch.ones_like(n))
+    return g * factor
+
+
+def gag_output(
+    dense: Tensor, sparse: Tensor, lam: float, eta: float | None, zeta: float = 0.0
+) -> Tensor:
+    r"""Reference GAG formula on output vectors (the slow oracle for ``hopfield_gag.attention``).
+
+    .. math::
+
+        \Delta = s - d,\quad c = \frac{\langle\Delta, s\rangle}{\lVert s\rVert^2}\ (0 \text{ if } s = 0),
+        \quad g = c\,s + \zeta(\Delta - c\,s),\quad
+        o = s + \lambda\, g \min\!\big(1, \eta/\lVert g\rVert\big).
+
+    Special cases (exact, :mod:`hopfield_gag.symbolic`): ``lam = 0`` gives :math:`s`; ``zeta = 1``
+    uncapped gives PLADIS :math:`d + (1 + \lambda)(s - d)`; ``zeta = 0`` uncapped gives
+    :math:`(1 + \lambda c)s`. Always :math:`\lVert o - s\rVert \le \lambda\eta`.
+
+    Parameters
+    ----------
+    dense, sparse : Tensor (..., dv)
+        Dense and sparse attention outputs (broadcastable, same dtype).
+    lam : float >= 0
+        GAG scale :math:`\lambda` (paper default 10).
+    eta : float > 0 or None
+        Norm cap :math:`\eta` (paper default 15); ``None`` = no cap.
+    zeta : float in [0, 1]
+        Weight of the orthogonal part (paper default 0).
+
+    Returns
+    -------
+    Tensor (..., dv) in the input dtype (computed in fp32 for half inputs).
+
+    References: GAG (arXiv 2603.02531) Eq. 12–13 as reimplemented by iljung1106/Krea2-Training-Free-
+    Improvements ``guidance_math.py`` and kmittle/RepLDM ``attention_baselines.py``.
+    """
+    check_tensor("dense", dense, min_dim=1)
+    check_tensor("sparse", sparse, min_dim=1)
+    check_finite("dense", dense)
+    check_finite("sparse", sparse)
+    if dense.dtype != sparse.dtype:
+        raise ValueError(f"dense and sparse must have the same dtype, got {dense.dtype} and {sparse.dtype}")
+    if dense.shape[-1] != sparse.shape[-1]:
+        raise ValueError(f"dense and sparse must have the same last dim, got {dense.shape[-1]} and {sparse.shape[-1]}")
+    lam = check_scalar("lam", lam, ge=0.0)
+    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    cd = compute_dtype(dense.dtype)
+    d, s = dense.to(cd), sparse.to(cd)
+    delta = s - d
+    ss = (s * s).sum(-1, keepdim=True)
+    c = torch.where(ss > 0, (delta * s).sum(-1, keepdim=True) / torch.where(ss > 0, ss, torch.ones_like(ss)),
+                    torch.zeros_like(ss))
+    par = c * s
+    g = par + zeta * (delta - par)
+    return (s + lam * norm_cap(g, eta)).to(dense.dtype)
+
+
+def gag_update(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor | None = None,
+    lam: float = 10.0,
+    eta: float | None = 15.0,
+    zeta: float = 0.0,
+    scale: float | None = None,
+    alpha: float = 1.5,
+    mask: Tensor | None = None,
+) -> Tensor:
+    r"""GAG attention output :math:`o = s + \lambda\,\mathrm{cap}_\eta(\Delta_\parallel + \zeta\Delta_\perp)`
+    for (q, k, v): :func:`sparse_dense_discrepancy` followed by :func:`gag_output`.
+
+    Returns
+    -------
+    Tensor (..., Lq, dv), input dtype.
+    """
+    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    return gag_output(disc.dense, disc.sparse, lam, eta, zeta).to(q.dtype)
+
+
+def gag_map(
+    xi: Tensor,
+    patterns: Tensor,
+    beta: float,
+    lam: float = 10.0,
+    eta: float | None = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+) -> Tensor:
+    r"""The GAG map on Hopfield states, :math:`G(\xi) = T_s(\xi) + \lambda\,\mathrm{cap}_\eta(\Delta_\parallel
+    + \zeta\Delta_\perp)`, with :math:`T_s, T_d` the sparse/dense retrieval maps
+    (:func:`hopfield_gag.hopfield.retrieval_map`, patterns as keys and values).
+
+    Parameters
+    ----------
+    xi : Tensor (..., d);  patterns : Tensor (..., N, d);  beta : float > 0;  lam, eta, zeta : as in
+    :func:`gag_output`;  alpha : float > 1.
+
+    Returns
+    -------
+    Tensor (..., d). Properties (``THEORY.md`` T8): :math:`\lVert G(\xi) - T_s(\xi)\rVert \le \lambda\eta`;
+    Banach contraction on the invariant set of :func:`gag_contraction_bound`.
+    """
+    alpha = _check_alpha(alpha)
+    if alpha == 1.0:
+        raise ValueError("alpha must be > 1 (the sparse branch)")
+    s = retrieval_map(xi, patterns, beta=beta, alpha=alpha)
+    d = retrieval_map(xi, patterns, beta=beta, alpha=1.0)
+    return gag_output(d, s, lam, eta, zeta)
+
+
+def iterate_map(fn: Callable[[Tensor], Tensor], x0: Tensor, steps: int) -> Tensor:
+    r"""Trajectory :math:`x_0, f(x_0), \dots, f^{\text{steps}}(x_0)` stacked on a new leading dim.
+
+    Returns
+    -------
+    Tensor (steps + 1, *x0.shape).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    xs = [x0]
+    for _ in range(steps):
+        xs.append(fn(xs[-1]))
+    return torch.stack(xs)
+
+
+@dataclass(frozen=True)
+class LipschitzEstimate:
+    r"""Result of :func:`lipschitz_estimate`.
+
+    Attributes
+    ----------
+    ratios : Tensor (...)   :math:`\lVert f(x) - f(y)\rVert / \lVert x - y\rVert` per pair.
+    max_ratio : float       the largest ratio (a lower bound on the Lipschitz constant on the sample).
+    """
+
+    ratios: Tensor
+    max_ratio: float
+
+
+def lipschitz_estimate(fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> LipschitzEstimate:
+    r"""Empirical Lipschitz ratios of a map on sampled pairs.
+
+    .. math::  r(x, y) = \frac{\lVert f(x) - f(y)\rVert}{\lVert x - y\rVert}.
+
+    ``max_ratio <= 1`` on a sample is evidence of non-expansiveness (never a proof); ``max_ratio > 1``
+    on any pair disproves it.
+
+    Parameters
+    ----------
+    fn : callable (..., d) -> (..., d')
+    x, y : Tensor (..., d), same shape; every pair must be distinct.
+
+    Returns
+    -------
+    LipschitzEstimate
+    """
+    check_tensor("x", x, min_dim=1)
+    check_tensor("y", y, min_dim=1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    dx = torch.linalg.vector_norm(x - y, dim=-1)
+    if bool((dx == 0).any()):
+        raise ValueError("x and y must differ in every pair (found x == y)")
+    ratios = torch.linalg.vector_norm(fn(x) - fn(y), dim=-1) / dx
+    return LipschitzEstimate(ratios=ratios, max_ratio=float(ratios.max()))
+
+
+@dataclass(frozen=True)
+class GagContractionBound:
+    r"""Sufficient conditions of ``THEORY.md`` T8 for pattern :math:`i` (all tensors (..., N)).
+
+    Attributes
+    ----------
+    gap : Tensor
+        :math:`\gamma_1`: the invariant set is :math:`R_i(\gamma_1) = \{\xi : \beta(x_i - x_j)^\top\xi \ge
+        \gamma_1\ \forall j \ne i\}`. For :math:`\zeta = 0`, :math:`\gamma_1 = \beta\Delta_i`.
+    exact : Tensor bool
+        :math:`\gamma_1 \ge 1/(\alpha-1)`: on :math:`R_i(\gamma_1)` the sparse map is exactly
+        :math:`T_s \equiv x_i`, and :math:`R_i(\gamma_1)` is mapped into itself by :math:`G`.
+    lipschitz : Tensor
+        :math:`L = \lambda\beta D_i^2\varepsilon`, :math:`\varepsilon = \frac{(N-1)e^{-\gamma_1}}{1 +
+        (N-1)e^{-\gamma_1}}`, :math:`D_i = \max_j\lVert x_j - x_i\rVert`: a Lipschitz constant of
+        :math:`G` on :math:`R_i(\gamma_1)` (when ``exact``).
+    contraction : Tensor bool
+        ``exact & (lipschitz < 1)``: :math:`G` is a Banach contraction of :math:`R_i(\gamma_1)`.
+    dense_error : Tensor
+        :math:`\varepsilon D_i \ge \lVert x_i - T_d(\xi)\rVert` on :math:`R_i(\gamma_1)`; the fixed point
+        :math:`\xi_G` satisfies :math:`\lVert\xi_G - x_i\rVert \le \lambda\min(\eta, \varepsilon D_i)`.
+    """
+
+    gap: Tensor
+    exact: Tensor
+    lipschitz: Tensor
+    contraction: Tensor
+    dense_error: Tensor
+
+
+def gag_contraction_bound(
+    patterns: Tensor,
+    beta: float,
+    lam: float,
+    eta: float | None = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+) -> GagContractionBound:
+    r"""Certificate that the GAG map is a Banach contraction near each stored pattern (``THEORY.md`` T8).
+
+    Let :math:`\gamma_0 = 1/(\alpha-1)`, :math:`\varepsilon(\gamma) = \frac{(N-1)e^{-\gamma}}{1 +
+    (N-1)e^{-\gamma}}`, :math:`D_i = \max_j\lVert x_j - x_i\rVert`. For :math:`\zeta = 0`,
+    :math:`\gamma_1 = \beta\Delta_i`; for :math:`\zeta > 0`, :math:`\gamma_1 = \beta\Delta_i -
+    \lambda\beta D_i\min(\eta, D_i\varepsilon(\gamma_0))`. If :math:`\gamma_1 \ge \gamma_0` then
+    :math:`G(R_i(\gamma_1)) \subset R_i(\gamma_1)` and :math:`G` is :math:`L`-Lipschitz there with
+    :math:`L = \lambda\beta D_i^2\varepsilon(\gamma_1)`.
+
+    Parameters
+    ----------
+    patterns : Tensor (..., N, d), N >= 2;  beta : float > 0;  lam : float >= 0;
+    eta : float > 0 or None;  zeta : float in [0, 1];  alpha : float > 1.
+
+    Returns
+    -------
+    GagContractionBound
+    """
+    beta = check_scalar("beta", beta, gt=0.0)
+    lam = check_scalar("lam", lam, ge=0.0)
+    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    alpha = check_scalar("alpha", alpha, gt=1.0)
+    if eta is not None:
+        eta = check_scalar("eta", eta, gt=0.0)
+    cd = compute_dtype(patterns.dtype)
+    x = patterns.to(cd)
+    delta_i = separation(x)  # validates patterns
+    n = x.shape[-2]
+    dist = torch.cdist(x, x)
+    d_i = dist.amax(-1)
+    gamma0 = 1.0 / (alpha - 1.0)
+
+    def eps(g):
+        t = (n - 1) * torch.exp(-g)
+        return t / (1 + t)
+
+    if zeta == 0.0:
+        gamma1 = beta * delta_i
+    else:
+        e0 = eps(torch.full_like(delta_i, gamma0))
+        move = d_i * e0 if eta is None else torch.clamp(d_i * e0, max=eta)
+        gamma1 = beta * delta_i - lam * beta * d_i * move
+    exact = gamma1 >= gamma0
+    e1 = eps(gamma1)
+    lip = lam * beta * d_i**2 * e1
+    return GagContractionBound(
+        gap=gamma1, exact=exact, lipschitz=lip, contraction=exact & (lip < 1), dense_error=e1 * d_i
+    )
