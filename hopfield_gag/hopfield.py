@@ -645,19 +645,19 @@ def metastability_count(weights: Tensor, mass: float = 0.9) -> Tensor:
 _META_CLASSES = ("I", "II", "III", "IV")
 
 
-def metastability_class(k, n: int, divisor: float = 1.0) -> str:
+def metastability_class(k, n: int) -> str:
     r"""Ramsauer's class (I–IV) of a head from its metastability counts.
 
     With :math:`\bar k` the median of ``k`` and :math:`N` the number of tokens:
     (I) :math:`\bar k > N/2` (global averaging); (II) :math:`N/8 < \bar k \le N/2`;
     (III) :math:`N/32 < \bar k \le N/8`; (IV) :math:`\bar k \le N/32` (close to single-pattern retrieval).
-    All thresholds are divided by ``divisor`` (the paper uses 4 for sequence length 128, A.5.1.3).
+    For BERT's :math:`N = 512` these are 256, 64, 16; the paper's remark that the thresholds are divided by
+    4 for sequence length 128 (A.5.1.3) is the same rule at :math:`N = 128`.
 
     Parameters
     ----------
     k : int, float or Tensor of counts (any shape; the median is taken).
     n : int >= 1, number of tokens / patterns.
-    divisor : float > 0, default 1.
 
     Returns
     -------
@@ -667,7 +667,6 @@ def metastability_class(k, n: int, divisor: float = 1.0) -> str:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    divisor = check_scalar("divisor", divisor, gt=0.0)
     if isinstance(k, Tensor):
         if k.numel() == 0:
             raise ValueError("k must hold at least one count")
@@ -676,11 +675,11 @@ def metastability_class(k, n: int, divisor: float = 1.0) -> str:
         k_bar = check_scalar("k", k, ge=0.0)
     if not math.isfinite(k_bar) or k_bar < 0:
         raise ValueError(f"k must be finite and >= 0, got median {k_bar}")
-    if k_bar > n / 2 / divisor:
+    if k_bar > n / 2:
         return "I"
-    if k_bar > n / 8 / divisor:
+    if k_bar > n / 8:
         return "II"
-    if k_bar > n / 32 / divisor:
+    if k_bar > n / 32:
         return "III"
     return "IV"
 
@@ -856,7 +855,8 @@ class CapacityBound:
     c : float           capacity constant (:func:`capacity_constant`).
     a, b : float        the theorem's intermediate constants.
     n_patterns : float  :math:`\sqrt p\, c^{(d-1)/4}`, the number of patterns storable with probability
-                        :math:`1-p`.
+                        :math:`1-p` (``inf`` if it overflows a float).
+    log_n_patterns : float  its natural logarithm (always finite).
     required_c : float  :math:`(2/\sqrt p)^{4/(d-1)}`.
     condition_holds : bool  :math:`c \ge` ``required_c`` (the theorem's premise).
     """
@@ -865,6 +865,7 @@ class CapacityBound:
     a: float
     b: float
     n_patterns: float
+    log_n_patterns: float
     required_c: float
     condition_holds: bool
 
@@ -887,11 +888,13 @@ def storage_capacity(beta: float, K: float, d: int, p: float) -> CapacityBound:
     a, b = _capacity_ab(beta, K, d, p)
     c = b / _w0_exp(a + math.log(b))
     required = (2.0 / math.sqrt(p)) ** (4.0 / (d - 1))
+    log_n = 0.5 * math.log(p) + (d - 1) / 4.0 * math.log(c)
     return CapacityBound(
         c=c,
         a=a,
         b=b,
-        n_patterns=math.sqrt(p) * c ** ((d - 1) / 4.0),
+        n_patterns=math.exp(log_n) if log_n < 709.0 else math.inf,
+        log_n_patterns=log_n,
         required_c=required,
         condition_holds=c >= required,
     )
