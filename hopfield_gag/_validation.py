@@ -26,7 +26,17 @@ def check_tensor(name: str, x, *, min_dim: int = 0) -> torch.Tensor:
 
 
 def check_finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> None:
-    """Raise if ``x`` holds NaN or +inf (and -inf unless ``allow_neg_inf``)."""
+    """Raise if ``x`` holds NaN or +inf (and -inf unless ``allow_neg_inf``).
+
+    One fused min/max reduction (NaN propagates into both) decides; the entries are counted only to
+    word the error.
+    """
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    lo_ok = bool(~torch.isnan(lo)) if allow_neg_inf else bool(torch.isfinite(lo))
+    if lo_ok and bool(torch.isfinite(hi) | (torch.isneginf(hi) & allow_neg_inf)):
+        return
     if allow_neg_inf:
         bad = torch.isnan(x) | torch.isposinf(x)
         what = "NaN or +inf"
@@ -66,17 +76,19 @@ def check_scalar(
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
-    bounds = []
-    if gt is not None and not v > gt:
-        bounds.append(f"> {gt}")
-    if ge is not None and not v >= ge:
-        bounds.append(f">= {ge}")
-    if lt is not None and not v < lt:
-        bounds.append(f"< {lt}")
-    if le is not None and not v <= le:
-        bounds.append(f"<= {le}")
-    if bounds:
-        raise ValueError(f"{name} must be {' and '.join(bounds)}, got {v}")
+    # (bound text, satisfied?) for every bound given; the message states all of them
+    bounds = [
+        (f"{op} {b}", ok)
+        for op, b, ok in (
+            (">", gt, gt is None or v > gt),
+            (">=", ge, ge is None or v >= ge),
+            ("<", lt, lt is None or v < lt),
+            ("<=", le, le is None or v <= le),
+        )
+        if b is not None
+    ]
+    if not all(ok for _, ok in bounds):
+        raise ValueError(f"{name} must be {' and '.join(text for text, _ in bounds)}, got {v}")
     return v
 
 

@@ -1,0 +1,391 @@
+r"""The production op: geometry-aware attention guidance (GAG) and its special cases.
+
+For queries :math:`q` (B, H, Lq, D), keys :math:`k` (B, H, Lk, D) and values :math:`v` (B, H, Lk, Dv), with
+scores :math:`z = \text{scale}\cdot q k^\top` (+ mask), the dense and sparse retrievals of the *same* scores
+are
+
+.. math::
+
+    d = \mathrm{softmax}(z)\,v, \qquad s = \alpha\text{-entmax}(z)\,v, \qquad \Delta = s - d,
+
+and, per query token and head, :math:`c = \langle\Delta, s\rangle/\lVert s\rVert^2`,
+:math:`\Delta_\parallel = c\,s`, :math:`\Delta_\perp = \Delta - \Delta_\parallel`. The methods:
+
+=========== =========================================================================================
+``dense``   :math:`d`, computed by ``F.scaled_dot_product_attention`` itself
+``sparse``  :math:`s`
+``pladis``  :math:`d + \lambda(s - d)` (Kim & Sim 2025, Eq. 15)
+``gag``     :math:`s + \lambda\,\mathrm{cap}_\eta(\Delta_\parallel + \zeta\Delta_\perp)`,
+            :math:`\mathrm{cap}_\eta(g) = g\min(1, \eta/\lVert g\rVert)` (GAG, arXiv 2603.02531, Eq. 12–13
+            as reimplemented by two independent ports; ``THEORY.md``)
+``aa``      :math:`d + \lambda^\star(s - d)` with the per-token AA(1) least-squares scale
+            :math:`\lambda^\star = 1 - \gamma^\star` of :func:`hopfield_gag.anderson.aa_adaptive_scale`,
+            clamped to ``aa_range``
+=========== =========================================================================================
+
+Finally ``strength`` :math:`t` returns :math:`d + t(o - d)`; :math:`t = 0` returns
+``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` bit for bit (the safe off switch;
+the GAG rule itself at :math:`\lambda = 0` is pure sparse attention, not dense).
+
+Implementation: queries are processed in chunks (peak extra memory bounded by a budget); per chunk the
+scores are computed once, normalized densely (``torch.softmax``) and sparsely (the exact sort-free entmax of
+:mod:`hopfield_gag.normalizers`, which also rejects NaN/+inf scores and fully masked rows), multiplied by
+``v`` (and by ``k`` for ``aa``), and combined per (token, head) in fp32 or higher. Half-precision inputs are
+computed in fp32 and the output is cast back. Everything is differentiable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import normalizers
+from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .anderson import aa1_mixing
+
+__all__ = ["gag_attention", "reference_gag_attention", "GAGParts", "METHODS", "GAGAttention"]
+
+METHODS = ("dense", "sparse", "pladis", "gag", "aa")
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of score-sized temporaries per chunk
+_SCORE_TEMPORARIES = 5  # z, p_dense, p_sparse, and two transient buffers of the normalizers
+
+
+@dataclass(frozen=True)
+class GAGParts:
+    r"""Intermediate quantities of :func:`gag_attention` (``return_parts=True``), in the compute dtype
+    (fp32 for half inputs).
+
+    Attributes
+    ----------
+    dense, sparse, delta : Tensor (B, H, Lq, Dv)
+        :math:`d`, :math:`s`, :math:`\Delta = s - d`.
+    parallel_coef : Tensor (B, H, Lq)
+        :math:`c = \langle\Delta, s\rangle/\lVert s\rVert^2` (0 where :math:`s = 0`).
+    cap_active : Tensor (B, H, Lq) bool
+        ``gag``: the norm cap bound, :math:`\lVert\Delta_\parallel + \zeta\Delta_\perp\rVert > \eta`.
+        False for the other methods.
+    token_scale : Tensor (B, H, Lq)
+        The effective per-token scale: ``aa``: :math:`\lambda^\star`; ``pladis``: :math:`\lambda`;
+        ``gag``: :math:`\lambda\min(1, \eta/\lVert g\rVert)`; ``dense``/``sparse``: 0/1.
+    output : Tensor (B, H, Lq, Dv)
+        The method's output :math:`o` before ``strength`` is applied.
+    """
+
+    dense: Tensor
+    sparse: Tensor
+    delta: Tensor
+    parallel_coef: Tensor
+    cap_active: Tensor
+    token_scale: Tensor
+    output: Tensor
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _check_inputs(q, k, v, mask):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, min_dim=2)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q (..., Lq, D) and k (..., Lk, D) must share D, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k (..., Lk, D) and v (..., Lk, Dv) must share Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must broadcast (as in SDPA)"
+        ) from None
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_finite(name, t)
+    scores_shape = (*batch, q.shape[-2], k.shape[-2])
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise ValueError(f"mask must be boolean (True = attend) or floating (additive), got {mask.dtype}")
+        try:
+            ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
+        if mask.device != q.device:
+            raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
+    return scores_shape
+
+
+def _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    lam = check_scalar("lam", lam, ge=0.0)
+    eta = check_scalar("eta", eta, gt=0.0)
+    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    alpha = check_scalar("alpha", alpha, gt=1.0)
+    strength = check_scalar("strength", strength, ge=0.0)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    scale = 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
+    lo, hi = (check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1]))
+    if not lo < hi:
+        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
+    return lam, eta, zeta, alpha, strength, scale, (lo, hi)
+
+
+def _auto_chunk(scores_shape, itemsize: int, budget: int) -> int:
+    per_query_row = max(1, math.prod(scores_shape[:-2]) * scores_shape[-1] * itemsize * _SCORE_TEMPORARIES)
+    return int(max(1, min(scores_shape[-2], budget // per_query_row)))
+
+
+# ---------------------------------------------------------------------------------------------------- combine
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num/den where den > 0, else 0 (no inf in the untaken branch, so gradients stay finite)."""
+    pos = den > 0
+    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_range=(0.0, 3.0)):
+    """Per (token, head) combination in the compute dtype. Returns (o, c, cap_active, token_scale)."""
+    delta = s - d
+    ss = (s * s).sum(-1)
+    c = _safe_div((delta * s).sum(-1), ss)
+    no_cap = torch.zeros_like(c, dtype=torch.bool)
+    if method == "dense":
+        return d, c, no_cap, torch.zeros_like(c)
+    if method == "sparse":
+        return s, c, no_cap, torch.ones_like(c)
+    if method == "pladis":
+        return d + lam * delta, c, no_cap, torch.full_like(c, lam)
+    if method == "aa":
+        # residuals in key space, where the Hopfield state (the query) lives: f_{k-1} = p_d k - q,
+        # f_k = p_s k - q (anderson.aa_adaptive_scale); lambda* = 1 - gamma*, clamped.
+        gamma, _ = aa1_mixing(kd - q_key, ks - q_key)
+        lam_tok = (1.0 - gamma).clamp(aa_range[0], aa_range[1])
+        return d + lam_tok.unsqueeze(-1) * delta, c, no_cap, lam_tok
+    # gag: g = Delta_par + zeta Delta_perp = zeta Delta + (1 - zeta) c s
+    if zeta == 0.0:
+        gnorm = c.abs() * ss.sqrt()
+    else:
+        g = zeta * delta + (1.0 - zeta) * c.unsqueeze(-1) * s
+        gnorm = torch.linalg.vector_norm(g, dim=-1)
+    cap_active = gnorm > eta
+    factor = torch.where(cap_active, eta / torch.where(cap_active, gnorm, torch.ones_like(gnorm)), torch.ones_like(gnorm))
+    token_scale = lam * factor
+    if zeta == 0.0:
+        # o = s + lam * factor * c * s: a radial rescaling of the sparse output (THEORY.md)
+        o = s * (1.0 + token_scale * c).unsqueeze(-1)
+    else:
+        o = s + token_scale.unsqueeze(-1) * g
+    return o, c, cap_active, token_scale
+
+
+# ---------------------------------------------------------------------------------------------------- op
+
+
+def gag_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    method: str = "gag",
+    lam: float = 10.0,
+    eta: float = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+    strength: float = 1.0,
+    chunk_size: int | None = None,
+    return_parts: bool = False,
+    aa_range: tuple[float, float] = (0.0, 3.0),
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+):
+    r"""Geometry-aware attention guidance and its special cases (module docstring for the formulas).
+
+    Parameters
+    ----------
+    q : Tensor (B, H, Lq, D)
+    k : Tensor (B, H, Lk, D)
+    v : Tensor (B, H, Lk, Dv)
+        One floating dtype (fp16, bf16, fp32, fp64) and device; leading (batch) dims broadcast as in
+        ``F.scaled_dot_product_attention``; any number of leading dims >= 0.
+    mask : Tensor, optional
+        Boolean (``True`` = attend) or additive float, broadcastable to (B, H, Lq, Lk).
+    scale : float > 0, optional
+        Score scale; default :math:`1/\sqrt D` (SDPA's default).
+    method : {"gag", "pladis", "sparse", "dense", "aa"}
+    lam : float >= 0
+        :math:`\lambda` for ``gag`` (paper default 10) and ``pladis`` (PLADIS uses 1.5–2.0).
+    eta : float > 0
+        Norm cap :math:`\eta` of ``gag`` (paper default 15).
+    zeta : float in [0, 1]
+        Weight of :math:`\Delta_\perp` in ``gag`` (paper default 0).
+    alpha : float > 1
+        Entmax order of the sparse branch (default 1.5; 2 = sparsemax).
+    strength : float >= 0
+        :math:`t` in :math:`d + t(o - d)`; 0 is bit-identical to SDPA, 1 returns :math:`o`.
+    chunk_size : int, optional
+        Queries per chunk; ``None`` picks it from ``memory_budget``.
+    return_parts : bool
+        Also return a :class:`GAGParts`.
+    aa_range : (float, float)
+        Clamp range of the per-token scale of ``aa`` (default (0, 3)).
+    memory_budget : int
+        Bytes of score-sized temporaries per chunk when ``chunk_size`` is None (default 256 MiB).
+
+    Returns
+    -------
+    Tensor (B, H, Lq, Dv) in the dtype of ``q``; with ``return_parts``, ``(output, GAGParts)``.
+
+    Raises
+    ------
+    ValueError
+        Shape/dtype/device mismatches, non-finite inputs, a fully masked query row, ``lam < 0``,
+        ``eta <= 0``, ``zeta`` outside [0, 1], ``alpha <= 1``, ``strength < 0``, an unknown method.
+    """
+    scores_shape = _check_inputs(q, k, v, mask)
+    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
+        method, lam, eta, zeta, alpha, strength, chunk_size, scale, q.shape[-1], aa_range
+    )
+
+    if not return_parts and (method == "dense" or strength == 0.0):
+        # the stock op itself: strength 0 (or the dense method) is the exact off switch
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    cd = compute_dtype(q.dtype)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+    kT = kc.transpose(-1, -2)
+    dv = v.shape[-1]
+    # aa needs the key-space retrievals p k as well: one matmul against [v | k]
+    read = torch.cat([vc, kc.expand(*kc.shape[:-2], *kc.shape[-2:])], dim=-1) if method == "aa" else vc
+    lq = q.shape[-2]
+    step = chunk_size or _auto_chunk(scores_shape, torch.finfo(cd).bits // 8, memory_budget)
+
+    outs, parts = [], []
+    for start in range(0, lq, step):
+        stop = min(start + step, lq)
+        q_chunk = qc[..., start:stop, :]
+        # scale whichever operand is smaller: the (Lq, D) queries or the (Lq, Lk) scores
+        z = torch.matmul(q_chunk * beta, kT) if q.shape[-1] <= k.shape[-2] else torch.matmul(q_chunk, kT).mul_(beta)
+        if mask is not None:
+            m = mask[..., start:stop, :] if mask.dim() >= 2 and mask.shape[-2] == lq else mask
+            z = z.masked_fill(~m, -math.inf) if m.dtype == torch.bool else z + m.to(cd)
+        # the entmax kernel validates the scores (NaN/+inf, fully masked rows) for both branches
+        p_sparse = normalizers.entmax(z, alpha)
+        p_dense = torch.softmax(z, dim=-1)
+        r_dense, r_sparse = torch.matmul(p_dense, read), torch.matmul(p_sparse, read)
+        d, s = r_dense[..., :dv], r_sparse[..., :dv]
+        if method == "aa":
+            o, c, cap, tok = _combine(method, d, s, lam, eta, zeta, q_chunk, r_dense[..., dv:], r_sparse[..., dv:], aa_range)
+        else:
+            o, c, cap, tok = _combine(method, d, s, lam, eta, zeta)
+        outs.append(o if strength == 1.0 else d + strength * (o - d))
+        if return_parts:
+            parts.append((d, s, s - d, c, cap, tok, o))
+    out = torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
+    if strength == 0.0 or method == "dense":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        out = out.to(q.dtype)
+    if not return_parts:
+        return out
+    cat = [torch.cat(xs, dim=-2 if xs[0].dim() == out.dim() else -1) for xs in zip(*parts)]
+    return out, GAGParts(*cat)
+
+
+class GAGAttention(torch.nn.Module):
+    """Module holding the options of :func:`gag_attention`; ``forward(q, k, v, mask=None)``."""
+
+    def __init__(self, method="gag", lam=10.0, eta=15.0, zeta=0.0, alpha=1.5, strength=1.0, scale=None, chunk_size=None):
+        super().__init__()
+        self.options = dict(method=method, lam=lam, eta=eta, zeta=zeta, alpha=alpha, strength=strength, scale=scale, chunk_size=chunk_size)
+        _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, 1, (0.0, 3.0))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        return gag_attention(q, k, v, mask=mask, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+# ---------------------------------------------------------------------------------------------------- oracle
+
+
+def reference_gag_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    method: str = "gag",
+    lam: float = 10.0,
+    eta: float = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+    strength: float = 1.0,
+    aa_range: tuple[float, float] = (0.0, 3.0),
+) -> Tensor:
+    r"""Slow, obviously correct oracle for :func:`gag_attention`: float64, plain loops over every
+    (batch, head, query), the sort/bisection normalizers, and the formulas written out one token at a
+    time. Same arguments and output shape (float64) as :func:`gag_attention`; for tests and audits only."""
+    scores_shape = _check_inputs(q, k, v, mask)
+    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
+        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range
+    )
+    batch = scores_shape[:-2]
+    qb = q.double().expand(*batch, *q.shape[-2:])
+    kb = k.double().expand(*batch, *k.shape[-2:])
+    vb = v.double().expand(*batch, *v.shape[-2:])
+    mb = None
+    if mask is not None:
+        mb = mask.expand(scores_shape) if mask.dtype == torch.bool else mask.double().expand(scores_shape)
+    out = torch.empty(*batch, q.shape[-2], v.shape[-1], dtype=torch.float64)
+    sparse_method = "sort" if alpha in (1.5, 2.0) else "bisect"
+    for idx in torch.cartesian_prod(*[torch.arange(n) for n in batch]).view(-1, len(batch)).tolist() if batch else [[]]:
+        idx = tuple(idx)
+        K, V = kb[idx], vb[idx]
+        for i in range(q.shape[-2]):
+            xi = qb[idx][i]
+            z = torch.stack([beta * torch.dot(xi, K[j]) for j in range(K.shape[0])])
+            if mb is not None:
+                mrow = mb[idx][i]
+                z = torch.where(mrow, z, torch.tensor(-math.inf, dtype=z.dtype)) if mrow.dtype == torch.bool else z + mrow
+            p_d = normalizers.softmax(z)
+            p_s = normalizers.entmax(z, alpha, method=sparse_method)
+            d = sum(p_d[j] * V[j] for j in range(K.shape[0]))
+            s = sum(p_s[j] * V[j] for j in range(K.shape[0]))
+            delta = s - d
+            c = float(torch.dot(delta, s) / torch.dot(s, s)) if float(torch.dot(s, s)) > 0 else 0.0
+            if method == "dense":
+                o = d
+            elif method == "sparse":
+                o = s
+            elif method == "pladis":
+                o = d + lam * (s - d)
+            elif method == "gag":
+                par = c * s
+                g = par + zeta * (delta - par)
+                gn = float(torch.linalg.vector_norm(g))
+                o = s + lam * (g * min(1.0, eta / gn) if gn > 0 else g)
+            else:  # aa
+                kd = sum(p_d[j] * K[j] for j in range(K.shape[0]))
+                ks = sum(p_s[j] * K[j] for j in range(K.shape[0]))
+                f_prev, f_curr = kd - xi, ks - xi
+                diff = f_curr - f_prev
+                den = float(torch.dot(diff, diff))
+                floor = (64 * torch.finfo(torch.float64).eps) ** 2 * float(torch.dot(f_prev, f_prev) + torch.dot(f_curr, f_curr))
+                gamma = 0.0 if den <= max(floor, torch.finfo(torch.float64).tiny) else float(torch.dot(f_curr, diff)) / den
+                lam_tok = min(max(1.0 - gamma, aa_range[0]), aa_range[1])
+                o = d + lam_tok * (s - d)
+            out[idx][i] = d + strength * (o - d)
+    return out
