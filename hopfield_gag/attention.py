@@ -154,28 +154,33 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_range=(0.0, 3.0)):
-    """Per (token, head) combination in the compute dtype. Returns (o, c, cap_active, token_scale)."""
-    delta = s - d
-    ss = (s * s).sum(-1)
-    c = _safe_div((delta * s).sum(-1), ss)
+    """Per (token, head) combination in the compute dtype. Returns (o, c, cap_active, token_scale).
+
+    Written to touch the (tokens x Dv) outputs as few times as possible: Delta is never materialized,
+    c = <s - d, s>/|s|^2 = 1 - <d, s>/|s|^2 comes from one norm and one dot product, and the linear
+    blends are single lerp passes.
+    """
+    s_norm = torch.linalg.vector_norm(s, dim=-1)
+    ss = s_norm * s_norm
+    c = _safe_div(ss - torch.linalg.vecdot(d, s), ss)
     no_cap = torch.zeros_like(c, dtype=torch.bool)
     if method == "dense":
         return d, c, no_cap, torch.zeros_like(c)
     if method == "sparse":
         return s, c, no_cap, torch.ones_like(c)
     if method == "pladis":
-        return d + lam * delta, c, no_cap, torch.full_like(c, lam)
+        return torch.lerp(d, s, lam), c, no_cap, torch.full_like(c, lam)
     if method == "aa":
         # residuals in key space, where the Hopfield state (the query) lives: f_{k-1} = p_d k - q,
         # f_k = p_s k - q (anderson.aa_adaptive_scale); lambda* = 1 - gamma*, clamped.
         gamma, _ = aa1_mixing(kd - q_key, ks - q_key)
         lam_tok = (1.0 - gamma).clamp(aa_range[0], aa_range[1])
-        return d + lam_tok.unsqueeze(-1) * delta, c, no_cap, lam_tok
+        return torch.lerp(d, s, lam_tok.unsqueeze(-1)), c, no_cap, lam_tok
     # gag: g = Delta_par + zeta Delta_perp = zeta Delta + (1 - zeta) c s
     if zeta == 0.0:
-        gnorm = c.abs() * ss.sqrt()
+        gnorm = c.abs() * s_norm
     else:
-        g = zeta * delta + (1.0 - zeta) * c.unsqueeze(-1) * s
+        g = zeta * (s - d) + (1.0 - zeta) * c.unsqueeze(-1) * s
         gnorm = torch.linalg.vector_norm(g, dim=-1)
     cap_active = gnorm > eta
     factor = torch.where(cap_active, eta / torch.where(cap_active, gnorm, torch.ones_like(gnorm)), torch.ones_like(gnorm))
@@ -184,7 +189,7 @@ def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_rang
         # o = s + lam * factor * c * s: a radial rescaling of the sparse output (THEORY.md)
         o = s * (1.0 + token_scale * c).unsqueeze(-1)
     else:
-        o = s + token_scale.unsqueeze(-1) * g
+        o = torch.addcmul(s, token_scale.unsqueeze(-1), g)
     return o, c, cap_active, token_scale
 
 
@@ -288,7 +293,7 @@ def gag_attention(
             o, c, cap, tok = _combine(method, d, s, lam, eta, zeta, q_chunk, r_dense[..., dv:], r_sparse[..., dv:], aa_range)
         else:
             o, c, cap, tok = _combine(method, d, s, lam, eta, zeta)
-        outs.append(o if strength == 1.0 else d + strength * (o - d))
+        outs.append(o if strength == 1.0 else torch.lerp(d, o, strength))
         if return_parts:
             parts.append((d, s, s - d, c, cap, tok, o))
     out = torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]

@@ -1,0 +1,130 @@
+"""Benchmark: gag_attention against SDPA and a PLADIS reference built the usual way.
+
+fp32 CPU, 2 threads. Shapes (B, H, Lq, Lk, D): (2,8,1024,77,64), (2,8,4096,77,64), (2,8,1024,1024,64).
+Contenders, run once per round, round-robin (load drift hits all alike), medians reported:
+  - SDPA: F.scaled_dot_product_attention (the dense baseline);
+  - ours: gag_attention(method="gag") with the paper defaults (lam=10, eta=15, zeta=0) and
+    gag_attention(method="pladis", lam=2);
+  - PLADIS reference: SDPA for the dense output plus entmax.entmax15(scores) @ V for the sparse one,
+    blended d + 2 (s - d) (what a diffusers processor built on the entmax package does).
+Peak extra memory of ours at (1,8,4096,4096,64) is measured in a fresh subprocess as the peak resident set
+above the baseline after the inputs exist (ru_maxrss).
+
+Targets (issue 5): gag <= 2x SDPA and >= 5x faster than the PLADIS reference at Lk = 77; gag <= 5x SDPA at
+Lk = 1024; peak extra memory < 2 GiB at 4096².
+
+Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import entmax as entmax_pkg
+from hopfield_gag.attention import gag_attention
+
+SHAPES = [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 8, 1024, 1024, 64)]
+MEMORY_SHAPE = (1, 8, 4096, 4096, 64)
+
+
+def inputs(shape, seed=0):
+    b, h, lq, lk, d = shape
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, h, lq, d, generator=g), torch.randn(b, h, lk, d, generator=g),
+            torch.randn(b, h, lk, d, generator=g))
+
+
+def pladis_reference(q, k, v, lam=2.0):
+    dense = F.scaled_dot_product_attention(q, k, v)
+    p_sparse = entmax_pkg.entmax15(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return dense + lam * (p_sparse @ v - dense)
+
+
+def contenders(q, k, v):
+    return {
+        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+        "ours gag": lambda: gag_attention(q, k, v, method="gag"),
+        "ours pladis": lambda: gag_attention(q, k, v, method="pladis", lam=2.0),
+        "PLADIS reference": lambda: pladis_reference(q, k, v),
+    }
+
+
+def measure(fns, rounds):
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+_MEMORY_CHILD = r"""
+import json, resource, sys, torch
+torch.set_num_threads(2)
+from hopfield_gag.attention import gag_attention
+b, h, lq, lk, d = json.loads(sys.argv[1])
+q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports and inputs
+gag_attention(q[..., :1, :], k, v)  # loads the kernel; its temporaries (1 query row) count too
+out = gag_attention(q, k, v)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"extra_kib": peak - base, "output_mib": out.numel() * 4 / 2**20}))
+"""
+
+
+def peak_extra_memory(shape):
+    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(shape)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds\n")
+    verdicts = []
+    for shape in SHAPES:
+        q, k, v = inputs(shape)
+        med = measure(contenders(q, k, v), rounds)
+        sdpa = med["SDPA"]
+        print(f"shape (B,H,Lq,Lk,D) = {shape}")
+        print(f"  {'contender':20s} {'median ms':>10s} {'/ SDPA':>8s}")
+        for name, ms in med.items():
+            print(f"  {name:20s} {ms:10.2f} {ms / sdpa:8.2f}")
+        gag_vs_sdpa = med["ours gag"] / sdpa
+        ref_vs_gag = med["PLADIS reference"] / med["ours gag"]
+        print(f"  PLADIS reference / ours gag = {ref_vs_gag:.2f}\n")
+        if shape[3] == 77:
+            verdicts.append((f"{shape}: gag / SDPA <= 2", gag_vs_sdpa, gag_vs_sdpa <= 2.0))
+            verdicts.append((f"{shape}: PLADIS ref / gag >= 5", ref_vs_gag, ref_vs_gag >= 5.0))
+        else:
+            verdicts.append((f"{shape}: gag / SDPA <= 5", gag_vs_sdpa, gag_vs_sdpa <= 5.0))
+    if not args.skip_memory:
+        mem = peak_extra_memory(MEMORY_SHAPE)
+        gib = mem["extra_kib"] / 2**20
+        print(f"peak extra memory of gag at {MEMORY_SHAPE}: {gib:.3f} GiB "
+              f"(includes the {mem['output_mib']:.0f} MiB output)\n")
+        verdicts.append((f"{MEMORY_SHAPE}: peak extra GiB < 2", gib, gib < 2.0))
+    print("targets")
+    for what, value, ok in verdicts:
+        print(f"  {what:48s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
