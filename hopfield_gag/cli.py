@@ -1,0 +1,63 @@
+"""Command line interface: ``hopfield-gag <command>``.
+
+Commands are argparse subcommands; each registers a parser and a handler ``handler(args) -> int`` (the
+exit status) in :func:`build_parser`, so later commands (``demo``, studies, figures) plug in the same way.
+
+Commands
+--------
+selfcheck   run the numerical self-check battery (:mod:`hopfield_gag.selfcheck`); exit status 1 if any
+            check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_selfcheck(args: argparse.Namespace) -> int:
+    from . import selfcheck
+
+    if args.list:
+        width = max(len(name) for name in selfcheck.REGISTRY)
+        for check in selfcheck.REGISTRY.values():
+            print(f"{check.name:<{width}}  {check.description}")
+        return 0
+    checks = selfcheck.REGISTRY
+    if args.only:
+        unknown = [name for name in args.only if name not in checks]
+        if unknown:
+            print(f"unknown check(s): {', '.join(unknown)}; see `hopfield-gag selfcheck --list`", file=sys.stderr)
+            return 2
+        checks = {name: checks[name] for name in args.only}
+    return selfcheck.run_selfcheck(checks, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command (``set_defaults(handler=...)``)."""
+    parser = argparse.ArgumentParser(
+        prog="hopfield-gag",
+        description="Modern Hopfield dynamics, sparse normalizers and attention guidance toolkit.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = sub.add_parser(
+        "selfcheck",
+        help="run the numerical self-check battery (exit status 1 on failure)",
+        description="Check the toolkit's mathematical claims on random float64 problems and print a table "
+        "(check, cases, pass/fail, worst margin); a margin >= 0 passes.",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random problems (default 0)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this check (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the registered checks and exit")
+    p.set_defaults(handler=_cmd_selfcheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hopfield-gag`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
