@@ -651,3 +651,16 @@ def test_normalize_is_the_single_normalizer():
         torch.testing.assert_close(
             H.retrieval_weights(XI3, X3, beta=1.7, alpha=alpha), normalize(1.7 * (X3 @ XI3), alpha=alpha), rtol=0, atol=0
         )
+
+
+def test_retrieval_error_bound_tensor_index_matches_int_index():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 3, generator=gen, dtype=F64)
+    xi = torch.randn(4, 3, generator=gen, dtype=F64)
+    index = torch.tensor([0, 4, 2, 2])
+    batched = H.retrieval_error_bound(xi, x, index, 2.0)
+    single = torch.stack([H.retrieval_error_bound(xi[b], x[b], int(index[b]), 2.0) for b in range(4)])
+    torch.testing.assert_close(batched, single, rtol=0, atol=0)
+    # a single key retrieves itself: infinite margin; dense: no margin
+    assert float(H.exact_retrieval_margin(xi[0], x[0, :1], beta=1.0, alpha=1.5)) == math.inf
+    assert H.exact_retrieval_margin(xi, x, beta=1.0, alpha=1.0).shape == (4,)
