@@ -48,10 +48,7 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
     double lo = zmax - inv_a;
     double hi = zmax - pow(1.0 / (double)n, a) * inv_a;
     double t = lo;
-    double w1 = INFINITY, w2 = INFINITY; /* bracket widths one and two iterations ago */
     for (int it = 0; it < MAXIT; ++it) {
-        w2 = w1;
-        w1 = hi - lo;
         double s0 = 0, s1 = 0, s2 = 0, sr = 0, srm1 = 0;
         for (int64_t i = 0; i < m; ++i) {
             double y = buf[i] - t;
@@ -96,16 +93,16 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
             tn = t + (N - inv_a) * N / s1;
             if (!(tn >= lo && tn <= hi)) tn = 0.5 * (lo + hi);
             if (fabs(tn - t) <= tol) { tau = D >= 0 ? tc : tn; break; } /* a tie at the threshold */
+        } else if (r < 1.0) {
+            /* alpha > 2: h is not convex and p = y^r has unbounded slope at the threshold, so Newton
+               loses digits there; bisect the bracket (on the few candidates left) to its rounding. */
+            if (hi - lo <= tol) { tau = 0.5 * (lo + hi); break; }
+            tn = 0.5 * (lo + hi);
         } else {
-            /* Converged when h(t) is zero to rounding or the bracket has collapsed. A tiny Newton
-               step alone is not convergence for r < 1 (an entry just above t makes h' huge). */
+            /* Converged when h(t) is zero to rounding or the bracket has collapsed. */
             if (fabs(N - inv_a) <= 8.0 * DBL_EPSILON * inv_a || hi - lo <= tol) { tau = t; break; }
             tn = t + (N - inv_a) * pow(N, r - 1.0) / srm1;
-            /* r < 1: Newton may cycle; keep it strictly inside the bracket and bisect whenever the
-               bracket has not halved over the last two iterations. */
-            if (!(tn > lo && tn < hi) || !isfinite(tn) ||
-                (r < 1.0 && (fabs(tn - t) <= 1e-3 * (hi - lo) || hi - lo > 0.5 * w2)))
-                tn = 0.5 * (lo + hi);
+            if (!(tn > lo && tn < hi) || !isfinite(tn)) tn = 0.5 * (lo + hi);
             else if (fabs(tn - t) <= tol) {
                 tau = tn; /* r >= 1: monotone Newton has stalled at the root */
                 break;
@@ -186,7 +183,9 @@ static int kind_of(double alpha) {
     int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int nthreads) {      \
         const int kind = kind_of(alpha);                                                       \
         int64_t flags = 0;                                                                     \
-        _Pragma("omp parallel num_threads(nthreads) reduction(| : flags)")                     \
+        /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
+           OpenMP thread costs more than the work */                                           \
+        _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
             double *buf = (double *)malloc((size_t)n * sizeof(double));                        \

@@ -274,9 +274,7 @@ def _entmax_newton_torch(z: Tensor, alpha: float, dim: int) -> Tensor:
     t = lo.clone()
     tau = lo.clone()
     done = torch.zeros_like(zmax, dtype=torch.bool)
-    width1 = width2 = torch.full_like(zmax, math.inf)  # bracket widths one and two iterations ago
     for _ in range(_NEWTON_MAX_ITER):
-        width2, width1 = width1, hi - lo
         y = (z - t).clamp_min(0)
         on = y > 0
         s0 = on.sum(dim, keepdim=True).to(z.dtype)
@@ -309,14 +307,19 @@ def _entmax_newton_torch(z: Tensor, alpha: float, dim: int) -> Tensor:
             # Newton steps are not convergence when r < 1 and are replaced by bisection.
             tol = 4 * eps * (t.abs() + inv_a)
             converged = ((norm - inv_a).abs() <= 8 * eps * inv_a) | (hi - lo <= tol)
-            tn = t + (norm - inv_a) * norm.pow(r - 1.0) / srm1
-            bad = ~((tn > lo) & (tn < hi) & torch.isfinite(tn))
-            if r < 1.0:  # Newton may cycle: bisect unless the bracket keeps halving
-                bad = bad | ((tn - t).abs() <= 1e-3 * (hi - lo)) | (hi - lo > 0.5 * width2)
-            stalled = ~bad & ((tn - t).abs() <= tol)
-            tn = torch.where(bad, 0.5 * (lo + hi), tn)
-            candidate = torch.where(converged, t, tn)
-            accept = converged | stalled
+            if r < 1.0:
+                # alpha > 2: h is not convex and p = y^r has unbounded slope at the threshold, so
+                # Newton loses digits there; bisect the bracket to its rounding instead
+                tn = 0.5 * (lo + hi)
+                accept = hi - lo <= tol
+                candidate = tn
+            else:
+                tn = t + (norm - inv_a) * norm.pow(r - 1.0) / srm1
+                bad = ~((tn > lo) & (tn < hi) & torch.isfinite(tn))
+                stalled = ~bad & ((tn - t).abs() <= tol)
+                tn = torch.where(bad, 0.5 * (lo + hi), tn)
+                candidate = torch.where(converged, t, tn)
+                accept = converged | stalled
         if kind == 2:
             tn = torch.where((tn >= lo) & (tn <= hi) & torch.isfinite(tn), tn, 0.5 * (lo + hi))
             stalled = (tn - t).abs() <= 4 * eps * (t.abs() + inv_a)
