@@ -30,6 +30,17 @@ __all__ = [
     "aa1_mixing_closed_form",
     "pladis_as_aa1",
     "gag_as_aa1",
+    "gag_zeta1_is_pladis",
+    "gag_zeta0_is_radial",
+    "gag_lambda0_is_sparse",
+    "parallel_perp_orthogonal",
+    "basin_alignment_identity",
+    "dense_energy_gradient",
+    "softmax_two_key",
+    "entmax15_two_key",
+    "sharpening_ratio_derivative",
+    "entmax_alpha_derivative",
+    "all_identities",
 ]
 
 # float64 spot checks: identities are rational in the inputs; with O(1) random inputs and
@@ -306,3 +317,344 @@ def gag_as_aa1(dim: int = 3) -> SymbolicIdentity:
         numeric_max_error=worst,
         n_numeric_cases=100,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# GAG algebra (THEORY.md, "Exact algebra"); numeric checks run the library's gag_output
+# --------------------------------------------------------------------------------------------
+def _gag_symbols(dim: int):
+    s, d = _vec("s", dim), _vec("d", dim)
+    lam, zeta = sp.symbols("lam zeta", real=True)
+    ss = _dot(s, s)
+    delta = s - d
+    c = _dot(delta, s) / ss
+    d_par = c * s
+    d_perp = delta - d_par
+    return s, d, lam, zeta, delta, c, d_par, d_perp
+
+
+def _library_check(formula: Callable, n: int, seed: int, **gag_kwargs) -> float:
+    """Max |gag_output(d, s, **kw) - formula(d, s, c)| on random float64 vectors (float64: see
+    ``_NUMERIC_TOL``)."""
+    import torch
+
+    from .theory import gag_output
+
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    s = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    c = ((s - d) * s).sum(-1, keepdim=True) / (s * s).sum(-1, keepdim=True)
+    out = gag_output(d, s, **gag_kwargs)
+    return float((out - formula(d, s, c)).abs().max())
+
+
+def gag_zeta1_is_pladis(dim: int = 3) -> SymbolicIdentity:
+    r"""Uncapped GAG with :math:`\zeta = 1` is PLADIS with scale :math:`\lambda' = \lambda + 1`.
+
+    .. math::  s + \lambda(\Delta_\parallel + \Delta_\perp) = s + \lambda\Delta = d + (\lambda + 1)(s - d).
+
+    Numeric check: :func:`hopfield_gag.theory.gag_output` with ``zeta=1, eta=None``.
+    """
+    s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
+    lhs = s + lam * (d_par + 1 * d_perp)
+    rhs = d + (lam + 1) * (s - d)
+    err = _library_check(lambda d_, s_, c_: d_ + (2.5 + 1) * (s_ - d_), 64, 10, lam=2.5, eta=None, zeta=1.0)
+    return SymbolicIdentity(
+        name="gag_zeta1_is_pladis",
+        statement="zeta = 1, no cap: s + lam (Delta_par + Delta_perp) == d + (lam + 1)(s - d)",
+        lhs=lhs, rhs=rhs, expressions={"lam_pladis": lam + 1},
+        symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=64,
+    )
+
+
+def gag_zeta0_is_radial(dim: int = 3) -> SymbolicIdentity:
+    r"""Uncapped GAG with :math:`\zeta = 0` is the radial rescaling :math:`(1 + \lambda c)s`.
+
+    With the cap active (:math:`|c|\lVert s\rVert > \eta`) the output is
+    :math:`(1 + \lambda\,\mathrm{sign}(c)\,\eta/\lVert s\rVert)s`: the direction is always that of
+    :math:`s` (paper.md §3.3). Numeric check: ``gag_output`` with ``zeta=0``, uncapped and capped.
+    """
+    s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
+    lhs = s + lam * d_par
+    rhs = (1 + lam * c) * s
+    err = _library_check(lambda d_, s_, c_: (1 + 3.0 * c_) * s_, 64, 11, lam=3.0, eta=None, zeta=0.0)
+
+    def capped(d_, s_, c_):
+        import torch
+
+        sn = s_.norm(dim=-1, keepdim=True)
+        gain = torch.where(c_.abs() * sn > 0.1, 3.0 * torch.sign(c_) * 0.1 / sn, 3.0 * c_)
+        return (1 + gain) * s_
+
+    err = max(err, _library_check(capped, 64, 12, lam=3.0, eta=0.1, zeta=0.0))
+    return SymbolicIdentity(
+        name="gag_zeta0_is_radial",
+        statement="zeta = 0, no cap: s + lam Delta_par == (1 + lam c) s; capped: (1 + lam sign(c) eta/||s||) s",
+        lhs=lhs, rhs=rhs, expressions={"c": c, "gain": 1 + lam * c},
+        symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=128,
+    )
+
+
+def gag_lambda0_is_sparse(dim: int = 3) -> SymbolicIdentity:
+    r""":math:`\lambda = 0` gives the sparse output :math:`s` (not the dense one), for every :math:`\zeta`
+    and :math:`\eta`: GAG at zero strength is PLADIS at :math:`\lambda' = 1`, not a no-op."""
+    s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
+    eta = sp.Symbol("eta", positive=True)
+    g = d_par + zeta * d_perp
+    capped = g * sp.Min(1, eta / sp.sqrt(_dot(g, g)))
+    lhs = (s + lam * capped).subs(lam, 0)
+    rhs = s
+    err = _library_check(lambda d_, s_, c_: s_, 64, 13, lam=0.0, eta=0.5, zeta=0.3)
+    return SymbolicIdentity(
+        name="gag_lambda0_is_sparse",
+        statement="lam = 0: s + 0 * cap_eta(Delta_par + zeta Delta_perp) == s",
+        lhs=lhs, rhs=rhs, symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=64,
+    )
+
+
+def parallel_perp_orthogonal(dim: int = 3) -> SymbolicIdentity:
+    r""":math:`\Delta_\parallel \perp \Delta_\perp` and :math:`\Delta_\parallel + \Delta_\perp = \Delta`
+    (orthogonal decomposition relative to the retrieval direction :math:`s`).
+
+    Numeric check: :func:`hopfield_gag.theory.sparse_dense_discrepancy` on random attention inputs.
+    """
+    s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
+    lhs = sp.Matrix([_dot(d_par, d_perp), *list(d_par + d_perp - delta)])
+    rhs = sp.zeros(dim + 1, 1)
+    import torch
+
+    from .theory import sparse_dense_discrepancy
+
+    g = torch.Generator().manual_seed(14)
+    q = torch.randn(4, 8, 6, generator=g, dtype=torch.float64)
+    k = torch.randn(4, 9, 6, generator=g, dtype=torch.float64)
+    v = torch.randn(4, 9, 5, generator=g, dtype=torch.float64)
+    r = sparse_dense_discrepancy(q, k, v, scale=1.0)
+    err = float(torch.maximum(
+        (r.delta_parallel * r.delta_perp).sum(-1).abs().max(),
+        (r.delta_parallel + r.delta_perp - r.delta).abs().max(),
+    ))
+    return SymbolicIdentity(
+        name="parallel_perp_orthogonal",
+        statement="<Delta_par, Delta_perp> == 0 and Delta_par + Delta_perp == Delta",
+        lhs=lhs, rhs=rhs, symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=32,
+    )
+
+
+def basin_alignment_identity(dim: int = 3) -> SymbolicIdentity:
+    r"""Polarization identity behind P-align (basin), THEORY.md T4:
+
+    .. math::  \lVert x^\star - s\rVert^2 = \lVert x^\star - d\rVert^2 - 2\langle\Delta, x^\star - d\rangle
+               + \lVert\Delta\rVert^2,
+
+    so :math:`\langle\Delta, x^\star - d\rangle \ge 0 \iff \lVert x^\star - s\rVert^2 \le
+    \lVert x^\star - d\rVert^2 + \lVert\Delta\rVert^2`.
+    """
+    s, d, x = _vec("s", dim), _vec("d", dim), _vec("x", dim)
+    delta = s - d
+    lhs = _dot(x - s, x - s)
+    rhs = _dot(x - d, x - d) - 2 * _dot(delta, x - d) + _dot(delta, delta)
+    syms = list(s) + list(d) + list(x)
+    err = _numeric_check(lhs, rhs, syms, _gaussian_sampler(syms), 50, 15)
+    return SymbolicIdentity(
+        name="basin_alignment_identity",
+        statement="||x - s||^2 == ||x - d||^2 - 2 <s - d, x - d> + ||s - d||^2",
+        lhs=lhs, rhs=rhs, symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=50,
+    )
+
+
+def dense_energy_gradient(dim: int = 2, n_patterns: int = 3) -> SymbolicIdentity:
+    r""":math:`\nabla E(\xi) = \xi - T_d(\xi)` for Ramsauer's dense energy
+    :math:`E(\xi) = -\beta^{-1}\log\sum_j e^{\beta x_j^\top\xi} + \tfrac12\lVert\xi\rVert^2 + C`.
+
+    Symbolic: ``sympy.diff`` of the energy in components. Numeric: the library's
+    :func:`hopfield_gag.hopfield.energy_grad` against autograd of :func:`hopfield_gag.hopfield.energy`
+    and against the lambdified sympy gradient.
+    """
+    xi = _vec("xi", dim)
+    X = sp.Matrix(n_patterns, dim, lambda j, k: sp.Symbol(f"x{j + 1}_{k + 1}", real=True))
+    beta = sp.Symbol("beta", positive=True)
+    scores = [beta * (X[j, :] * xi)[0, 0] for j in range(n_patterns)]
+    Z = sum(sp.exp(a) for a in scores)
+    E = -sp.log(Z) / beta + _dot(xi, xi) / 2
+    grad = sp.Matrix([sp.diff(E, xi[k]) for k in range(dim)])
+    T = sp.zeros(dim, 1)
+    for j in range(n_patterns):
+        T += (sp.exp(scores[j]) / Z) * X[j, :].T
+    rhs = xi - T
+    symbolic = _is_zero(grad - rhs)
+
+    import torch
+
+    from .hopfield import energy, energy_grad
+
+    g = torch.Generator().manual_seed(16)
+    f = sp.lambdify(list(xi) + list(X) + [beta], grad, "numpy")
+    worst = 0.0
+    n = 20
+    for _ in range(n):
+        x0 = torch.randn(dim, generator=g, dtype=torch.float64, requires_grad=True)
+        P = torch.randn(n_patterns, dim, generator=g, dtype=torch.float64)
+        b = float(torch.rand((), generator=g, dtype=torch.float64) * 4 + 0.1)
+        (auto,) = torch.autograd.grad(energy(x0, P, b), x0)
+        lib = energy_grad(x0.detach(), P, b)
+        sym = torch.tensor(np.asarray(f(*x0.detach().tolist(), *P.flatten().tolist(), b), dtype=np.float64).ravel())
+        worst = max(worst, float((lib - auto).abs().max()), float((lib - sym).abs().max()))
+    return SymbolicIdentity(
+        name="dense_energy_gradient",
+        statement="d/dxi [-beta^-1 log sum_j exp(beta x_j.xi) + xi.xi/2] == xi - X^T softmax(beta X xi)",
+        lhs=grad, rhs=rhs, expressions={"energy": E},
+        symbolic_holds=symbolic, numeric_max_error=worst, n_numeric_cases=n,
+    )
+
+
+def softmax_two_key() -> SymbolicIdentity:
+    r""":math:`\mathrm{softmax}([t, 0])_1 = 1/(1 + e^{-t})` (the logistic sigmoid); numeric check against
+    :func:`hopfield_gag.normalizers.softmax`."""
+    t = sp.Symbol("t", real=True)
+    lhs = sp.exp(t) / (sp.exp(t) + sp.exp(0))
+    rhs = 1 / (1 + sp.exp(-t))
+    import torch
+
+    from .normalizers import softmax
+
+    ts = torch.linspace(-30, 30, 121, dtype=torch.float64)
+    p = softmax(torch.stack([ts, torch.zeros_like(ts)], -1))[:, 0]
+    err = float((p - torch.sigmoid(ts)).abs().max())
+    return SymbolicIdentity(
+        name="softmax_two_key", statement="softmax([t, 0])_1 == 1 / (1 + exp(-t))",
+        lhs=lhs, rhs=rhs, symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=err, n_numeric_cases=121,
+    )
+
+
+def entmax15_two_key() -> SymbolicIdentity:
+    r"""Closed form of 1.5-entmax on two keys:
+
+    .. math::  \text{1.5-entmax}([t, 0])_1 = \Big(\frac{t + \sqrt{8 - t^2}}{4}\Big)^2 \quad (|t| \le 2),
+
+    1 for :math:`t \ge 2` and 0 for :math:`t \le -2`. Derivation: :math:`p = [z/2 - \tau]_+^2`; with both
+    keys in the support, :math:`a = t/2 - \tau`, :math:`b = -\tau`, :math:`a - b = t/2`,
+    :math:`a^2 + b^2 = 1`. Symbolic: :math:`a^2 + b^2 = 1` with :math:`a = (t + \sqrt{8-t^2})/4`,
+    :math:`b = a - t/2 = (\sqrt{8-t^2} - t)/4 \ge 0` for :math:`|t| \le 2`, and :math:`b = 0` at
+    :math:`t = 2`. Numeric: :func:`hopfield_gag.normalizers.entmax` on a grid of :math:`t \in [-3, 3]`.
+    """
+    t = sp.Symbol("t", real=True)
+    a = (t + sp.sqrt(8 - t**2)) / 4
+    b = a - t / 2
+    lhs = a**2 + b**2
+    rhs = sp.Integer(1)
+    symbolic = _is_zero(lhs - rhs) and _is_zero(b.subs(t, 2)) and _is_zero(a.subs(t, -2))
+    # b >= 0 on [-2, 2]: b = (sqrt(8 - t^2) - t)/4 and 8 - t^2 >= t^2 there
+    symbolic = symbolic and bool(sp.solveset(b < 0, t, sp.Interval(-2, 2)) == sp.EmptySet)
+    import torch
+
+    from .normalizers import entmax
+
+    ts = torch.linspace(-3, 3, 241, dtype=torch.float64)
+    p = entmax(torch.stack([ts, torch.zeros_like(ts)], -1), 1.5)[:, 0]
+    closed = torch.where(
+        ts.abs() <= 2, ((ts + torch.sqrt((8 - ts**2).clamp_min(0))) / 4) ** 2, (ts > 0).to(ts.dtype)
+    )
+    err = float((p - closed).abs().max())
+    return SymbolicIdentity(
+        name="entmax15_two_key",
+        statement="1.5-entmax([t, 0])_1 == ((t + sqrt(8 - t^2))/4)^2 for |t| <= 2",
+        lhs=lhs, rhs=rhs, expressions={"p1": a**2, "p2": b**2, "tau": -b},
+        symbolic_holds=symbolic, numeric_max_error=err, n_numeric_cases=241,
+    )
+
+
+def sharpening_ratio_derivative() -> SymbolicIdentity:
+    r"""Key step of THEORY.md T1 (entmax majorizes softmax): on the support, with :math:`r = \alpha - 1`,
+
+    .. math::  \frac{d}{dz}\Big[\log\frac{p_s(z)}{p_d(z)}\Big]
+               = \frac{d}{dz}\Big[\tfrac1r\log(rz - \tau) - z\Big] = \frac{1}{rz - \tau} - 1
+               = p_s(z)^{-r} - 1 \;\ge 0,
+
+    since :math:`p_s \le 1`. Numeric check: :math:`\log(p_s/p_d)` is non-decreasing in :math:`z_j` over the
+    support on random score vectors (library normalizers).
+    """
+    z, tau = sp.symbols("z tau", real=True)
+    r = sp.Symbol("r", positive=True)
+    h = sp.log(r * z - tau) / r - z
+    lhs = sp.diff(h, z)
+    rhs = 1 / (r * z - tau) - 1
+    import torch
+
+    from .normalizers import normalize
+
+    g = torch.Generator().manual_seed(17)
+    zz = torch.randn(200, 12, generator=g, dtype=torch.float64) * 3
+    worst = 0.0
+    for alpha in (1.25, 1.5, 2.0, 3.0):
+        ps, pd = normalize(zz, alpha), normalize(zz, 1.0)
+        zs, idx = zz.sort(-1)
+        ratio = torch.log(ps.gather(-1, idx)) - torch.log(pd.gather(-1, idx))  # -inf off the support
+        on = torch.isfinite(ratio)
+        inc = ratio[..., 1:] - ratio[..., :-1]
+        both = on[..., 1:] & on[..., :-1]
+        # a decrease on the support would be a violation; report its size as the numeric error
+        worst = max(worst, float(torch.where(both, (-inc).clamp_min(0), torch.zeros_like(inc)).max()))
+    return SymbolicIdentity(
+        name="sharpening_ratio_derivative",
+        statement="d/dz [log(r z - tau)/r - z] == 1/(r z - tau) - 1 (= p_s^{-r} - 1 >= 0)",
+        lhs=lhs, rhs=rhs, symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=worst, n_numeric_cases=800,
+    )
+
+
+def entmax_alpha_derivative() -> SymbolicIdentity:
+    r"""Key step of THEORY.md T2 (majorization is monotone in :math:`\alpha`): with :math:`r = \alpha - 1`,
+    :math:`u_i = r z_i - \tau(r) = p_i^r` on the support and :math:`\tau' = d\tau/dr`,
+
+    .. math::  \frac{\partial\log p_i}{\partial r} = \frac1{r^2} - \frac{\log p_i}{r} + \kappa\,p_i^{-r},
+               \qquad \kappa = \frac{\tau - r\tau'}{r^2}.
+
+    Normalization :math:`\sum_i\partial p_i/\partial r = 0` then gives :math:`\kappa = -(1/r^2 + H/r)/\sum_i
+    p_i^{1-r} < 0` (:math:`H` the Shannon entropy). Numeric check: finite differences in
+    :math:`\alpha` of the library entmax against this formula (with :math:`\kappa` from the normalization).
+    """
+    r, u = sp.symbols("r u", positive=True)
+    tau, dtau, z = sp.symbols("tau dtau z", real=True)
+    U = r * z - tau
+    dlogp = (-sp.log(U) / r**2 + (z - dtau) / (r * U)).subs(z, (u + tau) / r)
+    kappa = (tau - r * dtau) / r**2
+    rhs = 1 / r**2 - (sp.log(u) / r) / r + kappa / u  # log p = log(u)/r, p^{-r} = 1/u
+    lhs = dlogp
+    import torch
+
+    from .normalizers import entmax
+
+    g = torch.Generator().manual_seed(18)
+    zz = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    worst = 0.0
+    h = 1e-6
+    for alpha in (1.3, 1.5, 2.0, 2.5):
+        rr = alpha - 1
+        p = entmax(zz, alpha, method="bisect")
+        fd = (entmax(zz, alpha + h, method="bisect") - entmax(zz, alpha - h, method="bisect")) / (2 * h)
+        on = p > 1e-3  # away from support changes, where the derivative is one-sided
+        logp = torch.where(p > 0, torch.log(p.clamp_min(1e-300)), torch.zeros_like(p))
+        H = -(p * logp).sum(-1, keepdim=True)
+        A = torch.where(p > 0, p ** (1 - rr), torch.zeros_like(p)).sum(-1, keepdim=True)
+        kap = -(1 / rr**2 + H / rr) / A
+        pred = p * (1 / rr**2 - logp / rr + kap * p.clamp_min(1e-300) ** (-rr))
+        keep = on.all(-1, keepdim=True) | (p == 0)
+        worst = max(worst, float(torch.where(keep & (p > 0), (fd - pred).abs(), torch.zeros_like(p)).max()))
+    # central differences of bisection output: truncation O(h^2) + rounding ~ 1e-16/h = 1e-10
+    return SymbolicIdentity(
+        name="entmax_alpha_derivative",
+        statement="d log p_i / d r == 1/r^2 - log(p_i)/r + kappa p_i^{-r}, kappa = (tau - r tau')/r^2",
+        lhs=lhs, rhs=rhs, expressions={"kappa": kappa},
+        symbolic_holds=_is_zero(lhs - rhs), numeric_max_error=worst, numeric_tolerance=1e-6,
+        n_numeric_cases=200,
+    )
+
+
+def all_identities() -> list[SymbolicIdentity]:
+    """Run every identity of this module (for reports and THEORY.md)."""
+    fns = [
+        aa1_mixing_closed_form, pladis_as_aa1, gag_as_aa1, gag_zeta1_is_pladis, gag_zeta0_is_radial,
+        gag_lambda0_is_sparse, parallel_perp_orthogonal, basin_alignment_identity, dense_energy_gradient,
+        softmax_two_key, entmax15_two_key, sharpening_ratio_derivative, entmax_alpha_derivative,
+    ]
+    return [f() for f in fns]
