@@ -7,14 +7,17 @@
  *
  * Algorithm (no sort): h(t) = ||(z - t)_+||_r - 1/(alpha-1) is decreasing, and convex for r >= 1
  * (alpha <= 2), so Newton from the lower bracket end t0 = max(z) - 1/(alpha-1) increases monotonically
- * to the root. A bisection bracket [lo, hi] safeguards alpha > 2 (r < 1, h not convex) and rounding.
- * Exact finish: for r = 2 (alpha = 1.5) and r = 1 (alpha = 2) the threshold on a fixed support S has a
- * closed form; it is accepted only when the support it induces is S itself, which makes it the exact
- * root. For other alpha, Newton runs to h(t) = 0 at double precision on the final (smooth) piece.
+ * to the root; a bracket [lo, hi] guards against rounding. Exact finish: for r = 2 (alpha = 1.5) and
+ * r = 1 (alpha = 2) the threshold on a fixed support S has a closed form, accepted only when the support
+ * it induces is S itself, which makes it the exact root. Other alpha <= 2: Newton runs to h(t) = 0 at
+ * double precision. alpha > 2 (r < 1): h is not convex and p has unbounded slope at the threshold, so
+ * the bracket is bisected to its rounding.
  *
- * Speed: entries <= lo can never be in the support, and lo only increases, so after every iteration
- * the surviving candidates are compacted into a per-thread buffer; the iterations then touch only a
- * few percent of a long row. All accumulation is in double whatever the storage type.
+ * Speed: entries <= max - 1/(alpha-1) can never be in the support and the lower bound only rises, so the
+ * candidates are gathered once and compacted after each iteration; the iterations touch a few percent of
+ * a long row. Loops are branch-free SIMD reductions; accumulation is in double whatever the storage type.
+ * Everything after the max pass is in max-shifted coordinates u = z - max z: at |z| ~ 1e38 an unshifted
+ * max(z) - 1/(alpha-1) would round back to max(z).
  */
 #include <float.h>
 #include <math.h>
@@ -23,48 +26,59 @@
 
 #define MAXIT 300
 
-static inline double powr(double y, double r, int kind) {
-    return kind == 1 ? y : (kind == 2 ? y * y : pow(y, r));
-}
+typedef struct {
+    double alpha, a, r, inv_a;
+    double hi0; /* upper bracket end (shifted): -(1/n)^a / a; p_i <= 1/n there, so sum p <= 1 */
+    int kind;   /* 1: alpha = 2, 2: alpha = 1.5, 0: other */
+} params;
 
-/* Replace buf[0..m) by its entries u = buf[i] - shift with u > bound; returns the new count. */
+/* Keep the entries u = buf[i] - shift with u > bound (branch-free, in place); returns the count. */
 static inline int64_t compact(double *buf, int64_t m, double bound, double shift) {
     int64_t j = 0;
     for (int64_t i = 0; i < m; ++i) {
         const double u = buf[i] - shift;
-        if (u > bound) buf[j++] = u;
+        buf[j] = u;
+        j += u > bound;
     }
     return j;
 }
 
-/* Threshold t for a row whose candidate entries (all > the lower bound lo), shifted so that their max is
-   zmax (0 when called from a row), are buf[0..m).
-   Compacts buf in place (*m_io is updated). Sets *status to 4 if MAXIT was hit (the bracket
-   estimate is returned). */
-static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, double alpha, int kind, int *status) {
-    const double a = alpha - 1.0, inv_a = 1.0 / a, r = 1.0 / a;
+static inline int64_t count_above(const double *buf, int64_t m, double t) {
+    int64_t c = 0;
+#pragma omp simd reduction(+ : c)
+    for (int64_t i = 0; i < m; ++i) c += buf[i] > t;
+    return c;
+}
+
+/* Threshold for the candidates buf[0..m) (shifted so the row max is 0). Compacts buf in place
+   (*m_io is updated). Sets *status |= 4 if MAXIT was hit (the bracket estimate is returned). */
+static double threshold(double *buf, int64_t *m_io, const params *P, int *status) {
+    const double inv_a = P->inv_a, r = P->r, a = P->a;
     int64_t m = *m_io;
-    double tau = NAN;
-    double lo = zmax - inv_a;
-    double hi = zmax - pow(1.0 / (double)n, a) * inv_a;
-    double t = lo;
+    double lo = -inv_a, hi = P->hi0, t = lo, tau = NAN;
     for (int it = 0; it < MAXIT; ++it) {
         double s0 = 0, s1 = 0, s2 = 0, sr = 0, srm1 = 0;
-        for (int64_t i = 0; i < m; ++i) {
-            double y = buf[i] - t;
-            if (y > 0) {
-                s0 += 1.0;
-                s1 += y;
-                if (kind == 2) {
-                    s2 += y * y;
-                } else if (kind == 0) {
-                    double y1 = pow(y, r - 1.0);
+        if (P->kind == 0) {
+            for (int64_t i = 0; i < m; ++i) {
+                const double y = buf[i] - t;
+                if (y > 0) {
+                    const double y1 = pow(y, r - 1.0);
+                    s0 += 1.0;
+                    s1 += y;
                     srm1 += y1;
                     sr += y1 * y;
                 }
             }
+        } else {
+#pragma omp simd reduction(+ : s0, s1, s2)
+            for (int64_t i = 0; i < m; ++i) {
+                const double y = fmax(buf[i] - t, 0.0);
+                s0 += y > 0;
+                s1 += y;
+                s2 += y * y;
+            }
         }
-        const double N = kind == 1 ? s1 : (kind == 2 ? sqrt(s2) : pow(sr, a));
+        const double N = P->kind == 1 ? s1 : (P->kind == 2 ? sqrt(s2) : pow(sr, a));
         if (N >= inv_a) {
             lo = t;
             m = compact(buf, m, lo, 0.0);
@@ -73,38 +87,33 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
         }
         const double tol = 4.0 * DBL_EPSILON * (fabs(t) + inv_a);
         double tn;
-        if (kind == 1) {
+        if (P->kind == 1) {
             /* Michelot step: the root of the current linear piece (a lower bound); exact iff the
                support it induces is the current one. */
             tn = t + (s1 - 1.0) / s0;
-            int64_t cnt = 0;
-            for (int64_t i = 0; i < m; ++i) cnt += buf[i] > tn;
-            if ((double)cnt == s0 || tn <= t) { tau = tn; break; }
-        } else if (kind == 2) {
+            if ((double)count_above(buf, m, tn) == s0 || tn <= t) { tau = tn; break; }
+        } else if (P->kind == 2) {
             /* Closed-form root on the current support (an upper bound); exact iff it keeps it. */
             const double D = s1 * s1 - s0 * (s2 - inv_a * inv_a);
             double tc = t;
             if (D >= 0) {
                 tc = t + (s1 - sqrt(D)) / s0;
-                int64_t cnt = 0;
-                for (int64_t i = 0; i < m; ++i) cnt += buf[i] > tc;
-                if ((double)cnt == s0) { tau = tc; break; }
+                if ((double)count_above(buf, m, tc) == s0) { tau = tc; break; }
             }
             tn = t + (N - inv_a) * N / s1;
             if (!(tn >= lo && tn <= hi)) tn = 0.5 * (lo + hi);
             if (fabs(tn - t) <= tol) { tau = D >= 0 ? tc : tn; break; } /* a tie at the threshold */
         } else if (r < 1.0) {
-            /* alpha > 2: h is not convex and p = y^r has unbounded slope at the threshold, so Newton
-               loses digits there; bisect the bracket (on the few candidates left) to its rounding. */
             if (hi - lo <= tol) { tau = 0.5 * (lo + hi); break; }
             tn = 0.5 * (lo + hi);
         } else {
             /* Converged when h(t) is zero to rounding or the bracket has collapsed. */
             if (fabs(N - inv_a) <= 8.0 * DBL_EPSILON * inv_a || hi - lo <= tol) { tau = t; break; }
             tn = t + (N - inv_a) * pow(N, r - 1.0) / srm1;
-            if (!(tn > lo && tn < hi) || !isfinite(tn)) tn = 0.5 * (lo + hi);
-            else if (fabs(tn - t) <= tol) {
-                tau = tn; /* r >= 1: monotone Newton has stalled at the root */
+            if (!(tn > lo && tn < hi) || !isfinite(tn)) {
+                tn = 0.5 * (lo + hi);
+            } else if (fabs(tn - t) <= tol) {
+                tau = tn; /* monotone Newton has stalled at the root */
                 break;
             }
         }
@@ -118,45 +127,54 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
     return tau;
 }
 
-/* One row: max and candidate gathering in a single pass (entries <= running_max - 1/a are below the
-   final lower bound too, since the max only grows), threshold on the candidates, then one branch-free
-   (vectorizable) write pass. The normalizing sum runs over the candidates only: the support is among
-   them. Everything after the first pass is in max-shifted coordinates u = z - max z: at |z| ~ 1e38 the
-   unshifted max(z) - 1/(alpha-1) would round back to max(z). */
+/* One row: a SIMD max pass (NaN/+inf flagged), a branch-free gather of the candidates u = z - max with
+   u > -1/(alpha-1), the threshold on them, the normalizing sum over them (the support is among them),
+   and one SIMD write pass. */
 #define DEFINE_ROW(NAME, T)                                                                    \
-    static int NAME(const T *z, T *p, int64_t n, double alpha, int kind, double *buf) {       \
-        const double a = alpha - 1.0, r = 1.0 / a, inv_a = 1.0 / a;                            \
+    static int NAME(const T *z, T *p, int64_t n, const params *P, double *buf) {              \
         double zmax = -INFINITY;                                                               \
-        int nonfinite = 0;                                                                     \
-        int64_t m = 0;                                                                         \
+        int bad = 0;                                                                           \
+        _Pragma("omp simd reduction(max : zmax) reduction(| : bad)")                           \
         for (int64_t i = 0; i < n; ++i) {                                                      \
             const double v = (double)z[i];                                                     \
-            nonfinite |= !(v < INFINITY); /* NaN or +inf */                                    \
-            if (v > zmax) {                                                                    \
-                zmax = v;                                                                      \
-                buf[m++] = v;                                                                  \
-            } else if (v - zmax > -inv_a) {                                                    \
-                buf[m++] = v;                                                                  \
+            bad |= !(v < INFINITY); /* NaN or +inf */                                          \
+            zmax = v > zmax ? v : zmax;                                                        \
+        }                                                                                      \
+        if (bad) return 1;                                                                     \
+        if (zmax == -INFINITY) return 2;                                                       \
+        const double a = P->a, r = P->r, lo = -P->inv_a;                                       \
+        int64_t m = 0;                                                                         \
+        for (int64_t i = 0; i < n; ++i) {                                                      \
+            const double u = (double)z[i] - zmax;                                              \
+            buf[m] = u;                                                                        \
+            m += u > lo;                                                                       \
+        }                                                                                      \
+        int status = 0;                                                                        \
+        const double tau = threshold(buf, &m, P, &status);                                     \
+        double sum = 0;                                                                        \
+        if (P->kind == 0) {                                                                    \
+            for (int64_t i = 0; i < m; ++i) {                                                  \
+                const double y = buf[i] - tau;                                                 \
+                if (y > 0) sum += pow(a * y, r);                                               \
+            }                                                                                  \
+        } else {                                                                               \
+            const int sq = P->kind == 2;                                                       \
+            _Pragma("omp simd reduction(+ : sum)")                                             \
+            for (int64_t i = 0; i < m; ++i) {                                                  \
+                const double y = a * fmax(buf[i] - tau, 0.0);                                  \
+                sum += sq ? y * y : y;                                                         \
             }                                                                                  \
         }                                                                                      \
-        if (nonfinite) return 1;                                                               \
-        if (zmax == -INFINITY) return 2;                                                       \
-        m = compact(buf, m, -inv_a, zmax);                                                     \
-        int status = 0;                                                                        \
-        const double tau = threshold(buf, &m, 0.0, n, alpha, kind, &status);                   \
-        double sum = 0;                                                                        \
-        for (int64_t i = 0; i < m; ++i) {                                                      \
-            const double y = buf[i] - tau;                                                     \
-            if (y > 0) sum += powr(a * y, r, kind);                                            \
-        }                                                                                      \
         const double inv_sum = 1.0 / sum;                                                      \
-        if (kind == 2) {                                                                       \
+        if (P->kind == 2) {                                                                    \
             const double c = a * a * inv_sum;                                                  \
+            _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i) {                                                  \
                 const double y = fmax(((double)z[i] - zmax) - tau, 0.0);                       \
                 p[i] = (T)(c * y * y);                                                         \
             }                                                                                  \
-        } else if (kind == 1) {                                                                \
+        } else if (P->kind == 1) {                                                             \
+            _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i)                                                    \
                 p[i] = (T)(fmax(((double)z[i] - zmax) - tau, 0.0) * inv_sum);                  \
         } else {                                                                               \
@@ -171,17 +189,17 @@ static double threshold(double *buf, int64_t *m_io, double zmax, int64_t n, doub
 DEFINE_ROW(row_f32, float)
 DEFINE_ROW(row_f64, double)
 
-static int kind_of(double alpha) {
-    if (alpha == 2.0) return 1;
-    if (alpha == 1.5) return 2;
-    return 0;
-}
-
 /* Returns a bit mask over all rows: 1 = a NaN or +inf entry, 2 = a row with no finite entry (fully
    masked), 4 = a row that hit MAXIT (its output uses the bracket estimate), 8 = out of memory. */
 #define DEFINE_ENTRY(NAME, ROW, T)                                                             \
     int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int nthreads) {      \
-        const int kind = kind_of(alpha);                                                       \
+        params P;                                                                              \
+        P.alpha = alpha;                                                                       \
+        P.a = alpha - 1.0;                                                                     \
+        P.r = 1.0 / P.a;                                                                       \
+        P.inv_a = 1.0 / P.a;                                                                   \
+        P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;                                          \
+        P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
         int64_t flags = 0;                                                                     \
         /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
            OpenMP thread costs more than the work */                                           \
@@ -192,7 +210,7 @@ static int kind_of(double alpha) {
             if (buf == NULL) flags |= 8;                                                       \
             _Pragma("omp for schedule(static)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
-                if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, alpha, kind, buf);  \
+                if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, &P, buf);           \
             free(buf);                                                                         \
         }                                                                                      \
         return flags;                                                                          \
