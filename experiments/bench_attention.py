@@ -18,6 +18,7 @@ Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memo
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -97,6 +98,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(2)
+    load_before = os.getloadavg()[0]
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds\n")
     verdicts = []
     for shape in SHAPES:
@@ -121,6 +123,12 @@ def main(argv=None):
         print(f"peak extra memory of gag at {MEMORY_SHAPE}: {gib:.3f} GiB "
               f"(includes the {mem['output_mib']:.0f} MiB output)\n")
         verdicts.append((f"{MEMORY_SHAPE}: peak extra GiB < 2", gib, gib < 2.0))
+    load_after = os.getloadavg()[0]
+    print(f"1-min load average before/after: {load_before:.2f} / {load_after:.2f}")
+    if max(load_before, load_after) > 0.5:
+        # with 2 threads on 2 cores, every parallel region waits for a descheduled thread: on a busy
+        # machine the ratios measure contention, not the code
+        print("WARNING: the machine was busy; these ratios are not a valid measurement")
     print("targets")
     for what, value, ok in verdicts:
         print(f"  {what:48s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")
