@@ -115,9 +115,10 @@ class AndersonState:
         Current iterate :math:`x_k`, its image :math:`g(x_k)` and residual :math:`f_k = g(x_k) - x_k`.
     fnorm : Tensor (B,)
         :math:`\lVert f_k\rVert_2`.
-    dX, dF : Tensor (B, n, m)
-        Difference histories :math:`\mathcal X_k, \mathcal F_k`, oldest column first; columns with
-        ``valid`` False are zero (empty slots after a start or restart).
+    hist : Tensor (B, 2, n, m)
+        Difference histories, ``hist[:, 0] =`` :math:`\mathcal X_k` and ``hist[:, 1] =``
+        :math:`\mathcal F_k` (properties ``dX``, ``dF``), oldest column first; columns with ``valid``
+        False are empty slots (after a start or restart) and are ignored.
     valid : Tensor (B, m) bool
     codes : Tensor (B,) int64
         :class:`AndersonStatus` values per element.
@@ -139,8 +140,7 @@ class AndersonState:
     gx: Tensor
     f: Tensor
     fnorm: Tensor
-    dX: Tensor
-    dF: Tensor
+    hist: Tensor
     valid: Tensor
     codes: Tensor
     steps: Tensor
@@ -154,6 +154,16 @@ class AndersonState:
     energy_history: tuple
     batch_shape: tuple
     dtype: torch.dtype
+
+    @property
+    def dX(self) -> Tensor:
+        """(B, n, m) iterate differences :math:`\\Delta x_i = x_{i+1} - x_i` (oldest first)."""
+        return self.hist[:, 0]
+
+    @property
+    def dF(self) -> Tensor:
+        """(B, n, m) residual differences :math:`\\Delta f_i = f_{i+1} - f_i` (oldest first)."""
+        return self.hist[:, 1]
 
 
 @dataclass(frozen=True)
@@ -350,7 +360,7 @@ class AndersonSolver:
         zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
         return AndersonState(
             x=x, gx=gx, f=f, fnorm=fnorm,
-            dX=x.new_zeros(B, n, self.m), dF=x.new_zeros(B, n, self.m),
+            hist=x.new_zeros(B, 2, n, self.m),
             valid=torch.zeros(B, self.m, dtype=torch.bool, device=x.device),
             codes=codes, steps=zeros, restarts=zeros.clone(), rejections=zeros.clone(),
             energy=energy, iteration=0, map_evaluations=1, energy_evaluations=e_evals,
@@ -360,73 +370,79 @@ class AndersonSolver:
     def coefficients(self, state: AndersonState) -> tuple[Tensor, Tensor]:
         r"""Mixing coefficients :math:`\gamma^{(k)}` of the next step and which elements must restart.
 
-        Solves :math:`(D_W^{-1} M D_F^{-1})\,y = D_W^{-1} W^\top f_k`, :math:`\gamma = D_F^{-1} y` with
-        :math:`W = \mathcal F` (type II) or :math:`\mathcal X` (type I), :math:`M = W^\top\mathcal F` with its
-        diagonal times :math:`1 + \text{reg}`, and :math:`D` the column norms. Empty history slots get
-        identity rows and zero coefficients.
+        Solves :math:`S y = D_W^{-1} W^\top f_k`, :math:`\gamma = D_F^{-1} y`, where
+        :math:`W = \mathcal F` (type II) or :math:`\mathcal X` (type I), :math:`D` are column norms and
+        :math:`S = D_W^{-1} W^\top\mathcal F D_F^{-1}` with its diagonal times :math:`1 + \text{reg}` (Jacobi
+        scaling makes ``reg`` relative and the condition test scale-free). Empty history slots (zero
+        columns) get unit diagonal entries and zero coefficients. Type II: :math:`S` is symmetric positive
+        (semi)definite, solved by Cholesky; the condition estimate is :math:`(\max_i L_{ii}/\min_i L_{ii})^2`
+        (:math:`L_{ii}` is the sine of the angle between column :math:`i` and the earlier ones, so it
+        detects near-dependent columns). Type I: LU solve, condition number from singular values.
 
         Returns
         -------
         gamma : Tensor (B, m)
             Coefficients (zero for restarted elements and empty slots).
         restart : Tensor (B,) bool
-            Elements whose matrix was singular, had condition number above ``cond_max``, or gave
-            non-finite coefficients.
+            Elements whose matrix was singular, had (estimated) condition number above ``cond_max``, or
+            gave non-finite coefficients.
         """
-        dX, dF, valid, f = state.dX, state.dF, state.valid, state.f
+        valid, f = state.valid, state.f
         B, m = valid.shape
         if m == 0:
             return f.new_zeros(B, 0), torch.zeros(B, dtype=torch.bool, device=f.device)
+        empty = (~valid).to(f.dtype)
+        hist = state.hist
+        if not bool(valid.all()):  # zero the empty slots (they may hold pairs dropped by a restart)
+            hist = hist * valid[:, None, None, :].to(f.dtype)
+        dX, dF = hist[:, 0], hist[:, 1]
         W = dF if self.kind == "II" else dX
         Wt = W.transpose(-1, -2)
-        M = Wt @ dF  # (B, m, m)
-        rhs = (Wt @ f.unsqueeze(-1)).squeeze(-1)  # (B, m)
-        M = M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
-        dl = torch.linalg.vector_norm(W, dim=-2)  # (B, m)
-        dr = torch.linalg.vector_norm(dF, dim=-2)
-        bad_col = valid & ~((dl > 0) & (dr > 0) & torch.isfinite(dl) & torch.isfinite(dr))
-        dl = torch.where(valid & ~bad_col, dl, torch.ones_like(dl))
-        dr = torch.where(valid & ~bad_col, dr, torch.ones_like(dr))
-        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-        eye = torch.eye(m, dtype=f.dtype, device=f.device).expand(B, m, m)
-        S = torch.where(vv, M / (dl.unsqueeze(-1) * dr.unsqueeze(-2)), eye)
-        b = torch.where(valid, rhs / dl, torch.zeros_like(rhs))
-        finite_sys = torch.isfinite(S).flatten(1).all(-1) & torch.isfinite(b).all(-1)
-        S = torch.where(finite_sys[:, None, None], S, eye)
-        b = torch.where(finite_sys[:, None], b, torch.zeros_like(b))
-        y, info = torch.linalg.solve_ex(S, b)
-        sv = torch.linalg.svdvals(S)
-        cond = sv[:, 0] / sv[:, -1]
+        dr = torch.linalg.vector_norm(dF, dim=-2) + empty  # empty slots: norm 0 -> 1
+        dl = dr if self.kind == "II" else torch.linalg.vector_norm(dX, dim=-2) + empty
+        # a zero-norm valid column gives 0/0 = NaN below, hence non-finite gamma, hence a restart
+        S = (Wt @ dF) / (dl.unsqueeze(-1) * dr.unsqueeze(-2))
+        diag = S.diagonal(dim1=-2, dim2=-1)
+        diag.mul_(1.0 + self.reg).add_(empty)
+        b = (Wt @ f.unsqueeze(-1)) / dl.unsqueeze(-1)  # (B, m, 1)
+        if self.kind == "II":
+            L, info = torch.linalg.cholesky_ex(S)
+            y = torch.cholesky_solve(b, L).squeeze(-1)
+            piv = L.diagonal(dim1=-2, dim2=-1)
+            cond = (piv.amax(-1) / piv.amin(-1)) ** 2
+        else:
+            y, info = torch.linalg.solve_ex(S, b)
+            y = y.squeeze(-1)
+            sv = torch.linalg.svdvals(torch.nan_to_num(S))
+            cond = sv[:, 0] / sv[:, -1]
         gamma = y / dr
-        restart = (
-            (info != 0) | ~finite_sys | bad_col.any(-1) | ~(cond <= self._cond_max(f.dtype))
-            | ~torch.isfinite(gamma).all(-1)
-        )
-        gamma = torch.where(restart[:, None] | ~valid, torch.zeros_like(gamma), gamma)
+        restart = (info != 0) | ~(cond <= self._cond_max(f.dtype)) | ~torch.isfinite(gamma).all(-1)
+        gamma = gamma.masked_fill(restart.unsqueeze(-1), 0.0)
         return gamma, restart
 
     def step(self, g: Callable[[Tensor], Tensor], state: AndersonState) -> AndersonState:
         r"""One AA step for every running element: coefficients, candidate
         :math:`x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\gamma`, optional energy safeguard,
-        one evaluation of ``g``, history update, status update."""
+        one evaluation of ``g``, history update, status update. Elements that are not running are frozen
+        (their iterate does not move; ``g`` is still evaluated on the whole batch)."""
         st = state
         beta = self.damping
-        active = st.codes == AndersonStatus.RUNNING.value
-        gamma, restart = self.coefficients(st)
-        restart = restart & active
-        valid = st.valid & ~restart[:, None]
-        dX = torch.where(valid.unsqueeze(-2), st.dX, torch.zeros_like(st.dX))
-        dF = torch.where(valid.unsqueeze(-2), st.dF, torch.zeros_like(st.dF))
-        plain = st.x + beta * st.f
+        RUN = AndersonStatus.RUNNING.value
+        active = st.codes == RUN
+        all_active = bool(active.all())
+        hist, valid = st.hist, st.valid
+        plain = st.gx if beta == 1.0 else st.x + beta * st.f
+        restart = None
         if self.m > 0:
-            cand = plain - ((dX + beta * dF) @ gamma.unsqueeze(-1)).squeeze(-1)
-            bad = active & ~torch.isfinite(cand).all(-1)
-            if bool(bad.any()):  # non-finite candidate: restart and take the plain step
-                cand = torch.where(bad[:, None], plain, cand)
-                valid = valid & ~bad[:, None]
-                dX = torch.where(valid.unsqueeze(-2), dX, torch.zeros_like(dX))
-                dF = torch.where(valid.unsqueeze(-2), dF, torch.zeros_like(dF))
-                restart = restart | bad
+            gamma, restart = self.coefficients(st)
+            dG = hist[:, 0] + hist[:, 1] if beta == 1.0 else hist[:, 0] + beta * hist[:, 1]
+            cand = plain - (dG @ gamma.unsqueeze(-1)).squeeze(-1)
+            bad = ~torch.isfinite(cand.sum(-1))  # overflow with huge (finite) coefficients
+            restart = restart | bad
+            if bool(restart.any()):  # restarted elements drop their history and take the plain step
+                cand = torch.where(bad.unsqueeze(-1), plain, cand)
+                valid = valid & ~restart.unsqueeze(-1)
+            restart = restart & active
         else:
             cand = plain
         energy, e_evals, rejections = st.energy, st.energy_evaluations, st.rejections
@@ -435,39 +451,45 @@ class AndersonSolver:
             e_plain = self._energy(st.gx, st.batch_shape, st.dtype)
             e_evals += 2
             accept = e_cand <= e_plain  # NaN energy -> reject
-            cand = torch.where(accept[:, None], cand, st.gx)
-            e_new = torch.where(accept, e_cand, e_plain)
+            cand = torch.where(accept.unsqueeze(-1), cand, st.gx)
+            energy = torch.where(accept, e_cand, e_plain)
             rejections = rejections + (active & ~accept).long()
-        x_new = torch.where(active[:, None], cand, st.x)
+        x_new = cand if all_active else torch.where(active.unsqueeze(-1), cand, st.x)
         gx_new = self._call(g, x_new, st.batch_shape, st.dtype)
-        nonfinite = active & ~torch.isfinite(gx_new).all(-1)
-        moving = active & ~nonfinite
-        x_new = torch.where(moving[:, None], x_new, st.x)
-        gx_new = torch.where(moving[:, None], gx_new, st.gx)
         f_new = gx_new - x_new
-        fnorm = torch.where(moving, torch.linalg.vector_norm(f_new, dim=-1), st.fnorm)
-        if self.safeguard == "energy":
-            energy = torch.where(moving, e_new, st.energy)
+        fnorm = torch.linalg.vector_norm(f_new, dim=-1)
+        finite = torch.isfinite(fnorm)  # NaN/inf in g(x) propagates to the norm
+        if all_active and bool(finite.all()):
+            moving = active
+        else:  # freeze stopped elements, roll back non-finite ones
+            moving = active & finite
+            mv = moving.unsqueeze(-1)
+            x_new = torch.where(mv, x_new, st.x)
+            gx_new = torch.where(mv, gx_new, st.gx)
+            f_new = torch.where(mv, f_new, st.f)
+            fnorm = torch.where(moving, fnorm, st.fnorm)
+            if energy is not None:
+                energy = torch.where(moving, energy, st.energy)
         dx = x_new - st.x
         if self.m > 0:
-            df = f_new - st.f
-            mv = moving[:, None, None]
-            dX = torch.where(mv, torch.cat([dX[..., 1:], dx.unsqueeze(-1)], -1), dX)
-            dF = torch.where(mv, torch.cat([dF[..., 1:], df.unsqueeze(-1)], -1), dF)
-            ones = torch.ones_like(valid[:, :1])
-            valid = torch.where(moving[:, None], torch.cat([valid[:, 1:], ones], -1), valid)
-        codes = st.codes.clone()
-        codes[nonfinite] = AndersonStatus.NONFINITE.value
-        conv = moving & (fnorm <= self.tol)
-        codes[conv] = AndersonStatus.CONVERGED.value
-        stalled = moving & ~conv & (dx == 0).all(-1)
-        codes[stalled] = AndersonStatus.BREAKDOWN.value
+            new_pair = torch.stack([dx, f_new - st.f], 1).unsqueeze(-1)  # (B, 2, n, 1)
+            hist = torch.cat([hist[..., 1:], new_pair], -1)
+            valid = torch.cat([valid[:, 1:], moving.unsqueeze(-1)], -1)
+        # status: non-finite > converged > stalled (the step was exactly zero) > running
+        conv = fnorm <= self.tol
+        stalled = ~conv & (dx == 0).all(-1)
+        new_code = torch.where(conv, AndersonStatus.CONVERGED.value,
+                               torch.where(stalled, AndersonStatus.BREAKDOWN.value, RUN))
+        codes = torch.where(moving, new_code, st.codes)
+        if moving is not active:
+            codes = torch.where(active & ~finite, AndersonStatus.NONFINITE.value, codes)
         iteration = st.iteration + 1
         if iteration >= self.max_iter:
-            codes[codes == AndersonStatus.RUNNING.value] = AndersonStatus.MAX_ITER.value
+            codes = torch.where(codes == RUN, AndersonStatus.MAX_ITER.value, codes)
+        restarts = st.restarts if restart is None else st.restarts + restart.long()
         return replace(
-            st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, dX=dX, dF=dF, valid=valid, codes=codes,
-            steps=st.steps + active.long(), restarts=st.restarts + restart.long(), rejections=rejections,
+            st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, hist=hist, valid=valid, codes=codes,
+            steps=st.steps + active.long(), restarts=restarts, rejections=rejections,
             energy=energy, iteration=iteration, map_evaluations=st.map_evaluations + 1,
             energy_evaluations=e_evals, residual_history=st.residual_history + (fnorm,),
             energy_history=st.energy_history + ((energy,) if energy is not None else ()),
@@ -486,8 +508,7 @@ class AndersonSolver:
     # ---------------------------------------------------------------- inspection
     def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor]:
         v = state.valid.unsqueeze(-2)
-        return (torch.where(v, state.dX, torch.zeros_like(state.dX)),
-                torch.where(v, state.dF, torch.zeros_like(state.dF)), state.valid)
+        return (torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0), state.valid)
 
     def inverse_jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense inverse-Jacobian estimate :math:`H_k` of the next step (:math:`x_{k+1} = x_k - H_k f_k`
