@@ -1,0 +1,152 @@
+"""Hypothesis strategies for the theory tests (float64 throughout).
+
+Regimes (THEORY.md "Test regimes"):
+
+* ``score_vectors``      raw score rows with ties, one-hot-ish rows and extreme scales (1e-3 .. 1e3);
+* ``attention_inputs``   (q, k, v) with v != k, batch/head dims, random scales, optional boolean mask;
+* ``hopfield_problems``  stored patterns as rows + beta + alpha, in a chosen regime:
+    - "separated":   equal-norm patterns, beta chosen so that beta * Delta_min * (alpha - 1) >= mult >= 1,
+                     i.e. every stored pattern is an exact fixed point of the sparse map;
+    - "orthogonal":  orthonormal patterns times a radius (acute vertices, equiangular values);
+    - "metastable":  near-duplicate clusters (small Delta), beta moderate;
+    - "any":         unit patterns, any beta;
+* ``basin_queries``      queries inside the exact-retrieval ball of a pattern (fraction < 1 of its radius)
+                         or anywhere ("outside").
+
+Large random tensors come from a drawn seed (torch.Generator) so examples stay cheap; small problems
+(d <= 3) are drawn float by float so hypothesis can shrink them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+F64 = torch.float64
+seeds = st.integers(0, 2**31 - 1)
+log_scales = st.floats(-3.0, 3.0, allow_nan=False).map(lambda e: 10.0**e)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@st.composite
+def score_vectors(draw, n_min: int = 1, n_max: int = 12):
+    """A row of scores z (n,), float64: random values, optional ties, scale 1e-3..1e3."""
+    n = draw(st.integers(n_min, n_max))
+    vals = draw(st.lists(st.floats(-1.0, 1.0, allow_nan=False, width=64), min_size=n, max_size=n))
+    z = torch.tensor(vals, dtype=F64)
+    if n >= 2 and draw(st.booleans()):  # ties
+        i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        z[j] = z[i]
+    return z * draw(log_scales)
+
+
+@dataclass
+class Attention:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    mask: torch.Tensor | None
+
+
+@st.composite
+def attention_inputs(draw, with_mask: bool = True):
+    """(q, k, v) of shapes (B, H, Lq, d), (B, H, Lk, d), (B, H, Lk, dv) with v != k."""
+    g = _gen(draw(seeds))
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    lq, lk = draw(st.integers(1, 5)), draw(st.integers(1, 9))
+    d, dv = draw(st.integers(1, 8)), draw(st.integers(1, 6))
+    q = torch.randn(b, h, lq, d, generator=g, dtype=F64)
+    k = torch.randn(b, h, lk, d, generator=g, dtype=F64)
+    v = torch.randn(b, h, lk, dv, generator=g, dtype=F64) + draw(st.floats(-2, 2))  # non-centred values too
+    scale = draw(log_scales) / math.sqrt(d)
+    mask = None
+    if with_mask and draw(st.booleans()):
+        mask = torch.rand(b, h, lq, lk, generator=g) > 0.3
+        mask[..., 0] = True  # never a fully masked row
+    return Attention(q, k, v, scale, mask)
+
+
+@dataclass
+class Hopfield:
+    x: torch.Tensor  # (N, d) patterns
+    beta: float
+    alpha: float
+
+
+def _unit_rows(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def separation_min(x: torch.Tensor) -> float:
+    gram = x @ x.T
+    n = x.shape[0]
+    off = gram.masked_fill(torch.eye(n, dtype=torch.bool), -math.inf).amax(-1)
+    return float((gram.diagonal() - off).min())
+
+
+@st.composite
+def hopfield_problems(draw, regime: str = "separated", alphas=(1.5, 2.0, 1.25)):
+    """Patterns (N, d) and (beta, alpha) in a regime (module docstring)."""
+    alpha = draw(st.sampled_from(alphas))
+    g = _gen(draw(seeds))
+    if regime == "orthogonal":
+        d = draw(st.integers(2, 8))
+        n = draw(st.integers(2, d))
+        qmat, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+        x = qmat[:n] * draw(st.floats(0.2, 5.0))
+        beta = draw(log_scales)
+        return Hopfield(x, beta, alpha)
+    if regime == "metastable":
+        d = draw(st.integers(2, 6))
+        n = draw(st.integers(3, 8))
+        centre = _unit_rows(1, d, g)
+        spread = draw(st.floats(0.02, 0.3))
+        x = centre + spread * torch.randn(n, d, generator=g, dtype=F64)
+        x = x / x.norm(dim=-1, keepdim=True)
+        beta = draw(st.floats(0.5, 8.0))
+        return Hopfield(x, beta, alpha)
+    d = draw(st.integers(2, 16))
+    n = draw(st.integers(2, 10))
+    x = _unit_rows(n, d, g)
+    if regime == "any":
+        return Hopfield(x, draw(log_scales), alpha)
+    assert regime == "separated"
+    dmin = separation_min(x)
+    if dmin < 0.05:  # near-duplicates are the metastable regime; resample deterministically
+        x = torch.linalg.qr(torch.randn(max(d, n), max(d, n), generator=g, dtype=F64))[0][:n, : max(d, n)]
+        dmin = separation_min(x)
+    mult = draw(st.floats(1.01, 6.0))  # strictly inside: rounding must not push beta Delta below the margin
+    beta = mult / ((alpha - 1.0) * dmin)
+    return Hopfield(x, beta, alpha)
+
+
+def exact_radius(x: torch.Tensor, i: int, beta: float, alpha: float) -> float:
+    """Radius r of the ball around x_i mapped exactly to x_i by the sparse map:
+    r = (Delta_i - 1/(beta (alpha - 1))) / (2 M)   (THEORY.md, exact-retrieval ball)."""
+    gram = x @ x.T
+    off = torch.cat([gram[i, :i], gram[i, i + 1 :]]).max()
+    delta_i = float(gram[i, i] - off)
+    m = float(x.norm(dim=-1).max())
+    return (delta_i - 1.0 / (beta * (alpha - 1.0))) / (2.0 * m)
+
+
+@st.composite
+def basin_queries(draw, prob: Hopfield, inside: bool = True):
+    """(query (1, d), index i): inside the exact ball of x_i (fraction < 1 of its radius), or anywhere."""
+    x = prob.x
+    n, d = x.shape
+    i = draw(st.integers(0, n - 1))
+    g = _gen(draw(seeds))
+    u = torch.randn(d, generator=g, dtype=F64)
+    u = u / u.norm()
+    if inside:
+        r = max(exact_radius(x, i, prob.beta, prob.alpha), 0.0) * draw(st.floats(0.0, 0.95))
+        return (x[i] + r * u).unsqueeze(0), i
+    return (draw(st.floats(0.0, 3.0)) * u).unsqueeze(0), i
