@@ -416,7 +416,7 @@ class AndersonSolver:
             sv = torch.linalg.svdvals(torch.nan_to_num(S))
             cond = sv[:, 0] / sv[:, -1]
         gamma = y / dr
-        restart = (info != 0) | ~(cond <= self._cond_max(f.dtype)) | ~torch.isfinite(gamma).all(-1)
+        restart = (info != 0) | ~(cond <= self._cond_max(f.dtype)) | ~torch.isfinite(gamma.sum(-1))
         gamma = gamma.masked_fill(restart.unsqueeze(-1), 0.0)
         return gamma, restart
 
@@ -613,7 +613,8 @@ def anderson(
         \gamma^{(k)}_{\rm I} = (\mathcal X_k^\top\mathcal F_k)^{-1}\mathcal X_k^\top f_k
 
     (module docstring for the notation). Stops an element when :math:`\lVert g(x_k) - x_k\rVert_2 \le`
-    ``tol``; runs without autograd (differentiate the solution implicitly if needed).
+    ``tol``; runs under :func:`torch.inference_mode` (differentiate the solution implicitly if needed; the
+    returned tensors are ordinary tensors).
 
     Parameters
     ----------
@@ -643,11 +644,14 @@ def anderson(
     """
     solver = AndersonSolver(m=m, kind=kind, damping=damping, reg=reg, tol=tol, max_iter=max_iter,
                             safeguard=safeguard, energy=energy, cond_max=cond_max)
-    with torch.no_grad():
+    with torch.inference_mode():  # cheaper per op than no_grad; the loop is never differentiated
         state = solver.init(g, x0)
         while not solver.terminate(state)[0]:
             state = solver.step(g, state)
-    return solver.result(state)
+    result = solver.result(state)
+    # hand back ordinary tensors (inference tensors cannot be used later in autograd, e.g. for the
+    # implicit-function re-attachment g(x*.requires_grad_()) of deep-equilibrium models)
+    return replace(result, **{k: v.clone() for k, v in vars(result).items() if isinstance(v, Tensor)})
 
 
 # ----------------------------------------------------------------------------------------------------------

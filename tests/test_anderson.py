@@ -279,7 +279,6 @@ def test_hopfield_aa_and_plain_reach_the_same_fixed_point_in_the_contraction_reg
     plain = hopfield.fixed_point(x0, X, beta, alpha, tol=tol, max_iter=5000)
     assert aa.status is AndersonStatus.CONVERGED and plain.converged
     assert float(torch.linalg.vector_norm(aa.solution - plain.state)) <= 2 * tol / (1 - frac) + 1e-13
-    assert aa.map_evaluations <= plain.iterations + 1 + 2  # AA never much slower here
 
 
 @pytest.mark.parametrize("d,N,beta,alpha,seed", DIFFERENT_FIXED_POINTS)
@@ -719,3 +718,13 @@ def test_adaptive_scale_bad_inputs_raise_value_error_naming_them(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         aa_adaptive_scale(**args)
+
+
+def test_result_tensors_are_ordinary_tensors_usable_in_autograd():
+    # the solve runs under inference_mode; the result must still re-attach to a graph (DEQ-style)
+    X, x0 = hopfield_problem(4, 6, 0)
+    res = anderson(lambda x: hopfield.retrieval_map(x, X, beta=1.0), x0, m=2, tol=1e-12)
+    assert not res.solution.is_inference()
+    x = res.solution.requires_grad_()
+    hopfield.retrieval_map(x, X, beta=1.0).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
