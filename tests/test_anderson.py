@@ -728,3 +728,22 @@ def test_result_tensors_are_ordinary_tensors_usable_in_autograd():
     x = res.solution.requires_grad_()
     hopfield.retrieval_map(x, X, beta=1.0).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@given(seed=st.integers(0, 2**31 - 1), lam=st.floats(0.0, 12.0), eta=st.floats(0.05, 20.0),
+       zeta=st.floats(0.0, 1.0))
+def test_attention_op_agrees_with_the_aa_readings(seed, lam, eta, zeta):
+    # cross-implementation check: gag_attention (chunked, fused blends) vs the AA(1) reconstructions here
+    from hopfield_gag.attention import gag_attention
+
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 5, 8, generator=gen, dtype=F64)
+    k = torch.randn(2, 7, 8, generator=gen, dtype=F64)
+    v = torch.randn(2, 7, 4, generator=gen, dtype=F64)
+    r = aa_adaptive_scale(q, k, v)
+    tol = dict(rtol=1e-10, atol=1e-10 * (1 + lam))  # float64, different association orders
+    torch.testing.assert_close(gag_attention(q, k, v, method="aa"), r.output, **tol)
+    gag = extrapolation_as_aa(r.dense, r.sparse, "gag", lam=lam, eta=eta, zeta=zeta)
+    torch.testing.assert_close(gag_attention(q, k, v, method="gag", lam=lam, eta=eta, zeta=zeta), gag.output, **tol)
+    pl = extrapolation_as_aa(r.dense, r.sparse, "pladis", lam=lam)
+    torch.testing.assert_close(gag_attention(q, k, v, method="pladis", lam=lam), pl.output, **tol)
