@@ -398,10 +398,15 @@ class AndersonSolver:
         dX, dF = hist[:, 0], hist[:, 1]
         W = dF if self.kind == "II" else dX
         Wt = W.transpose(-1, -2)
-        dr = torch.linalg.vector_norm(dF, dim=-2) + empty  # empty slots: norm 0 -> 1
-        dl = dr if self.kind == "II" else torch.linalg.vector_norm(dX, dim=-2) + empty
+        M = Wt @ dF
+        # column norms (empty slots: 0 -> 1); type II reads them off the Gram diagonal
+        if self.kind == "II":
+            dr = dl = M.diagonal(dim1=-2, dim2=-1).sqrt() + empty
+        else:
+            dr = (dF * dF).sum(-2).sqrt() + empty
+            dl = (dX * dX).sum(-2).sqrt() + empty
         # a zero-norm valid column gives 0/0 = NaN below, hence non-finite gamma, hence a restart
-        S = (Wt @ dF) / (dl.unsqueeze(-1) * dr.unsqueeze(-2))
+        S = M / (dl.unsqueeze(-1) * dr.unsqueeze(-2))
         diag = S.diagonal(dim1=-2, dim2=-1)
         diag.mul_(1.0 + self.reg).add_(empty)
         b = (Wt @ f.unsqueeze(-1)) / dl.unsqueeze(-1)  # (B, m, 1)
