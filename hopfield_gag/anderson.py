@@ -115,10 +115,16 @@ class AndersonState:
         Current iterate :math:`x_k`, its image :math:`g(x_k)` and residual :math:`f_k = g(x_k) - x_k`.
     fnorm : Tensor (B,)
         :math:`\lVert f_k\rVert_2`.
-    hist : Tensor (B, 2, n, m)
-        Difference histories, ``hist[:, 0] =`` :math:`\mathcal X_k` and ``hist[:, 1] =``
-        :math:`\mathcal F_k` (properties ``dX``, ``dF``), oldest column first; columns with ``valid``
-        False are empty slots (after a start or restart) and are ignored.
+    hist : Tensor (B, 2, m, n)
+        Ring buffer of difference pairs, one per row: ``hist[:, 0]`` = image differences :math:`\Delta g_i = g(x_{i+1}) -
+        g(x_i)` and ``hist[:, 1]`` = residual differences :math:`\Delta f_i` (properties ``dG``, ``dF``,
+        ``dX = dG - dF``, as (B, n, m) column matrices). Slots are in ring order (``head`` is written
+        next); every result is invariant under the column order. Slots with ``valid`` False (after a start or restart) are ignored.
+    head : int
+        Next slot to write.
+    gram, rhs : Tensor (B, m, m), (B, m)
+        Type II only: :math:`\mathcal F^\top\mathcal F` and :math:`\mathcal F^\top f_k`, updated by one column per
+        step (entries of empty slots are stale and masked).
     valid : Tensor (B, m) bool
     codes : Tensor (B,) int64
         :class:`AndersonStatus` values per element.
@@ -141,6 +147,9 @@ class AndersonState:
     f: Tensor
     fnorm: Tensor
     hist: Tensor
+    head: int
+    gram: Tensor
+    rhs: Tensor
     valid: Tensor
     codes: Tensor
     steps: Tensor
@@ -156,14 +165,19 @@ class AndersonState:
     dtype: torch.dtype
 
     @property
-    def dX(self) -> Tensor:
-        """(B, n, m) iterate differences :math:`\\Delta x_i = x_{i+1} - x_i` (oldest first)."""
-        return self.hist[:, 0]
+    def dG(self) -> Tensor:
+        """(B, n, m) image differences :math:`\\Delta g_i = g(x_{i+1}) - g(x_i)` (ring order)."""
+        return self.hist[:, 0].transpose(-1, -2)
 
     @property
     def dF(self) -> Tensor:
-        """(B, n, m) residual differences :math:`\\Delta f_i = f_{i+1} - f_i` (oldest first)."""
-        return self.hist[:, 1]
+        """(B, n, m) residual differences :math:`\\Delta f_i = f_{i+1} - f_i` (ring order)."""
+        return self.hist[:, 1].transpose(-1, -2)
+
+    @property
+    def dX(self) -> Tensor:
+        """(B, n, m) iterate differences :math:`\\Delta x_i = \\Delta g_i - \\Delta f_i` (ring order)."""
+        return (self.hist[:, 0] - self.hist[:, 1]).transpose(-1, -2)
 
 
 @dataclass(frozen=True)
@@ -360,7 +374,8 @@ class AndersonSolver:
         zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
         return AndersonState(
             x=x, gx=gx, f=f, fnorm=fnorm,
-            hist=x.new_zeros(B, 2, n, self.m),
+            hist=x.new_zeros(B, 2, self.m, n), head=0, gram=x.new_zeros(B, self.m, self.m),
+            rhs=x.new_zeros(B, self.m),
             valid=torch.zeros(B, self.m, dtype=torch.bool, device=x.device),
             codes=codes, steps=zeros, restarts=zeros.clone(), rejections=zeros.clone(),
             energy=energy, iteration=0, map_evaluations=1, energy_evaluations=e_evals,
@@ -391,25 +406,24 @@ class AndersonSolver:
         B, m = valid.shape
         if m == 0:
             return f.new_zeros(B, 0), torch.zeros(B, dtype=torch.bool, device=f.device)
-        empty = (~valid).to(f.dtype)
-        hist = state.hist
-        if not bool(valid.all()):  # zero the empty slots (they may hold pairs dropped by a restart)
-            hist = hist * valid[:, None, None, :].to(f.dtype)
-        dX, dF = hist[:, 0], hist[:, 1]
-        W = dF if self.kind == "II" else dX
-        Wt = W.transpose(-1, -2)
-        M = Wt @ dF
-        # column norms (empty slots: 0 -> 1); type II reads them off the Gram diagonal
-        if self.kind == "II":
-            dr = dl = M.diagonal(dim1=-2, dim2=-1).sqrt() + empty
+        vf = valid.to(f.dtype)
+        empty = 1.0 - vf
+        if self.kind == "II":  # maintained incrementally; mask the stale entries of empty slots
+            M = state.gram * (vf.unsqueeze(-1) * vf.unsqueeze(-2))
+            b = (state.rhs * vf).unsqueeze(-1)
+            dr = dl = M.diagonal(dim1=-2, dim2=-1).sqrt() + empty  # column norms; empty slots 0 -> 1
         else:
-            dr = (dF * dF).sum(-2).sqrt() + empty
-            dl = (dX * dX).sum(-2).sqrt() + empty
+            Fr = state.hist[:, 1] * vf.unsqueeze(-1)  # rows = history slots
+            Xr = state.hist[:, 0] * vf.unsqueeze(-1) - Fr
+            M = Xr @ Fr.transpose(-1, -2)
+            b = Xr @ f.unsqueeze(-1)
+            dr = (Fr * Fr).sum(-1).sqrt() + empty
+            dl = (Xr * Xr).sum(-1).sqrt() + empty
         # a zero-norm valid column gives 0/0 = NaN below, hence non-finite gamma, hence a restart
         S = M / (dl.unsqueeze(-1) * dr.unsqueeze(-2))
         diag = S.diagonal(dim1=-2, dim2=-1)
         diag.mul_(1.0 + self.reg).add_(empty)
-        b = (Wt @ f.unsqueeze(-1)) / dl.unsqueeze(-1)  # (B, m, 1)
+        b = b / dl.unsqueeze(-1)  # (B, m, 1)
         if self.kind == "II":
             L, info = torch.linalg.cholesky_ex(S)
             y = torch.cholesky_solve(b, L).squeeze(-1)
@@ -425,11 +439,16 @@ class AndersonSolver:
         gamma = gamma.masked_fill(restart.unsqueeze(-1), 0.0)
         return gamma, restart
 
-    def step(self, g: Callable[[Tensor], Tensor], state: AndersonState) -> AndersonState:
+    def step(self, g: Callable[[Tensor], Tensor], state: AndersonState, donate: bool = False) -> AndersonState:
         r"""One AA step for every running element: coefficients, candidate
-        :math:`x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\gamma`, optional energy safeguard,
-        one evaluation of ``g``, history update, status update. Elements that are not running are frozen
-        (their iterate does not move; ``g`` is still evaluated on the whole batch)."""
+        :math:`x_k + \beta f_k - (\mathcal X_k + \beta\mathcal F_k)\gamma` (for :math:`\beta = 1`:
+        :math:`g(x_k) - \mathcal G_k\gamma`), optional energy safeguard, one evaluation of ``g``, history
+        update, status update. Elements that are not running are frozen (their iterate does not move;
+        ``g`` is still evaluated on the whole batch).
+
+        ``donate=True`` lets the step overwrite the history buffers of ``state`` in place (like buffer
+        donation in JAX): cheaper, but ``state`` must not be used afterwards. :func:`anderson` donates;
+        the default keeps every state intact."""
         st = state
         beta = self.damping
         RUN = AndersonStatus.RUNNING.value
@@ -440,8 +459,9 @@ class AndersonSolver:
         restart = None
         if self.m > 0:
             gamma, restart = self.coefficients(st)
-            dG = hist[:, 0] + hist[:, 1] if beta == 1.0 else hist[:, 0] + beta * hist[:, 1]
-            cand = plain - (dG @ gamma.unsqueeze(-1)).squeeze(-1)
+            # X + beta F = G - (1 - beta) F
+            D = hist[:, 0] if beta == 1.0 else hist[:, 0] - (1.0 - beta) * hist[:, 1]
+            cand = plain - (gamma.unsqueeze(-2) @ D).squeeze(-2)
             bad = ~torch.isfinite(cand.sum(-1))  # overflow with huge (finite) coefficients
             restart = restart | bad
             if bool(restart.any()):  # restarted elements drop their history and take the plain step
@@ -476,10 +496,21 @@ class AndersonSolver:
             if energy is not None:
                 energy = torch.where(moving, energy, st.energy)
         dx = x_new - st.x
-        if self.m > 0:
-            new_pair = torch.stack([dx, f_new - st.f], 1).unsqueeze(-1)  # (B, 2, n, 1)
-            hist = torch.cat([hist[..., 1:], new_pair], -1)
-            valid = torch.cat([valid[:, 1:], moving.unsqueeze(-1)], -1)
+        head, gram, rhs = st.head, st.gram, st.rhs
+        if self.m > 0:  # write the new pair into slot `head` of the ring
+            if not donate:
+                hist, gram = hist.clone(), gram.clone()
+            df = f_new - st.f
+            hist[:, 0, head] = gx_new - st.gx
+            hist[:, 1, head] = df
+            valid = valid.clone()
+            valid[:, head] = moving
+            if self.kind == "II":  # one pass over F: new Gram row/column and next right-hand side
+                c = torch.stack([df, f_new], 1) @ hist[:, 1].transpose(-1, -2)  # (B, 2, m)
+                gram[:, head, :] = c[:, 0]
+                gram[:, :, head] = c[:, 0]
+                rhs = c[:, 1]
+            head = (head + 1) % self.m
         # status: non-finite > converged > stalled (the step was exactly zero) > running
         conv = fnorm <= self.tol
         stalled = ~conv & (dx == 0).all(-1)
@@ -493,7 +524,8 @@ class AndersonSolver:
             codes = torch.where(codes == RUN, AndersonStatus.MAX_ITER.value, codes)
         restarts = st.restarts if restart is None else st.restarts + restart.long()
         return replace(
-            st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, hist=hist, valid=valid, codes=codes,
+            st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, hist=hist, head=head, gram=gram, rhs=rhs,
+            valid=valid, codes=codes,
             steps=st.steps + active.long(), restarts=restarts, rejections=rejections,
             energy=energy, iteration=iteration, map_evaluations=st.map_evaluations + 1,
             energy_evaluations=e_evals, residual_history=st.residual_history + (fnorm,),
@@ -652,7 +684,7 @@ def anderson(
     with torch.inference_mode():  # cheaper per op than no_grad; the loop is never differentiated
         state = solver.init(g, x0)
         while not solver.terminate(state)[0]:
-            state = solver.step(g, state)
+            state = solver.step(g, state, donate=True)
     result = solver.result(state)
     # hand back ordinary tensors (inference tensors cannot be used later in autograd, e.g. for the
     # implicit-function re-attachment g(x*.requires_grad_()) of deep-equilibrium models)
