@@ -272,18 +272,22 @@ class AndersonSolver:
         ``energy(x) -> Tensor (...)`` for ``x`` of shape ``(..., n)``; required by ``safeguard="energy"``.
         For a Hopfield problem: ``lambda x: hopfield.energy(x, keys, beta, alpha)``.
     cond_max : float, optional
-        Restart the history of an element (drop all pairs, take the plain step) when the condition
-        number of its column-scaled coefficient matrix exceeds this, or when the coefficients are not
-        finite. Default :math:`1/(100\,\epsilon)` of the compute dtype (normal equations square the
-        condition number of :math:`\mathcal F`, so this allows :math:`\kappa(\mathcal F)\lesssim 10^{6.6}` in
-        float64).
+        Restart the history of an element (drop all pairs, take the plain step) when the (estimated)
+        condition number of its column-scaled coefficient matrix exceeds this, when the factorization
+        fails, or when the coefficients or the candidate are not finite. Default :math:`1/(100\,\epsilon)`
+        of the compute dtype (the normal equations square the condition number of :math:`\mathcal F`, so
+        this allows :math:`\kappa(\mathcal F)\lesssim 10^{6.6}` in float64).
 
     Notes
     -----
-    The coefficient system is solved batched with :func:`torch.linalg.solve_ex` after scaling it to unit
-    column norms (Jacobi scaling), which makes ``reg`` relative and the condition test scale-free. Walker &
-    Ni recommend QR with column dropping; with ``m <= 10`` the scaled normal equations plus restart are
-    accurate to the same tolerance on the problems here and match SciPy's own algebra.
+    The :math:`m\times m` system is scaled to unit column norms (Jacobi scaling), which makes ``reg``
+    relative and the condition test scale-free, and solved batched: type II by Cholesky
+    (:func:`torch.linalg.cholesky_ex`; the Gram matrix :math:`\mathcal F^\top\mathcal F` and
+    :math:`\mathcal F^\top f_k` are updated by one new row per step), type I by LU. Walker & Ni recommend QR
+    with column dropping; with ``m <= 10`` the scaled normal equations plus restart reach the same
+    tolerances on the problems here and use SciPy's own algebra (iterate-for-iterate equality is tested).
+    The history is a ring buffer of :math:`(\Delta g_i, \Delta f_i)` rows; for :math:`\beta = 1` the step is
+    :math:`g(x_k) - \mathcal G_k\gamma`, which needs no iterate differences at all.
     """
 
     m: int = 5

@@ -15,7 +15,7 @@ import pytest
 import scipy.optimize
 import sympy as sp
 import torch
-from hypothesis import assume, example, given, settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from hopfield_gag import hopfield, normalizers, symbolic
