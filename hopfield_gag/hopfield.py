@@ -125,8 +125,12 @@ def _check_problem(
 
 
 def _scores(xi: Tensor, keys: Tensor) -> Tensor:
-    """K xi along the last dims: (..., N)."""
-    return (keys @ xi.unsqueeze(-1)).squeeze(-1)
+    """K xi along the last dims: (..., N).
+
+    Written as a row times K^T so that a batch of states against shared keys folds into one GEMM
+    (``keys @ xi[..., None]`` broadcasts the keys into one matrix-vector product per state).
+    """
+    return (xi.unsqueeze(-2) @ keys.mT).squeeze(-2)
 
 
 def _uniform_entropy(n: int, alpha: float) -> float:
