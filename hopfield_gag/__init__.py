@@ -8,10 +8,12 @@ from .anderson import (
     AA1Extrapolation,
     AdaptiveScale,
     AndersonResult,
+    AndersonState,
     AndersonSolver,
     AndersonStatus,
     aa1_mixing,
     aa_adaptive_scale,
+    aa_scale_from_retrievals,
     anderson,
     extrapolation_as_aa,
 )
@@ -63,6 +65,14 @@ from .theory import (
     query_alignment_margin,
     sharpening_margin,
     sparse_dense_discrepancy,
+    basin_alignment_margin,
+    parallel_certificate,
+    majorization_margin,
+    crossing_certificate,
+    norm_cap,
+    GagContractionBound,
+    gag_contraction_bound,
+    noise_floor,
 )
 
 __version__ = "0.1.0"

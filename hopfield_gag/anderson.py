@@ -80,6 +80,7 @@ __all__ = [
     "extrapolation_as_aa",
     "aa1_mixing",
     "AdaptiveScale",
+    "aa_scale_from_retrievals",
     "aa_adaptive_scale",
 ]
 
@@ -954,6 +955,37 @@ class AdaptiveScale:
     output: Tensor
 
 
+def aa_scale_from_retrievals(
+    query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = 0.0, hi: float = 3.0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The AA-adaptive PLADIS scale from the key-space retrievals of the same state (shared by
+    :func:`aa_adaptive_scale` and ``hopfield_gag.attention``'s ``method="aa"``).
+
+    .. math::
+
+        f_{k-1} = p_d k - \xi,\quad f_k = p_s k - \xi,\qquad
+        \lambda^\star = \mathrm{clamp}\big(1 - \gamma^\star(f_{k-1}, f_k),\ \text{lo},\ \text{hi}\big)
+
+    with :math:`\gamma^\star` from :func:`aa1_mixing` (0 for a degenerate pair, i.e. :math:`\lambda = 1`).
+
+    Parameters
+    ----------
+    query : Tensor (..., Lq, d)        the states :math:`\xi` (queries, in key space).
+    key_dense, key_sparse : Tensor (..., Lq, d)   :math:`p_d k` and :math:`p_s k`.
+    lo, hi : float                     clamp range of :math:`\lambda`, lo < hi (not re-checked here).
+
+    Returns
+    -------
+    (lam, gamma_raw, degenerate, clamped), each (..., Lq): the clamped scale, the unclamped
+    :math:`\gamma^\star`, the degenerate mask and the clamp-active mask.
+    """
+    gamma_raw, degenerate = aa1_mixing(key_dense - query, key_sparse - query)
+    lam_raw = 1.0 - gamma_raw
+    lam = lam_raw.clamp(lo, hi)
+    clamped = (lam_raw < lo) | (lam_raw > hi)
+    return lam, gamma_raw, degenerate, clamped
+
+
 def aa_adaptive_scale(
     q: Tensor,
     k: Tensor,
@@ -1058,10 +1090,7 @@ def aa_adaptive_scale(
     p_d = normalize(z, alpha=1.0, dim=-1, mask=mask)
     p_s = normalize(z, alpha=alpha, dim=-1, mask=mask)
     d_key, s_key = p_d @ kc, p_s @ kc
-    gamma_raw, degenerate = aa1_mixing(d_key - qc, s_key - qc)
-    lam_raw = 1.0 - gamma_raw
-    lam = lam_raw.clamp(lo, hi)
-    clamped = (lam_raw < lo) | (lam_raw > hi)
+    lam, gamma_raw, degenerate, clamped = aa_scale_from_retrievals(qc, d_key, s_key, lo, hi)
     gamma = 1.0 - lam
     if v is None:
         dense, sparse = d_key, s_key

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from . import normalizers
 from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
-from .anderson import aa1_mixing
+from .anderson import aa_scale_from_retrievals
 
 __all__ = ["gag_attention", "reference_gag_attention", "GAGParts", "METHODS", "GAGAttention"]
 
@@ -173,8 +173,7 @@ def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_rang
     if method == "aa":
         # residuals in key space, where the Hopfield state (the query) lives: f_{k-1} = p_d k - q,
         # f_k = p_s k - q (anderson.aa_adaptive_scale); lambda* = 1 - gamma*, clamped.
-        gamma, _ = aa1_mixing(kd - q_key, ks - q_key)
-        lam_tok = (1.0 - gamma).clamp(aa_range[0], aa_range[1])
+        lam_tok = aa_scale_from_retrievals(q_key, kd, ks, aa_range[0], aa_range[1])[0]
         return torch.lerp(d, s, lam_tok.unsqueeze(-1)), c, no_cap, lam_tok
     # gag: g = Delta_par + zeta Delta_perp = zeta Delta + (1 - zeta) c s
     if zeta == 0.0:
