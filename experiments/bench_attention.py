@@ -8,7 +8,7 @@ Contenders, run once per round, round-robin (load drift hits all alike), medians
   - PLADIS reference: SDPA for the dense output plus entmax.entmax15(scores) @ V for the sparse one,
     blended d + 2 (s - d) (what a diffusers processor built on the entmax package does).
 Peak extra memory of ours at (1,8,4096,4096,64) is measured in a fresh subprocess as the peak resident set
-above the baseline after the inputs exist (ru_maxrss).
+above the level after the inputs exist (VmHWM, reset before the call; see _benchutil).
 
 Targets (issue 5): gag <= 2x SDPA and >= 5x faster than the PLADIS reference at Lk = 77; gag <= 5x SDPA at
 Lk = 1024; peak extra memory < 2 GiB at 4096².
@@ -26,6 +26,9 @@ import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _benchutil import Contention  # noqa: E402
 import torch.nn.functional as F
 
 import entmax as entmax_pkg
@@ -70,21 +73,22 @@ def measure(fns, rounds):
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
+sys.path.insert(0, sys.argv[2])
+from _benchutil import peak_rss_above_baseline
 torch.set_num_threads(2)
 from hopfield_gag.attention import gag_attention
 b, h, lq, lk, d = json.loads(sys.argv[1])
 q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports and inputs
-gag_attention(q[..., :1, :], k, v)  # loads the kernel; its temporaries (1 query row) count too
-out = gag_attention(q, k, v)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"extra_kib": peak - base, "output_mib": out.numel() * 4 / 2**20}))
+gag_attention(q[..., :1, :], k, v)  # load the kernel
+extra_kib, out = peak_rss_above_baseline(lambda: gag_attention(q, k, v))
+print(json.dumps({"extra_kib": extra_kib, "output_mib": out.numel() * 4 / 2**20}))
 """
 
 
 def peak_extra_memory(shape):
-    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(shape)], capture_output=True, text=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    res = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(shape), here], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(res.stderr)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -98,7 +102,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(2)
-    load_before = os.getloadavg()[0]
+    contention = Contention().__enter__()
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds\n")
     verdicts = []
     for shape in SHAPES:
@@ -123,12 +127,8 @@ def main(argv=None):
         print(f"peak extra memory of gag at {MEMORY_SHAPE}: {gib:.3f} GiB "
               f"(includes the {mem['output_mib']:.0f} MiB output)\n")
         verdicts.append((f"{MEMORY_SHAPE}: peak extra GiB < 2", gib, gib < 2.0))
-    load_after = os.getloadavg()[0]
-    print(f"1-min load average before/after: {load_before:.2f} / {load_after:.2f}")
-    if max(load_before, load_after) > 0.5:
-        # with 2 threads on 2 cores, every parallel region waits for a descheduled thread: on a busy
-        # machine the ratios measure contention, not the code
-        print("WARNING: the machine was busy; these ratios are not a valid measurement")
+    contention.__exit__(None, None, None)
+    print(contention.report())
     print("targets")
     for what, value, ok in verdicts:
         print(f"  {what:48s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")

@@ -15,9 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _benchutil import Contention  # noqa: E402
 
 import entmax as entmax_pkg
 from hopfield_gag import normalizers
@@ -65,7 +69,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(2)
-    load_before = os.getloadavg()[0]
+    contention = Contention().__enter__()
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds "
           f"(entmax_bisect: {min(rounds, 3)})\n")
     verdicts = []
@@ -91,12 +95,8 @@ def main(argv=None):
             vs_softmax = base / med["torch.softmax"]
             verdicts.append(("Lk=77: ours / torch.softmax <= 3", vs_softmax, vs_softmax <= 3.0))
         print()
-    load_after = os.getloadavg()[0]
-    print(f"1-min load average before/after: {load_before:.2f} / {load_after:.2f}")
-    if max(load_before, load_after) > 0.5:
-        # with 2 threads on 2 cores, every parallel region waits for a descheduled thread: on a busy
-        # machine the ratios measure contention, not the code
-        print("WARNING: the machine was busy; these ratios are not a valid measurement")
+    contention.__exit__(None, None, None)
+    print(contention.report())
     print("targets")
     for what, value, ok in verdicts:
         print(f"  {what:40s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")

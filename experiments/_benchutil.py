@@ -1,0 +1,65 @@
+"""Shared measurement helpers for the benchmark scripts (Linux).
+
+* :class:`Contention` measures how much CPU *other* processes used while a benchmark ran:
+  (busy jiffies of all CPUs - our own CPU time) / (elapsed CPU capacity). With 2 threads on 2 cores,
+  every parallel region waits for a descheduled thread, so a run with more than a few percent of foreign
+  load measures contention, not code. (The load average cannot tell: it counts the benchmark itself.)
+* :func:`peak_rss_above_baseline` runs a callable and returns the peak resident memory above the level
+  before it, from ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. (``ru_maxrss`` is
+  inherited across fork and kept across ``execve``, so in a child process it starts at the parent's peak.)
+"""
+from __future__ import annotations
+
+import os
+import time
+
+
+def _cpu_jiffies():
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+class Contention:
+    """Context manager; after exit, ``.foreign`` is the fraction of CPU capacity used by other processes."""
+
+    def __enter__(self):
+        self._busy0, self._total0 = _cpu_jiffies()
+        t = os.times()
+        self._self0 = t.user + t.system
+        return self
+
+    def __exit__(self, *exc):
+        busy1, total1 = _cpu_jiffies()
+        t = os.times()
+        hz = os.sysconf("SC_CLK_TCK")
+        ours = (t.user + t.system - self._self0) * hz
+        total = max(total1 - self._total0, 1)
+        self.foreign = max(0.0, (busy1 - self._busy0 - ours) / total)
+        return False
+
+    def report(self, threshold: float = 0.05) -> str:
+        line = f"other processes used {100 * self.foreign:.1f}% of the CPUs during the run"
+        if self.foreign > threshold:
+            line += "\nWARNING: the machine was busy; these ratios are not a valid measurement"
+        return line
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_rss_above_baseline(fn) -> tuple[int, object]:
+    """Run ``fn()``; return (peak resident KiB above the resident size before it, fn's result)."""
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current resident size
+    t0 = time.perf_counter()
+    out = fn()
+    del t0
+    return _status_kib("VmHWM") - base, out
