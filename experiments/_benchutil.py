@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 
 def _cpu_jiffies():
@@ -26,15 +25,19 @@ class Contention:
 
     def __enter__(self):
         self._busy0, self._total0 = _cpu_jiffies()
-        t = os.times()
-        self._self0 = t.user + t.system
+        self._self0 = self._own_cpu()
         return self
+
+    @staticmethod
+    def _own_cpu() -> float:
+        # our process and the children we waited for (e.g. a memory-measurement subprocess)
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
 
     def __exit__(self, *exc):
         busy1, total1 = _cpu_jiffies()
-        t = os.times()
         hz = os.sysconf("SC_CLK_TCK")
-        ours = (t.user + t.system - self._self0) * hz
+        ours = (self._own_cpu() - self._self0) * hz
         total = max(total1 - self._total0, 1)
         self.foreign = max(0.0, (busy1 - self._busy0 - ours) / total)
         return False
@@ -59,7 +62,5 @@ def peak_rss_above_baseline(fn) -> tuple[int, object]:
     base = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current resident size
-    t0 = time.perf_counter()
     out = fn()
-    del t0
     return _status_kib("VmHWM") - base, out
