@@ -4,6 +4,8 @@
   (busy jiffies of all CPUs - our own CPU time) / (elapsed CPU capacity). With 2 threads on 2 cores,
   every parallel region waits for a descheduled thread, so a run with more than a few percent of foreign
   load measures contention, not code. (The load average cannot tell: it counts the benchmark itself.)
+* :func:`round_robin_medians` times callables once per round, in turn, so a drift in machine load hits all
+  of them alike, and returns median milliseconds.
 * :func:`peak_rss_above_baseline` runs a callable and returns the peak resident memory above the level
   before it, from ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. (``ru_maxrss`` is
   inherited across fork and kept across ``execve``, so in a child process it starts at the parent's peak.)
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 
 def _cpu_jiffies():
@@ -64,3 +68,20 @@ def peak_rss_above_baseline(fn) -> tuple[int, object]:
         fh.write("5")  # reset VmHWM to the current resident size
     out = fn()
     return _status_kib("VmHWM") - base, out
+
+
+def round_robin_medians(fns: dict, rounds: int, rounds_for: dict | None = None) -> dict:
+    """Median wall time in ms of each callable over ``rounds`` rounds (one call each per round, in turn),
+    after one warm-up call each. ``rounds_for`` caps the rounds of slow contenders by name."""
+    rounds_for = rounds_for or {}
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if r >= rounds_for.get(name, rounds):
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _benchutil import Contention  # noqa: E402
+from _benchutil import Contention, round_robin_medians  # noqa: E402
 import torch.nn.functional as F
 
 import entmax as entmax_pkg
@@ -58,18 +56,6 @@ def contenders(q, k, v):
         "ours pladis": lambda: gag_attention(q, k, v, method="pladis", lam=2.0),
         "PLADIS reference": lambda: pladis_reference(q, k, v),
     }
-
-
-def measure(fns, rounds):
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 _MEMORY_CHILD = r"""
@@ -107,7 +93,7 @@ def main(argv=None):
     verdicts = []
     for shape in SHAPES:
         q, k, v = inputs(shape)
-        med = measure(contenders(q, k, v), rounds)
+        med = round_robin_medians(contenders(q, k, v), rounds)
         sdpa = med["SDPA"]
         print(f"shape (B,H,Lq,Lk,D) = {shape}")
         print(f"  {'contender':20s} {'median ms':>10s} {'/ SDPA':>8s}")

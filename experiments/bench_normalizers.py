@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _benchutil import Contention  # noqa: E402
+from _benchutil import Contention, round_robin_medians  # noqa: E402
 
 import entmax as entmax_pkg
 from hopfield_gag import normalizers
@@ -48,20 +46,6 @@ def contenders(x):
     }
 
 
-def measure(fns, rounds, slow_rounds):
-    times = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up (kernel build, allocator)
-        fn()
-    for r in range(rounds):
-        for name, fn in fns.items():
-            if "bisect" in name and r >= slow_rounds:
-                continue
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11)
@@ -79,7 +63,7 @@ def main(argv=None):
         ours = normalizers.entmax(x, 1.5)
         ref = entmax_pkg.entmax15(x, dim=-1)
         err = float((ours - ref).abs().max())
-        med = measure(contenders(x), rounds, slow_rounds=min(rounds, 3))
+        med = round_robin_medians(contenders(x), rounds, {"entmax.entmax_bisect(1.5)": min(rounds, 3)})
         base = med["ours entmax(1.5)"]
         print(f"shape {shape}   (max |ours - entmax.entmax15| = {err:.1e})")
         print(f"  {'contender':28s} {'median ms':>10s} {'/ ours entmax(1.5)':>20s}")

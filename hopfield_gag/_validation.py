@@ -95,3 +95,46 @@ def check_scalar(
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype for thresholds and reductions: fp32 for half types, otherwise the input dtype."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+    """Validate attention inputs q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (``None``: v = k).
+
+    One dtype and device, finite entries, matching d and Lk, Lk >= 1, batch dims that broadcast.
+    Returns the broadcast batch shape.
+    """
+    check_tensor("q", q, min_dim=2)
+    check_tensor("k", k, min_dim=2)
+    if k.dtype != q.dtype:
+        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
+    if k.device != q.device:
+        raise ValueError(f"k must be on the device of q ({q.device}), got {k.device}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, got k shape {tuple(k.shape)}"
+        )
+    if k.shape[-2] == 0:
+        raise ValueError(f"k must hold at least one key (shape (..., Lk, d), Lk >= 1), got {tuple(k.shape)}")
+    if v is not None:
+        check_tensor("v", v, min_dim=2)
+        if v.dtype != q.dtype:
+            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
+        if v.device != q.device:
+            raise ValueError(f"v must be on the device of q ({q.device}), got {v.device}")
+        if v.shape[-2] != k.shape[-2]:
+            raise ValueError(
+                f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, got v shape {tuple(v.shape)}"
+            )
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}"
+            + ("" if v is None else f", v {tuple(v.shape[:-2])}")
+            + " must broadcast"
+        ) from None
+    check_finite("q", q)
+    check_finite("k", k)
+    if v is not None:
+        check_finite("v", v)
+    return batch

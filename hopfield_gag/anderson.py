@@ -67,7 +67,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from ._validation import check_qkv, check_finite, check_scalar, check_tensor, compute_dtype
 from .normalizers import normalize
 
 __all__ = [
@@ -1052,30 +1052,7 @@ def aa_adaptive_scale(
     Walker & Ni 2011 (AA(1)); Ramsauer et al. 2021, arXiv 2008.02217 (attention as a Hopfield update,
     re-iteration in key space); Kim & Sim 2025 (PLADIS); Toth & Kelley 2015 (bounded coefficients).
     """
-    check_tensor("q", q, min_dim=2)
-    check_tensor("k", k, min_dim=2)
-    check_finite("q", q)
-    check_finite("k", k)
-    if k.dtype != q.dtype:
-        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, "
-                         f"got {tuple(k.shape)}")
-    if k.shape[-2] == 0:
-        raise ValueError(f"k must hold at least one key, got shape {tuple(k.shape)}")
-    if v is not None:
-        check_tensor("v", v, min_dim=2)
-        check_finite("v", v)
-        if v.dtype != q.dtype:
-            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
-        if v.shape[-2] != k.shape[-2]:
-            raise ValueError(f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, "
-                             f"got {tuple(v.shape)}")
-    try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
-    except RuntimeError:
-        raise ValueError("batch dims of q, k, v must broadcast, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {None if v is None else tuple(v.shape)}") from None
+    check_qkv(q, k, v)
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
     alpha = check_scalar("alpha", alpha, gt=1.0)

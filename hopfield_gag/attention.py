@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import normalizers
-from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from ._validation import check_qkv, check_scalar, compute_dtype
 from .anderson import aa_scale_from_retrievals
 
 __all__ = ["gag_attention", "reference_gag_attention", "GAGParts", "METHODS", "GAGAttention"]
@@ -87,38 +87,19 @@ class GAGParts:
 
 
 def _check_inputs(q, k, v, mask):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, min_dim=2)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q (..., Lq, D) and k (..., Lk, D) must share D, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k (..., Lk, D) and v (..., Lk, Dv) must share Lk, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"batch dims of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must broadcast (as in SDPA)"
-        ) from None
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_finite(name, t)
+    """Validate q, k, v (``_validation.check_qkv``) and the mask's type and shape; return (B, H, Lq, Lk)."""
+    batch = check_qkv(q, k, v)
     scores_shape = (*batch, q.shape[-2], k.shape[-2])
     if mask is not None:
+        # the full check (values, device) runs where the mask is applied to each chunk of scores
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        if mask.dtype != torch.bool and not mask.is_floating_point():
-            raise ValueError(f"mask must be boolean (True = attend) or floating (additive), got {mask.dtype}")
         try:
             ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
         except RuntimeError:
             ok = False
         if not ok:
             raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
-        if mask.device != q.device:
-            raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
     return scores_shape
 
 
@@ -282,7 +263,7 @@ def gag_attention(
         z = torch.matmul(q_chunk * beta, kT) if q.shape[-1] <= k.shape[-2] else torch.matmul(q_chunk, kT).mul_(beta)
         if mask is not None:
             m = mask[..., start:stop, :] if mask.dim() >= 2 and mask.shape[-2] == lq else mask
-            z = z.masked_fill(~m, -math.inf) if m.dtype == torch.bool else z + m.to(cd)
+            z = normalizers.apply_mask(z, m, name="the scores (B, H, Lq, Lk)")
         # the entmax kernel validates the scores (NaN/+inf, fully masked rows) for both branches
         p_sparse = normalizers.entmax(z, alpha)
         p_dense = torch.softmax(z, dim=-1)

@@ -69,6 +69,7 @@ __all__ = [
     "sparsemax",
     "entmax",
     "normalize",
+    "apply_mask",
     "jacobian_weights",
     "jacobian_vector_product",
     "Softmax",
@@ -86,7 +87,22 @@ _NEWTON_MAX_ITER = 200
 # Input handling
 
 
-def _apply_mask(z: Tensor, mask, shape: torch.Size) -> Tensor:
+def apply_mask(scores: Tensor, mask, name: str = "x") -> Tensor:
+    r"""Apply a mask to scores: boolean ``False`` entries become :math:`-\infty`, an additive float mask
+    is added (it may hold :math:`-\infty`, not NaN or :math:`+\infty`).
+
+    Parameters
+    ----------
+    scores : Tensor (..., n)
+    mask : Tensor, bool or floating, broadcastable to ``scores`` (not the other way round).
+    name : str
+        How the error messages name ``scores``.
+
+    Returns
+    -------
+    Tensor, the shape and dtype of ``scores``.
+    """
+    shape = scores.shape
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor (bool or floating) or None, got {type(mask).__name__}")
     try:
@@ -94,15 +110,15 @@ def _apply_mask(z: Tensor, mask, shape: torch.Size) -> Tensor:
     except RuntimeError:
         target = None
     if target != shape:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to x of shape {tuple(shape)}")
-    if mask.device != z.device:
-        raise ValueError(f"mask is on {mask.device} but x is on {z.device}")
+        raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to {name} of shape {tuple(shape)}")
+    if mask.device != scores.device:
+        raise ValueError(f"mask is on {mask.device} but {name} is on {scores.device}")
     if mask.dtype == torch.bool:
-        return z.masked_fill(~mask, -math.inf)
+        return scores.masked_fill(~mask, -math.inf)
     if mask.is_floating_point():
         if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
             raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
-        return z + mask.to(z.dtype)
+        return scores + mask.to(scores.dtype)
     raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
 
 
@@ -114,7 +130,7 @@ def _prepare(x: Tensor, dim: int, mask, name: str = "x") -> tuple[Tensor, int]:
         raise ValueError(f"{name} must have at least one entry along dim={dim}, got shape {tuple(x.shape)}")
     z = x.to(compute_dtype(x.dtype))
     if mask is not None:
-        z = _apply_mask(z, mask, x.shape)
+        z = apply_mask(z, mask, name)
     return z, dim
 
 

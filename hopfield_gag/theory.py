@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from ._validation import check_finite, check_qkv, check_scalar, check_tensor, compute_dtype
 from .hopfield import energy_grad, retrieval_map, separation
-from .normalizers import normalize
+from .normalizers import apply_mask, normalize
 
 __all__ = [
     "SparseDenseDiscrepancy",
@@ -99,59 +99,13 @@ def _check_alpha(alpha, name: str = "alpha", ge: float = 1.0) -> float:
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor | None) -> None:
-    check_tensor("q", q, min_dim=2)
-    check_tensor("k", k, min_dim=2)
-    check_finite("q", q)
-    check_finite("k", k)
-    if k.dtype != q.dtype:
-        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(
-            f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, got k shape {tuple(k.shape)}"
-        )
-    if k.shape[-2] == 0:
-        raise ValueError(f"k must hold at least one key (shape (..., Lk, d), Lk >= 1), got {tuple(k.shape)}")
-    if v is not None:
-        check_tensor("v", v, min_dim=2)
-        check_finite("v", v)
-        if v.dtype != q.dtype:
-            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
-        if v.shape[-2] != k.shape[-2]:
-            raise ValueError(
-                f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, got v shape {tuple(v.shape)}"
-            )
-    try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
-    except RuntimeError:
-        raise ValueError(
-            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}"
-            + ("" if v is None else f", v {tuple(v.shape[:-2])}")
-            + " must broadcast"
-        ) from None
+    check_qkv(q, k, v)
 
 
 def _effective_scores(q: Tensor, k: Tensor, beta: float, mask) -> Tensor:
     """z = beta q k^T, with the mask applied: boolean False -> -inf, additive float added."""
     z = beta * (q @ k.transpose(-1, -2))
-    if mask is None:
-        return z
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor (bool or floating) or None, got {type(mask).__name__}")
-    try:
-        shape = torch.broadcast_shapes(z.shape, mask.shape)
-    except RuntimeError:
-        shape = None
-    if shape != z.shape:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} must be broadcastable to the scores (..., Lq, Lk) = {tuple(z.shape)}"
-        )
-    if mask.dtype == torch.bool:
-        return z.masked_fill(~mask, -math.inf)
-    if mask.is_floating_point():
-        if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
-            raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
-        return z + mask.to(z.dtype)
-    raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
+    return z if mask is None else apply_mask(z, mask, name="the scores (..., Lq, Lk)")
 
 
 # ----------------------------------------------------------------------------------------------------
