@@ -127,6 +127,54 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
     return tau;
 }
 
+
+/* alpha = 1.5: one scalar pass per iteration computes the statistics at t, counts the candidates above
+   the previous closed-form root (verifying it exactly, one pass late) and compacts into the spare
+   buffer (kept only if t is confirmed as a lower bound). On return *cand, *m_io hold the candidates. */
+static double threshold15(double **cand, double **spare, int64_t *m_io, const params *P, int *status) {
+    const double inv_a = P->inv_a, C = inv_a * inv_a;
+    double *buf = *cand, *alt = *spare;
+    int64_t m = *m_io;
+    double lo = -inv_a, hi = P->hi0, t = lo, tc_prev = INFINITY, tau = NAN;
+    int64_t s0_prev = -1;
+    for (int it = 0; it < MAXIT; ++it) {
+        double s1 = 0, s2 = 0;
+        int64_t j = 0, cnt = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            const double u = buf[i];
+            const double y = u - t;
+            const int keep = y > 0;
+            const double yk = keep ? y : 0.0;
+            s1 += yk;
+            s2 += yk * yk;
+            cnt += u > tc_prev;
+            alt[j] = u;
+            j += keep;
+        }
+        if (cnt == s0_prev) { tau = tc_prev; break; } /* the previous closed form kept its support */
+        const double s0 = (double)j, N = sqrt(s2);
+        if (N >= inv_a) { /* t is a lower bound: the compacted set holds the support */
+            lo = t;
+            double *tmp = buf; buf = alt; alt = tmp;
+            m = j;
+        } else {
+            hi = t;
+        }
+        const double D = s1 * s1 - s0 * (s2 - C);
+        double tc = INFINITY;
+        if (D >= 0) tc = t + (s1 - sqrt(D)) / s0;
+        tc_prev = tc;
+        s0_prev = D >= 0 ? j : -1;
+        double tn = t + (N - inv_a) * N / s1;
+        if (!(tn >= lo && tn <= hi)) tn = 0.5 * (lo + hi);
+        if (fabs(tn - t) <= 4.0 * DBL_EPSILON * (fabs(t) + inv_a)) { tau = D >= 0 ? tc : tn; break; }
+        t = tn;
+    }
+    if (isnan(tau)) { *status |= 4; tau = t; }
+    *cand = buf; *spare = alt; *m_io = m;
+    return tau;
+}
+
 /* One row: a SIMD max pass (NaN/+inf flagged), a branch-free gather of the candidates u = z - max with
    u > -1/(alpha-1), the threshold on them, the normalizing sum over them (the support is among them),
    and one SIMD write pass. */
@@ -150,7 +198,10 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
             m += u > lo;                                                                       \
         }                                                                                      \
         int status = 0;                                                                        \
-        const double tau = threshold(buf, &m, P, &status);                                     \
+        double *cand = buf, *spare = buf + n;                                                  \
+        const double tau = P->kind == 2 ? threshold15(&cand, &spare, &m, P, &status)           \
+                                        : threshold(buf, &m, P, &status);                      \
+        buf = cand;                                                                            \
         double sum = 0;                                                                        \
         if (P->kind == 0) {                                                                    \
             for (int64_t i = 0; i < m; ++i) {                                                  \
@@ -206,7 +257,7 @@ DEFINE_ROW(row_f64, double)
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
-            double *buf = (double *)malloc((size_t)n * sizeof(double));                        \
+            double *buf = (double *)malloc((size_t)n * 2 * sizeof(double)); /* + a spare */   \
             if (buf == NULL) flags |= 8;                                                       \
             _Pragma("omp for schedule(static)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
