@@ -154,3 +154,19 @@ def test_cli_requires_a_command():
     with pytest.raises(SystemExit) as exc:
         cli.main([])
     assert exc.value.code == 2
+
+
+def test_theory_and_attention_checks_are_registered_and_can_fail(monkeypatch):
+    from hopfield_gag import attention, theory
+
+    names = {"p_sharpen_majorization", "p_align_query", "gag_deviation_bound", "gag_attention_vs_oracle",
+             "symbolic_identities"}
+    assert names <= set(selfcheck.REGISTRY)
+    checks = [selfcheck.REGISTRY[n] for n in ("gag_deviation_bound", "gag_attention_vs_oracle")]
+    assert all(r.passed for r in selfcheck.run_checks(checks))
+    # GAG without its cap leaves the lam*eta ball; a fast op that drops the strength blend leaves the oracle
+    uncapped = theory.gag_output
+    monkeypatch.setattr(theory, "gag_output", lambda d, s, lam, eta, zeta=0.0: uncapped(d, s, lam, None, zeta))
+    real_op = attention.gag_attention
+    monkeypatch.setattr(selfcheck, "gag_attention", lambda q, k, v, **kw: real_op(q, k, v, **{**kw, "strength": 1.0}))
+    assert [r.passed for r in selfcheck.run_checks(checks)] == [False, False]
