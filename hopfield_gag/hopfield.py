@@ -133,6 +133,17 @@ def _scores(xi: Tensor, keys: Tensor) -> Tensor:
     return (xi.unsqueeze(-2) @ keys.mT).squeeze(-2)
 
 
+def _weights_keys_values(xi, keys, values, beta, alpha) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate, cast to the compute dtype and normalize: (weights (..., N), keys, values) in that dtype
+    (values = keys when ``values`` is None). The shared first step of every retrieval function."""
+    _check_problem(xi, keys, values)
+    beta, alpha = _check_beta_alpha(beta, alpha)
+    cd = compute_dtype(xi.dtype)
+    k = keys.to(cd)
+    v = k if values is None else values.to(cd)
+    return normalize(beta * _scores(xi.to(cd), k), alpha=alpha, dim=-1), k, v
+
+
 def _uniform_entropy(n: int, alpha: float) -> float:
     r""":math:`H_\alpha(u)` of the uniform distribution on ``n`` points."""
     if alpha == 1.0:
@@ -330,10 +341,7 @@ def retrieval_weights(xi: Tensor, keys: Tensor, beta: float = 1.0, alpha: float 
 
     References: Ramsauer et al. 2021 (arXiv 2008.02217), Eq. (3); Santos et al. 2024 (arXiv 2402.13725).
     """
-    _check_problem(xi, keys)
-    beta, alpha = _check_beta_alpha(beta, alpha)
-    cd = compute_dtype(xi.dtype)
-    p = normalize(beta * _scores(xi.to(cd), keys.to(cd)), alpha=alpha, dim=-1)
+    p, _, _ = _weights_keys_values(xi, keys, None, beta, alpha)
     return p.to(xi.dtype)
 
 
@@ -359,12 +367,7 @@ def retrieval_map(
     References: Ramsauer et al. 2021 (arXiv 2008.02217), Eq. (3) and §3; Santos et al. 2024
     (arXiv 2402.13725).
     """
-    _check_problem(xi, keys, values)
-    beta, alpha = _check_beta_alpha(beta, alpha)
-    cd = compute_dtype(xi.dtype)
-    k = keys.to(cd)
-    v = k if values is None else values.to(cd)
-    p = normalize(beta * _scores(xi.to(cd), k), alpha=alpha, dim=-1)
+    p, _, v = _weights_keys_values(xi, keys, values, beta, alpha)
     return (p.unsqueeze(-2) @ v).squeeze(-2).to(xi.dtype)
 
 
@@ -395,12 +398,8 @@ def retrieval_jacobian(
     References: Ramsauer et al. 2021 (arXiv 2008.02217), appendix A.1.5.1; Peters et al. 2019
     (arXiv 1905.05702) for the entmax Jacobian.
     """
-    _check_problem(xi, keys, values)
+    p, k, v = _weights_keys_values(xi, keys, values, beta, alpha)
     beta, alpha = _check_beta_alpha(beta, alpha)
-    cd = compute_dtype(xi.dtype)
-    k = keys.to(cd)
-    v = k if values is None else values.to(cd)
-    p = normalize(beta * _scores(xi.to(cd), k), alpha=alpha, dim=-1)
     s = jacobian_weights(p, alpha)  # (..., N)
     ssum = s.sum(-1)[..., None, None]
     vs = (s.unsqueeze(-2) @ v).squeeze(-2)  # (..., dv)

@@ -11,29 +11,11 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,
-    print_blob=True,
-)
-settings.register_profile(
-    "dev",
-    max_examples=600,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
+settings.register_profile("ci", max_examples=40, derandomize=True, **_common)
+settings.register_profile("dev", max_examples=600, **_common)
+settings.register_profile("dev-lite", max_examples=60, **_common)
 _default = "ci" if os.environ.get("CI") else "dev-lite"
-settings.register_profile(
-    "dev-lite",
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
 # Keep the suite inside the CI budget on 2 cores and make timings comparable.
