@@ -32,6 +32,11 @@ scores are computed once, normalized densely (``torch.softmax``) and sparsely (t
 :mod:`hopfield_gag.normalizers`, which also rejects NaN/+inf scores and fully masked rows), multiplied by
 ``v`` (and by ``k`` for ``aa``), and combined per (token, head) in fp32 or higher. Half-precision inputs are
 computed in fp32 and the output is cast back. Everything is differentiable.
+
+The two probability maps are multiplied by ``v`` in two matmuls, not one batched matmul over their stack:
+on CPU the stacking copy costs more than it saves (measured at (2,8,1024,77)/(2,8,1024,1024): 1.59/47.4 ms
+stacked vs 1.13/16.4 ms separately), and writing both maps into one preallocated buffer would need
+``out=`` variants, which do not support autograd.
 """
 from __future__ import annotations
 
