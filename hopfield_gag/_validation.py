@@ -138,3 +138,22 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -
     if v is not None:
         check_finite("v", v)
     return batch
+
+
+def check_output_pair(dense: torch.Tensor, sparse: torch.Tensor) -> None:
+    """Validate a pair of attention outputs (..., dv): floating, finite, one dtype, the same last dim and
+    broadcastable leading dims (the extrapolation formulas are elementwise)."""
+    check_tensor("dense", dense, min_dim=1)
+    check_tensor("sparse", sparse, min_dim=1)
+    check_finite("dense", dense)
+    check_finite("sparse", sparse)
+    if dense.dtype != sparse.dtype:
+        raise ValueError(f"dense and sparse must have the same dtype, got {dense.dtype} and {sparse.dtype}")
+    if dense.shape[-1] != sparse.shape[-1]:
+        raise ValueError(f"dense and sparse must have the same last dim, got {dense.shape[-1]} and {sparse.shape[-1]}")
+    try:
+        torch.broadcast_shapes(dense.shape, sparse.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"dense {tuple(dense.shape)} and sparse {tuple(sparse.shape)} must have broadcastable shapes"
+        ) from None

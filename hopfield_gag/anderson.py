@@ -67,7 +67,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._validation import check_qkv, check_finite, check_scalar, check_tensor, compute_dtype
+from ._validation import check_output_pair, check_qkv, check_finite, check_scalar, check_tensor, compute_dtype
 from .normalizers import normalize
 
 __all__ = [
@@ -762,18 +762,6 @@ class AA1Extrapolation:
         return self.gamma[..., None, None] * P
 
 
-def _check_pair(dense: Tensor, sparse: Tensor) -> None:
-    check_tensor("dense", dense, min_dim=1)
-    check_tensor("sparse", sparse, min_dim=1)
-    check_finite("dense", dense)
-    check_finite("sparse", sparse)
-    if dense.shape != sparse.shape:
-        raise ValueError(f"sparse must have the shape of dense (..., dv) = {tuple(dense.shape)}, "
-                         f"got {tuple(sparse.shape)}")
-    if dense.dtype != sparse.dtype:
-        raise ValueError(f"sparse must have the dtype of dense ({dense.dtype}), got {sparse.dtype}")
-
-
 def _as_scalar_or_tensor(name: str, value, ref: Tensor, **bounds):
     if isinstance(value, Tensor) and value.numel() != 1:
         check_finite(name, value)
@@ -818,7 +806,7 @@ def extrapolation_as_aa(
 
     Parameters
     ----------
-    dense, sparse : Tensor (..., dv)
+    dense, sparse : Tensor (..., dv), one dtype, broadcastable leading dims
         Dense (softmax) and sparse (entmax) retrieval outputs of the same queries.
     method : {"pladis", "gag"}
     lam : float or Tensor broadcastable to (...), optional
@@ -842,7 +830,7 @@ def extrapolation_as_aa(
     K. Kim, B. Sim, "PLADIS", ICCV 2025, arXiv 2503.07677; K. Kim, "Geometry-Aware Attention Guidance",
     arXiv 2603.02531; Walker & Ni 2011 (AA(1)).
     """
-    _check_pair(dense, sparse)
+    check_output_pair(dense, sparse)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if lam is None:

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._validation import check_finite, check_qkv, check_scalar, check_tensor, compute_dtype
+from ._validation import check_output_pair, check_qkv, check_scalar, check_tensor, compute_dtype
 from .hopfield import energy_grad, retrieval_map, separation
 from .normalizers import apply_mask, normalize
 
@@ -584,14 +584,7 @@ def gag_output(
     References: GAG (arXiv 2603.02531) Eq. 12–13 as reimplemented by iljung1106/Krea2-Training-Free-
     Improvements ``guidance_math.py`` and kmittle/RepLDM ``attention_baselines.py``.
     """
-    check_tensor("dense", dense, min_dim=1)
-    check_tensor("sparse", sparse, min_dim=1)
-    check_finite("dense", dense)
-    check_finite("sparse", sparse)
-    if dense.dtype != sparse.dtype:
-        raise ValueError(f"dense and sparse must have the same dtype, got {dense.dtype} and {sparse.dtype}")
-    if dense.shape[-1] != sparse.shape[-1]:
-        raise ValueError(f"dense and sparse must have the same last dim, got {dense.shape[-1]} and {sparse.shape[-1]}")
+    check_output_pair(dense, sparse)
     lam = check_scalar("lam", lam, ge=0.0)
     zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
     cd = compute_dtype(dense.dtype)
