@@ -46,7 +46,7 @@ import scipy.optimize
 import torch
 
 from hopfield_gag import hopfield
-from hopfield_gag.anderson import AndersonStatus, anderson
+from hopfield_gag import AndersonStatus, anderson
 
 TOL = 1e-8
 TARGET_J = 0.95

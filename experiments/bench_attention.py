@@ -30,7 +30,7 @@ from _benchutil import Contention, round_robin_medians  # noqa: E402
 import torch.nn.functional as F
 
 import entmax as entmax_pkg
-from hopfield_gag.attention import gag_attention
+from hopfield_gag import gag_attention
 
 SHAPES = [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 8, 1024, 1024, 64)]
 MEMORY_SHAPE = (1, 8, 4096, 4096, 64)
@@ -63,7 +63,7 @@ import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 from _benchutil import peak_rss_above_baseline
 torch.set_num_threads(2)
-from hopfield_gag.attention import gag_attention
+from hopfield_gag import gag_attention
 b, h, lq, lk, d = json.loads(sys.argv[1])
 q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
 gag_attention(q[..., :1, :], k, v)  # load the kernel

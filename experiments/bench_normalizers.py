@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import Contention, round_robin_medians  # noqa: E402
 
 import entmax as entmax_pkg
-from hopfield_gag import normalizers
+from hopfield_gag.ops import normalizers
 
 SHAPES = [(2, 8, 1024, 77), (2, 8, 1024, 1024)]
 

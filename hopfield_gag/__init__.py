@@ -1,23 +1,39 @@
 """hopfield-gag: Modern Hopfield dynamics, sparse normalizers, Anderson acceleration and geometry-aware
 attention guidance (GAG, arXiv 2603.02531; PLADIS, arXiv 2503.07677).
 
-Layers (data flows one way): ``normalizers`` -> ``hopfield`` -> ``theory``, ``anderson`` -> ``attention``.
-``hopfield_gag.symbolic`` (sympy identities) is imported on demand: ``from hopfield_gag import symbolic``.
+Layers (data flows one way; a layer imports only the layers before it):
+
+====================  ==========================================================================
+``ops``               exact normalizers (softmax, sparsemax, alpha-entmax), the CPU kernel
+``hopfield``          Hopfield dynamics (energies, retrieval, fixed points) and Ramsauer's diagnostics
+``solvers``           Anderson acceleration; plain iteration is depth 0
+``theory``            sparse-dense discrepancy, property margins, contraction, symbolic identities
+``guidance``          ``gag_attention``, the AA(1) readings, the float64 oracle
+``selfcheck``, CLI    the numerical self-check battery and ``hopfield-gag``
+====================  ==========================================================================
+
+``hopfield_gag.theory.symbolic`` (sympy identities) is imported on demand; ``hopfield_gag.symbolic`` also
+resolves to it lazily.
 """
-from .anderson import (
-    AA1Extrapolation,
-    AdaptiveScale,
+from .solvers import (
     AndersonResult,
     AndersonState,
     AndersonSolver,
     AndersonStatus,
+    anderson,
+)
+from .guidance import (
+    AA1Extrapolation,
+    AdaptiveScale,
+    GAGAttention,
+    GAGParts,
     aa1_mixing,
     aa_adaptive_scale,
     aa_scale_from_retrievals,
-    anderson,
     extrapolation_as_aa,
+    gag_attention,
+    reference_gag_attention,
 )
-from .attention import GAGAttention, GAGParts, gag_attention, reference_gag_attention
 from .hopfield import (
     BetaRegime,
     CapacityBound,
@@ -40,7 +56,7 @@ from .hopfield import (
     tsallis_conjugate,
     tsallis_entropy,
 )
-from .normalizers import (
+from .ops import (
     Entmax,
     Normalize,
     Softmax,
@@ -76,3 +92,12 @@ from .theory import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # sympy is slow to import: the symbolic identities load on first access only
+    if name == "symbolic":
+        from .theory import symbolic
+
+        return symbolic
+    raise AttributeError(f"module 'hopfield_gag' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hopfield_gag import theory
-from hopfield_gag.attention import GAGAttention, gag_attention, reference_gag_attention
+from hopfield_gag import GAGAttention, gag_attention, reference_gag_attention
 
 METHODS = ["dense", "sparse", "pladis", "gag", "aa"]
 

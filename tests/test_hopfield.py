@@ -25,7 +25,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from hopfield_gag import hopfield as H
-from hopfield_gag.normalizers import normalize
+from hopfield_gag import normalize
 
 F64 = torch.float64
 ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]

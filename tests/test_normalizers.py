@@ -12,7 +12,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from hopfield_gag import normalizers as N
+from hopfield_gag.ops import normalizers as N
 
 ALPHAS = [1.1, 1.25, 1.5, 2.0, 3.0]
 HALF_TYPES = [torch.float16, torch.bfloat16]

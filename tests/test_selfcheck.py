@@ -157,7 +157,9 @@ def test_cli_requires_a_command():
 
 
 def test_theory_and_attention_checks_are_registered_and_can_fail(monkeypatch):
-    from hopfield_gag import attention, theory
+    from hopfield_gag import theory
+    from hopfield_gag.guidance import attention
+    from hopfield_gag.selfcheck import checks_theory
 
     names = {"p_sharpen_majorization", "p_align_query", "gag_deviation_bound", "gag_attention_vs_oracle",
              "symbolic_identities"}
@@ -168,5 +170,5 @@ def test_theory_and_attention_checks_are_registered_and_can_fail(monkeypatch):
     uncapped = theory.gag_output
     monkeypatch.setattr(theory, "gag_output", lambda d, s, lam, eta, zeta=0.0: uncapped(d, s, lam, None, zeta))
     real_op = attention.gag_attention
-    monkeypatch.setattr(selfcheck, "gag_attention", lambda q, k, v, **kw: real_op(q, k, v, **{**kw, "strength": 1.0}))
+    monkeypatch.setattr(checks_theory, "gag_attention", lambda q, k, v, **kw: real_op(q, k, v, **{**kw, "strength": 1.0}))
     assert [r.passed for r in selfcheck.run_checks(checks)] == [False, False]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from hopfield_gag import symbolic
-from hopfield_gag.symbolic import (
+from hopfield_gag.theory import symbolic
+from hopfield_gag.theory.symbolic import (
     SymbolicIdentity,
     _is_zero,
     aa1_mixing_closed_form,

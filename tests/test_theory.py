@@ -23,7 +23,7 @@ from _theory_strategies import (
     score_vectors,
 )
 from hopfield_gag.hopfield import exact_retrieval_margin, retrieval_map
-from hopfield_gag.normalizers import normalize
+from hopfield_gag.ops.normalizers import normalize
 from hopfield_gag.theory import (
     basin_alignment_margin,
     consistency_margin,

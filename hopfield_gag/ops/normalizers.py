@@ -62,21 +62,22 @@ import torch
 from torch import Tensor, nn
 
 from . import _kernel
-from ._validation import check_dim, check_scalar, check_tensor, compute_dtype
+from .._validation import check_dim, check_scalar, check_tensor, compute_dtype
 
 __all__ = [
-    "softmax",
-    "sparsemax",
-    "entmax",
-    "normalize",
     "apply_mask",
     "jacobian_weights",
     "jacobian_vector_product",
+    "SoftmaxFunction",
+    "EntmaxFunction",
+    "softmax",
+    "entmax",
+    "sparsemax",
+    "normalize",
     "Softmax",
-    "Sparsemax",
     "Entmax",
+    "Sparsemax",
     "Normalize",
-    "METHODS",
 ]
 
 METHODS = ("newton", "sort", "bisect")

@@ -338,7 +338,7 @@ def _library_check(formula: Callable, n: int, seed: int, **gag_kwargs) -> float:
     ``_NUMERIC_TOL``)."""
     import torch
 
-    from .theory import gag_output
+    from .contraction import gag_output
 
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(n, 5, generator=g, dtype=torch.float64)
@@ -423,7 +423,7 @@ def parallel_perp_orthogonal(dim: int = 3) -> SymbolicIdentity:
     rhs = sp.zeros(dim + 1, 1)
     import torch
 
-    from .theory import sparse_dense_discrepancy
+    from .discrepancy import sparse_dense_discrepancy
 
     g = torch.Generator().manual_seed(14)
     q = torch.randn(4, 8, 6, generator=g, dtype=torch.float64)
@@ -486,7 +486,7 @@ def dense_energy_gradient(dim: int = 2, n_patterns: int = 3) -> SymbolicIdentity
 
     import torch
 
-    from .hopfield import energy, energy_grad
+    from ..hopfield.dynamics import energy, energy_grad
 
     g = torch.Generator().manual_seed(16)
     f = sp.lambdify(list(xi) + list(X) + [beta], grad, "numpy")
@@ -516,7 +516,7 @@ def softmax_two_key() -> SymbolicIdentity:
     rhs = 1 / (1 + sp.exp(-t))
     import torch
 
-    from .normalizers import softmax
+    from ..ops.normalizers import softmax
 
     ts = torch.linspace(-30, 30, 121, dtype=torch.float64)
     p = softmax(torch.stack([ts, torch.zeros_like(ts)], -1))[:, 0]
@@ -548,7 +548,7 @@ def entmax15_two_key() -> SymbolicIdentity:
     symbolic = symbolic and bool(sp.solveset(b < 0, t, sp.Interval(-2, 2)) == sp.EmptySet)
     import torch
 
-    from .normalizers import entmax
+    from ..ops.normalizers import entmax
 
     ts = torch.linspace(-3, 3, 241, dtype=torch.float64)
     p = entmax(torch.stack([ts, torch.zeros_like(ts)], -1), 1.5)[:, 0]
@@ -581,7 +581,7 @@ def sharpening_ratio_derivative() -> SymbolicIdentity:
     rhs = 1 / (r * z - tau) - 1
     import torch
 
-    from .normalizers import normalize
+    from ..ops.normalizers import normalize
 
     g = torch.Generator().manual_seed(17)
     zz = torch.randn(200, 12, generator=g, dtype=torch.float64) * 3
@@ -622,7 +622,7 @@ def entmax_alpha_derivative() -> SymbolicIdentity:
     lhs = dlogp
     import torch
 
-    from .normalizers import entmax
+    from ..ops.normalizers import entmax
 
     g = torch.Generator().manual_seed(18)
     zz = torch.randn(50, 6, generator=g, dtype=torch.float64)

@@ -1,0 +1,91 @@
+r"""The slow, obviously correct oracle of :func:`hopfield_gag.guidance.attention.gag_attention`.
+
+Deliberately independent of the production code path: float64, plain loops over every (batch, head,
+query), the sort/bisection normalizers, and every formula written out one token at a time. For tests and
+audits only.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..ops import normalizers
+from .attention import _check_inputs, _check_options
+
+__all__ = [
+    "reference_gag_attention",
+]
+
+
+
+def reference_gag_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    method: str = "gag",
+    lam: float = 10.0,
+    eta: float = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+    strength: float = 1.0,
+    aa_range: tuple[float, float] = (0.0, 3.0),
+) -> Tensor:
+    r"""Slow, obviously correct oracle for :func:`gag_attention`: float64, plain loops over every
+    (batch, head, query), the sort/bisection normalizers, and the formulas written out one token at a
+    time. Same arguments and output shape (float64) as :func:`gag_attention`; for tests and audits only."""
+    scores_shape = _check_inputs(q, k, v, mask)
+    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
+        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range
+    )
+    batch = scores_shape[:-2]
+    qb = q.double().expand(*batch, *q.shape[-2:])
+    kb = k.double().expand(*batch, *k.shape[-2:])
+    vb = v.double().expand(*batch, *v.shape[-2:])
+    mb = None
+    if mask is not None:
+        mb = mask.expand(scores_shape) if mask.dtype == torch.bool else mask.double().expand(scores_shape)
+    out = torch.empty(*batch, q.shape[-2], v.shape[-1], dtype=torch.float64)
+    sparse_method = "sort" if alpha in (1.5, 2.0) else "bisect"
+    for idx in torch.cartesian_prod(*[torch.arange(n) for n in batch]).view(-1, len(batch)).tolist() if batch else [[]]:
+        idx = tuple(idx)
+        K, V = kb[idx], vb[idx]
+        for i in range(q.shape[-2]):
+            xi = qb[idx][i]
+            z = torch.stack([beta * torch.dot(xi, K[j]) for j in range(K.shape[0])])
+            if mb is not None:
+                mrow = mb[idx][i]
+                z = torch.where(mrow, z, torch.tensor(-math.inf, dtype=z.dtype)) if mrow.dtype == torch.bool else z + mrow
+            p_d = normalizers.softmax(z)
+            p_s = normalizers.entmax(z, alpha, method=sparse_method)
+            d = sum(p_d[j] * V[j] for j in range(K.shape[0]))
+            s = sum(p_s[j] * V[j] for j in range(K.shape[0]))
+            delta = s - d
+            c = float(torch.dot(delta, s) / torch.dot(s, s)) if float(torch.dot(s, s)) > 0 else 0.0
+            if method == "dense":
+                o = d
+            elif method == "sparse":
+                o = s
+            elif method == "pladis":
+                o = d + lam * (s - d)
+            elif method == "gag":
+                par = c * s
+                g = par + zeta * (delta - par)
+                gn = float(torch.linalg.vector_norm(g))
+                o = s + lam * (g * min(1.0, eta / gn) if gn > 0 else g)
+            else:  # aa
+                kd = sum(p_d[j] * K[j] for j in range(K.shape[0]))
+                ks = sum(p_s[j] * K[j] for j in range(K.shape[0]))
+                f_prev, f_curr = kd - xi, ks - xi
+                diff = f_curr - f_prev
+                den = float(torch.dot(diff, diff))
+                floor = (64 * torch.finfo(torch.float64).eps) ** 2 * float(torch.dot(f_prev, f_prev) + torch.dot(f_curr, f_curr))
+                gamma = 0.0 if den <= max(floor, torch.finfo(torch.float64).tiny) else float(torch.dot(f_curr, diff)) / den
+                lam_tok = min(max(1.0 - gamma, aa_range[0]), aa_range[1])
+                o = d + lam_tok * (s - d)
+            out[idx][i] = d + strength * (o - d)
+    return out
