@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import normalizers
+from ..ops import normalizers, triton_attention
 from .._validation import check_qkv, check_scalar, compute_dtype
 from .aa1 import aa_scale_from_retrievals
 
@@ -253,6 +253,11 @@ def gag_attention(
     lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
         method, lam, eta, zeta, alpha, strength, chunk_size, scale, q.shape[-1], aa_range
     )
+    if triton_attention.triton_applies(q, k, v, mask):
+        # one fused Triton launch (CUDA, Lk <= 512, no grad: ops/triton_attention.py); grad -> torch path
+        res = triton_attention.fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta,
+                                             alpha, strength, return_parts, aa_range)
+        return (res[0], GAGParts(*res[1])) if return_parts else res
 
     if not return_parts and (method == "dense" or strength == 0.0):
         # the stock op itself: strength 0 (or the dense method) is the exact off switch

@@ -1,0 +1,265 @@
+r"""Fused guided-attention forward in Triton (CUDA; the Triton interpreter on CPU for tests).
+
+:func:`triton_gag_attention` computes exactly what :func:`hopfield_gag.gag_attention` computes (module
+docstring of :mod:`hopfield_gag.guidance.attention` for the formulas), forward only, in **one launch**: each
+program reads a block of queries and the whole key/value sequence of its (batch, head) once, and keeps the
+scores, the softmax map, the exact :math:`\alpha`-entmax map, both value products (and the key-space
+retrievals :math:`p k` for ``aa``), the per-token combine and the ``strength`` blend in registers, in fp32;
+it writes only :math:`o` (and, with ``return_parts``, :math:`d`, :math:`s`, the method output, :math:`c`,
+the cap flag and the token scale). Kernel details: :mod:`hopfield_gag.ops._triton_kernel`.
+
+Scope (:func:`triton_applies`):
+
+* key lengths up to :data:`MAX_KEYS` = 512 (cross-attention to text tokens: 77–512), padded to the next
+  power of two with masking; longer key sequences (self-attention) use the torch path of
+  :func:`gag_attention` (a tiled two-pass scheme is not implemented);
+* fp16, bf16, fp32 tensors on a CUDA device — or on any device when the Triton interpreter is on
+  (``TRITON_INTERPRET=1``; numpy-backed, slow, for tests);
+* no tensor requires grad: the kernel has no backward; :func:`gag_attention` sends ``requires_grad`` inputs
+  to its differentiable torch path;
+* head dims up to 256.
+
+Numerics: scores and both normalizations in fp32; fp32 value products in IEEE fp32 (never TF32); half
+inputs are multiplied by the maps split into high and low halves in the input dtype (two tensor-core dots,
+fp32 accumulation), so half inputs lose only the final cast of the output against the fp32 torch path.
+``strength == 0`` and ``method == "dense"`` return ``F.scaled_dot_product_attention`` itself (bit for bit).
+Errors: fully masked query rows, NaN/+inf scores (overflowing :math:`q\cdot k`) and NaN/+inf in an
+additive mask raise ``ValueError`` like the torch path.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
+
+MAX_KEYS = 512
+MAX_HEAD_DIM = 256
+_METHODS = {"dense": 0, "sparse": 1, "pladis": 2, "gag": 3, "aa": 4}
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAXIT = 100  # entmax iteration budget per block (Newton needs < 15 on every case tested; see FLAG bit 2)
+_MODULES: dict = {}
+
+
+class FusedParts(NamedTuple):
+    """Intermediates of :func:`triton_gag_attention` in the field order of
+    :class:`hopfield_gag.GAGParts` (fp32): dense, sparse, delta (B.., Lq, Dv); parallel_coef, cap_active (bool),
+    token_scale (B.., Lq); output (B.., Lq, Dv) = the method output before ``strength``."""
+
+    dense: Tensor
+    sparse: Tensor
+    delta: Tensor
+    parallel_coef: Tensor
+    cap_active: Tensor
+    token_scale: Tensor
+    output: Tensor
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True if ``triton`` can be imported (it is the ``gpu`` extra)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernel():
+    """The kernel module, built for the current mode. ``triton.jit`` decides between the compiler and the
+    interpreter when it decorates, so each mode gets its own copy of the module (loaded on first use)."""
+    mode = _interpreting()
+    mod = _MODULES.get(mode)
+    if mod is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_kernel.py")
+        name = "hopfield_gag.ops._triton_kernel" + ("_interpreted" if mode else "")
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _MODULES[mode] = mod
+    return mod
+
+
+def triton_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> bool:
+    """Whether :func:`triton_gag_attention` handles these inputs (otherwise use the torch path).
+
+    True when triton is importable, q, k, v are fp16/bf16/fp32 on a CUDA device (any device under
+    ``TRITON_INTERPRET=1``), none of q, k, v, mask requires grad, ``Lk <= MAX_KEYS`` and the head dims are
+    at most 256. Shapes and values are not validated here (:func:`gag_attention` does that first)."""
+    tensors = (q, k, v) if mask is None else (q, k, v, mask)
+    if not all(isinstance(x, Tensor) for x in tensors) or q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
+        return False
+    if any(x.requires_grad for x in tensors) and torch.is_grad_enabled():
+        return False
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if not (q.is_cuda or _interpreting()):
+        return False
+    if k.shape[-2] > MAX_KEYS or q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        return False
+    return triton_available()
+
+
+def _pow2(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, (n - 1).bit_length()))
+
+
+def _as_4d(x: Tensor, batch: tuple, rows: int, cols: int) -> Tensor:
+    """Broadcast x to (*batch, rows, cols) and view it as (B', H', rows, cols) (copies only when the
+    leading batch dims cannot be merged by a view)."""
+    x = x.expand(*batch, rows, cols)
+    if len(batch) == 0:
+        return x.reshape(1, 1, rows, cols)
+    if len(batch) == 1:
+        return x.unsqueeze(0)
+    return x.reshape(math.prod(batch[:-1]), batch[-1], rows, cols)
+
+
+def triton_gag_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    method: str = "gag",
+    lam: float = 10.0,
+    eta: float = 15.0,
+    zeta: float = 0.0,
+    alpha: float = 1.5,
+    strength: float = 1.0,
+    return_parts: bool = False,
+    aa_range: tuple[float, float] = (0.0, 3.0),
+    block_m: int | None = None,
+    num_warps: int | None = None,
+):
+    r"""Fused forward of :func:`hopfield_gag.gag_attention` (same math, arguments and output) in one Triton
+    launch; forward only.
+
+    Parameters
+    ----------
+    q : Tensor (..., Lq, D);  k : Tensor (..., Lk, D);  v : Tensor (..., Lk, Dv)
+        fp16/bf16/fp32, one device (CUDA, or any under ``TRITON_INTERPRET=1``), batch dims broadcast,
+        ``Lk <= MAX_KEYS``, ``D, Dv <= 256``.
+    mask : Tensor, optional
+        Bool (True = attend) or additive float, broadcastable to (..., Lq, Lk).
+    scale, method, lam, eta, zeta, alpha, strength, aa_range
+        As in :func:`gag_attention`; ``alpha > 1`` any value (1.5 and 2 use the exact closed-form finish).
+    return_parts : bool
+        Also return :class:`FusedParts` (fp32).
+    block_m, num_warps : int, optional
+        Launch tuning (queries per program, warps); defaults depend on the padded key length.
+
+    Returns
+    -------
+    Tensor (..., Lq, Dv) in the dtype of ``q``; with ``return_parts``, ``(output, FusedParts)``.
+
+    Raises
+    ------
+    ValueError
+        Arguments out of range (as :func:`gag_attention`), inputs the kernel does not handle
+        (:func:`triton_applies` is False), a fully masked query row, NaN/+inf scores or additive mask.
+    """
+    # one home for the argument checks: the op's own (imported here: guidance sits above ops)
+    from ..guidance.attention import _check_inputs, _check_options
+
+    scores_shape = _check_inputs(q, k, v, mask)
+    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
+        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range
+    )
+    if not triton_applies(q, k, v, mask):
+        raise ValueError(
+            "triton_gag_attention needs fp16/bf16/fp32 CUDA tensors (or TRITON_INTERPRET=1), no grad, "
+            f"Lk <= {MAX_KEYS}, head dims <= {MAX_HEAD_DIM}, and triton installed; got dtype {q.dtype}, device "
+            f"{q.device}, Lk = {k.shape[-2]}, D = {q.shape[-1]}, Dv = {v.shape[-1]}"
+        )
+    return fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
+                         return_parts, aa_range, block_m=block_m, num_warps=num_warps)
+
+
+def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
+                  return_parts=False, aa_range=(0.0, 3.0), block_m=None, num_warps=None):
+    """The launch behind :func:`triton_gag_attention` for arguments :func:`gag_attention` has already
+    validated (``scores_shape`` = (B.., Lq, Lk), ``beta`` = the resolved scale, ``scale`` = the user's, for
+    SDPA). Only for callers that ran those checks and :func:`triton_applies`."""
+    if not return_parts and (method == "dense" or strength == 0.0):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    batch = tuple(scores_shape[:-2])
+    lq, lk, dim, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    q4, k4, v4 = _as_4d(q, batch, lq, dim), _as_4d(k, batch, lk, dim), _as_4d(v, batch, lk, dv)
+    nb, nh = q4.shape[0], q4.shape[1]
+    device = q.device
+
+    mask_kind, m4 = 0, q4  # q4: a dummy pointer when there is no mask
+    if mask is not None:
+        if mask.device != device:
+            raise ValueError(f"mask is on {mask.device} but the scores (B, H, Lq, Lk) are on {device}")
+        if mask.dtype == torch.bool:
+            mask_kind, m4 = 1, _as_4d(mask, batch, lq, lk).view(torch.uint8)
+        elif mask.is_floating_point():
+            if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
+                raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
+            mask_kind, m4 = 2, _as_4d(mask, batch, lq, lk)
+        else:
+            raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
+
+    out = torch.empty(nb, nh, lq, dv, dtype=q.dtype, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    if return_parts:
+        pd, ps, po = (torch.empty(nb, nh, lq, dv, **f32) for _ in range(3))
+        pc, ptok = torch.empty(nb, nh, lq, **f32), torch.empty(nb, nh, lq, **f32)
+        pcap = torch.empty(nb, nh, lq, dtype=torch.int8, device=device)
+    else:
+        pd = ps = po = pc = ptok = pcap = out  # unused pointers
+    flag = torch.zeros(1, dtype=torch.int32, device=device)
+
+    block_n = _pow2(lk)
+    if block_m is None:
+        block_m = max(16, min(64, 8192 // block_n))
+    if num_warps is None:
+        num_warps = 4 if block_n * block_m <= 8192 else 8
+    kind = 2 if alpha == 1.5 else (1 if alpha == 2.0 else (3 if alpha > 2.0 else 0))
+    a = alpha - 1.0
+    hi0 = -((1.0 / lk) ** a) / a  # upper end of the threshold bracket (shifted units)
+    grid = (-(-lq // block_m), nb * nh)
+    _kernel().gag_fwd_kernel[grid](
+        q4, k4, v4, m4, out, pd, ps, po, pc, pcap, ptok, flag,
+        *q4.stride(), *k4.stride(), *v4.stride(), *m4.stride(), *out.stride(),
+        nh, lq, lk, dim, dv,
+        float(beta), lam, eta, zeta, strength, alpha, hi0, aa_range[0], aa_range[1],
+        METHOD=_METHODS[method], KIND=kind, MASK_KIND=mask_kind, HALF=q.dtype != torch.float32,
+        PARTS=bool(return_parts), ZETA0=zeta == 0.0, STRENGTH1=strength == 1.0, MAXIT=_MAXIT,
+        WIDEN=q.dtype == torch.bfloat16 and _interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_pow2(dim), BLOCK_DV=_pow2(dv),
+        num_warps=num_warps,
+    )
+    status = int(flag.item())
+    if status & 1:
+        raise ValueError("the scores (B, H, Lq, Lk) must not contain NaN or +inf (does q·k overflow?)")
+    if status & 2:
+        raise ValueError(
+            "the scores (B, H, Lq, Lk): every row must keep at least one finite entry; a fully masked row "
+            "(all -inf) has no distribution"
+        )
+    if status & 4:
+        raise RuntimeError(f"triton entmax: the threshold iteration did not converge in {_MAXIT} steps")
+
+    shape_vec, shape_tok = (*batch, lq, dv), (*batch, lq)
+    if method == "dense" or strength == 0.0:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        out = out.reshape(shape_vec)
+    if not return_parts:
+        return out
+    d, s = pd.reshape(shape_vec), ps.reshape(shape_vec)
+    parts = FusedParts(d, s, s - d, pc.reshape(shape_tok), pcap.reshape(shape_tok).bool(),
+                       ptok.reshape(shape_tok), po.reshape(shape_vec))
+    return out, parts
