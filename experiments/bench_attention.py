@@ -13,7 +13,8 @@ above the level after the inputs exist (VmHWM, reset before the call; see _bench
 Targets (issue 5): gag <= 2x SDPA and >= 5x faster than the PLADIS reference at Lk = 77; gag <= 5x SDPA at
 Lk = 1024; peak extra memory < 2 GiB at 4096².
 
-Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memory]
+Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memory] [--device cpu|cuda]
+(--device cuda: the GPU table of the fused Triton kernel, experiments/_bench_cuda.py.)
 """
 from __future__ import annotations
 
@@ -85,8 +86,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the fused Triton path's GPU table (experiments/_bench_cuda.py)")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
+    if args.device == "cuda":
+        from _bench_cuda import run as run_cuda
+
+        run_cuda(rounds)
+        return
     torch.set_num_threads(2)
     contention = Contention().__enter__()
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds\n")

@@ -202,6 +202,7 @@ def test_dispatch(monkeypatch):
     assert not ta.triton_applies(q, k, v)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
 def test_errors():
     q, k, v = _inputs(1, 1, 4, 9, 16, 16, torch.float32, seed=6)
     mask = torch.ones(4, 9, dtype=torch.bool)
@@ -230,7 +231,7 @@ def test_applies_only_where_it_should(monkeypatch):
     assert not ta.triton_applies(q, k, v)  # CPU tensors need the interpreter
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     lk=st.integers(1, 140),
     lq=st.integers(1, 20),
