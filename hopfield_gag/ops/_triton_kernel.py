@@ -33,7 +33,7 @@ the stores of the output stays in registers, in fp32:
 
 Row status (an int32 ``FLAG`` word, OR-ed atomically): bit 0 = a non-finite score (NaN or +inf, e.g. an
 overflowing :math:`q\cdot k`), bit 1 = a query row with every key masked, bit 2 = the entmax iteration budget
-ran out (never observed; reported rather than hidden).
+ran out (then the bracketed iterate is used, as in the CPU kernel).
 """
 from __future__ import annotations
 

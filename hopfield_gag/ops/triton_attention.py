@@ -44,7 +44,7 @@ MAX_KEYS = 512
 MAX_HEAD_DIM = 256
 _METHODS = {"dense": 0, "sparse": 1, "pladis": 2, "gag": 3, "aa": 4}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAXIT = 100  # entmax iteration budget per block (Newton needs < 15 on every case tested; see FLAG bit 2)
+_MAXIT = 100  # entmax iteration budget per block of rows (bisection alone collapses an fp32 bracket in ~30)
 _MODULES: dict = {}
 
 
@@ -249,8 +249,7 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
             "the scores (B, H, Lq, Lk): every row must keep at least one finite entry; a fully masked row "
             "(all -inf) has no distribution"
         )
-    if status & 4:
-        raise RuntimeError(f"triton entmax: the threshold iteration did not converge in {_MAXIT} steps")
+    # status & 4 (iteration budget exhausted): the bracketed iterate is used, as the CPU kernel does
 
     shape_vec, shape_tok = (*batch, lq, dv), (*batch, lq)
     if method == "dense" or strength == 0.0:
