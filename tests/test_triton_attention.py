@@ -117,6 +117,14 @@ def test_masked_padding_and_lk_one():
     torch.testing.assert_close(out, v.expand_as(out), rtol=1e-6, atol=1e-6)
 
 
+def test_ties_and_one_hot_rows():
+    # equal scores (every key the same): both maps uniform, s = d, c = 0; huge scores: both maps one-hot
+    q, k, v = _inputs(1, 1, 6, 7, 16, 16, torch.float32, seed=12)
+    out, ref = _check(q, k[..., :1, :].expand_as(k).contiguous(), v, method="gag")
+    torch.testing.assert_close(out, v.mean(-2, keepdim=True).expand_as(out), rtol=1e-5, atol=1e-5)
+    _check(q * 40.0, k, v, method="pladis", lam=2.0)
+
+
 def test_broadcast_batch_dims_and_no_batch():
     q, _, _ = _inputs(2, 3, 6, 7, 16, 16, torch.float32, seed=9)
     _, k, v = _inputs(1, 3, 6, 7, 16, 16, torch.float32, seed=10)
