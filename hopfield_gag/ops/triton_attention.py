@@ -91,8 +91,8 @@ def triton_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) 
     """Whether :func:`triton_gag_attention` handles these inputs (otherwise use the torch path).
 
     True when triton is importable, q, k, v are fp16/bf16/fp32 on a CUDA device (any device under
-    ``TRITON_INTERPRET=1``), none of q, k, v, mask requires grad, ``Lk <= MAX_KEYS`` and the head dims are
-    at most 256. Shapes and values are not validated here (:func:`gag_attention` does that first)."""
+    ``TRITON_INTERPRET=1``), none of q, k, v, mask requires grad (unless grad mode is off), ``Lk <= MAX_KEYS``,
+    the head dims are at most 256 and no tensor is empty. Shapes and values are not validated here (:func:`gag_attention` does that first)."""
     tensors = (q, k, v) if mask is None else (q, k, v, mask)
     if not all(isinstance(x, Tensor) for x in tensors) or q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
         return False
@@ -103,6 +103,8 @@ def triton_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) 
     if not (q.is_cuda or _interpreting()):
         return False
     if k.shape[-2] > MAX_KEYS or q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        return False
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:  # empty launches: the torch path handles them
         return False
     return triton_available()
 
@@ -223,9 +225,10 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
 
     block_n = _pow2(lk)
     if block_m is None:
-        block_m = max(16, min(64, 8192 // block_n))
+        # ~32 fp32 registers per thread for each (BLOCK_M, BLOCK_N) array (z, u, p_d, p_s, temporaries)
+        block_m = max(16, min(64, 4096 // block_n))
     if num_warps is None:
-        num_warps = 4 if block_n * block_m <= 8192 else 8
+        num_warps = 4 if block_n * block_m <= 4096 else 8
     kind = 2 if alpha == 1.5 else (1 if alpha == 2.0 else (3 if alpha > 2.0 else 0))
     a = alpha - 1.0
     hi0 = -((1.0 / lk) ** a) / a  # upper end of the threshold bracket (shifted units)
