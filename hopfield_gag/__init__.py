@@ -68,6 +68,7 @@ from .ops import (
     softmax,
     sparsemax,
 )
+from .ops.triton_attention import triton_applies, triton_gag_attention  # triton itself loads on first launch
 from .theory import (
     LipschitzEstimate,
     SparseDenseDiscrepancy,

@@ -229,6 +229,30 @@ def test_errors():
         ta.triton_gag_attention(q, k, v, method="nope")
 
 
+_BAD = [
+    dict(lam=-1.0), dict(eta=0.0), dict(zeta=2.0), dict(alpha=1.0), dict(strength=-0.5), dict(method="nope"),
+    dict(scale=0.0), dict(aa_range=(1.0, 0.0)), dict(mask=torch.ones(3, 9, dtype=torch.bool)), dict(mask=[1]),
+    dict(q=torch.full((1, 1, 4, 16), math.nan)), dict(k=torch.zeros(1, 1, 9, 8)), dict(v=torch.zeros(1, 1, 9, 16).half()),
+]
+
+
+@pytest.mark.parametrize("bad", _BAD, ids=lambda b: next(iter(b)))
+def test_argument_errors_match_gag_attention(bad):
+    """The fused entry checks its arguments with the bounds and messages of gag_attention."""
+    q, k, v = _inputs(1, 1, 4, 9, 16, 16, torch.float32)
+    args = dict(q=q, k=k, v=v)
+    kw = dict(bad)
+    for name in ("q", "k", "v"):
+        if name in kw:
+            args[name] = kw.pop(name)
+    errors = []
+    for fn in (gag_attention, ta.triton_gag_attention):
+        with pytest.raises((ValueError, TypeError)) as info:
+            fn(args["q"], args["k"], args["v"], **kw)
+        errors.append((info.type, str(info.value)))
+    assert errors[0] == errors[1]
+
+
 def test_applies_only_where_it_should(monkeypatch):
     q, k, v = _inputs(1, 1, 4, 9, 16, 16, torch.float32)
     assert ta.triton_applies(q, k, v)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validation import check_qkv, check_scalar
+
 __all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
 
 MAX_KEYS = 512
@@ -124,6 +126,34 @@ def _as_4d(x: Tensor, batch: tuple, rows: int, cols: int) -> Tensor:
     return x.reshape(math.prod(batch[:-1]), batch[-1], rows, cols)
 
 
+def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range):
+    """The argument checks of :func:`gag_attention` (same bounds and messages; tests/test_triton_attention.py
+    keeps them in step), from the shared checks of ``_validation`` (``ops`` sits below ``guidance``)."""
+    batch = check_qkv(q, k, v)
+    scores_shape = (*batch, q.shape[-2], k.shape[-2])
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        try:
+            ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {tuple(_METHODS)}, got {method!r}")
+    options = (
+        check_scalar("lam", lam, ge=0.0), check_scalar("eta", eta, gt=0.0),
+        check_scalar("zeta", zeta, ge=0.0, le=1.0), check_scalar("alpha", alpha, gt=1.0),
+        check_scalar("strength", strength, ge=0.0),
+    )
+    beta = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_scalar("scale", scale, gt=0.0)
+    lo, hi = check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1])
+    if not lo < hi:
+        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
+    return scores_shape, beta, (*options, (lo, hi))
+
+
 def triton_gag_attention(
     q: Tensor,
     k: Tensor,
@@ -169,13 +199,8 @@ def triton_gag_attention(
         Arguments out of range (as :func:`gag_attention`), inputs the kernel does not handle
         (:func:`triton_applies` is False), a fully masked query row, NaN/+inf scores or additive mask.
     """
-    # one home for the argument checks: the op's own (imported here: guidance sits above ops)
-    from ..guidance.attention import _check_inputs, _check_options
-
-    scores_shape = _check_inputs(q, k, v, mask)
-    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
-        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range
-    )
+    scores_shape, beta, (lam, eta, zeta, alpha, strength, aa_range) = _check(
+        q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range)
     if not triton_applies(q, k, v, mask):
         raise ValueError(
             "triton_gag_attention needs fp16/bf16/fp32 CUDA tensors (or TRITON_INTERPRET=1), no grad, "
