@@ -1,7 +1,7 @@
 r"""The Triton kernel of :mod:`hopfield_gag.ops.triton_attention` (imported lazily: it needs ``triton``).
 
-One program handles one (batch·head, block of ``BLOCK_M`` queries) and the whole key axis (``Lk`` padded to
-``BLOCK_N``, a power of two, at most ``MAX_KEYS``). Everything between the loads of q, k, v (and the mask) and
+One program (grid axes 0, 1) handles one (batch·head, block of ``BLOCK_M`` queries) and the whole key axis
+(``Lk`` padded to ``BLOCK_N``, a power of two, at most ``MAX_KEYS``). Everything between the loads of q, k, v (and the mask) and
 the stores of the output stays in registers, in fp32:
 
 1. scores :math:`z = \text{scale}\cdot q k^\top` (+ additive mask, or ``-inf`` where a bool mask is False and
@@ -182,8 +182,8 @@ def gag_fwd_kernel(
 ):
     EPS: tl.constexpr = 1.1920928955078125e-07
     TINY: tl.constexpr = 1.1754943508222875e-38
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

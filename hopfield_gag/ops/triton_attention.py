@@ -257,7 +257,7 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
     kind = 2 if alpha == 1.5 else (1 if alpha == 2.0 else (3 if alpha > 2.0 else 0))
     a = alpha - 1.0
     hi0 = -((1.0 / lk) ** a) / a  # upper end of the threshold bracket (shifted units)
-    grid = (-(-lq // block_m), nb * nh)
+    grid = (nb * nh, -(-lq // block_m))  # batch·head on axis 0 (up to 2^31 - 1 programs; axis 1 stops at 65535)
     _kernel().gag_fwd_kernel[grid](
         q4, k4, v4, m4, out, pd, ps, po, pc, pcap, ptok, flag,
         *q4.stride(), *k4.stride(), *v4.stride(), *m4.stride(), *out.stride(),
