@@ -23,7 +23,9 @@ the stores of the output stays in registers, in fp32:
    * :math:`\alpha > 2` (:math:`h` not convex): bisection of the bracket to its rounding;
 
    then :math:`p_s` on the support, renormalized to sum 1;
-4. the value products :math:`d = p_d v`, :math:`s = p_s v` (and :math:`p_d k`, :math:`p_s k` for ``aa``): for
+4. the value products :math:`d = p_d v` and :math:`p_d k` (``aa``) before the entmax iteration, so that
+   neither the map nor v, k stays in registers through it, then :math:`s = p_s v` and :math:`p_s k` with v, k
+   re-read (from L2); for
    fp32 inputs IEEE fp32 dots (no TF32); for fp16/bf16 inputs each map is split into a high and a low part in
    the input dtype (:math:`p = p_{hi} + p_{lo}` to about 2·(mantissa bits)), two tensor-core dots with fp32
    accumulation, so the half-precision products lose nothing against the fp32 torch path;
@@ -199,7 +201,7 @@ def gag_fwd_kernel(
     k_ptrs = K + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h + offs_n[:, None].to(tl.int64) * sk_n + offs_d[None, :] * sk_d
     k = tl.load(k_ptrs, mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)
     v_ptrs = V + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h + offs_n[:, None].to(tl.int64) * sv_n + offs_dv[None, :] * sv_d
-    v = tl.load(v_ptrs, mask=col_in[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    v_mask = col_in[:, None] & (offs_dv[None, :] < DV)
 
     # ---- scores
     if HALF:
@@ -232,6 +234,12 @@ def gag_fwd_kernel(
     a = alpha - 1.0
     r = 1.0 / a
     inv_a = 1.0 / a
+    # the dense products first, so that neither p_d nor v (nor k) is live through the entmax iteration
+    # (register pressure: they are re-read from L2 below instead)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    d = _value_product(p_d, v, HALF, WIDEN)
+    if METHOD == 4:
+        kd = _value_product(p_d, k, HALF, WIDEN)
     p_s, open_rows = _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND, MAXIT, EPS)
 
     status = (_rmax((nonfinite & row_in).to(tl.int32), axis=0)
@@ -240,7 +248,7 @@ def gag_fwd_kernel(
     tl.atomic_or(FLAG, status)
 
     # ---- value products
-    d = _value_product(p_d, v, HALF, WIDEN)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
     s = _value_product(p_s, v, HALF, WIDEN)
 
     # ---- combine (per token, fp32)
@@ -272,9 +280,9 @@ def gag_fwd_kernel(
             o = s + tok[:, None] * g
     else:
         # AA(1) in key space: f_prev = p_d k - q, f_curr = p_s k - q; gamma* = <f_curr, diff>/|diff|^2
-        kd = _value_product(p_d, k, HALF, WIDEN)
+        k = tl.load(k_ptrs, mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)
         ks = _value_product(p_s, k, HALF, WIDEN)
-        qf = q.to(tl.float32)
+        qf = tl.load(q_ptrs, mask=row_in[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
         f_prev = kd - qf
         f_curr = ks - qf
         diff = f_curr - f_prev
