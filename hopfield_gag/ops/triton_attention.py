@@ -249,11 +249,13 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
     flag = torch.zeros(1, dtype=torch.int32, device=device)
 
     block_n = _pow2(lk)
+    # Launch defaults from ptxas -v for sm_80 (Triton 3.9, fp16 gag, D = 64; not timed: no GPU was at hand):
+    # (BLOCK_M, BLOCK_N, warps) = (64, 64, 8) and (32, 128, 8) compile without spills, (64, 128, 8) spills
+    # 312 B, (16, 256, 16) 52 B, (16, 512, 16) ~1 KB (the k tile dominates: a tiled scheme would help there).
     if block_m is None:
-        # ~32 fp32 registers per thread for each (BLOCK_M, BLOCK_N) array (z, u, p_d, p_s, temporaries)
-        block_m = max(16, min(64, 4096 // block_n))
+        block_m = 64 if block_n <= 64 else max(16, 4096 // block_n)
     if num_warps is None:
-        num_warps = 4 if block_n * block_m <= 4096 else 8
+        num_warps = 4 if block_n <= 32 else (8 if block_n <= 128 else 16)
     kind = 2 if alpha == 1.5 else (1 if alpha == 2.0 else (3 if alpha > 2.0 else 0))
     a = alpha - 1.0
     hi0 = -((1.0 / lk) ** a) / a  # upper end of the threshold bracket (shifted units)
