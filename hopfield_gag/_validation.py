@@ -119,46 +119,60 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+def check_qkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    names: tuple[str, str, str] = ("q", "k", "v"),
+    length: str = "Lk",
+    item: str = "key",
+    q_vector: bool = False,
+) -> torch.Size:
     """Validate attention inputs q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (``None``: v = k).
 
     One dtype and device, finite entries, matching d and Lk, Lk >= 1, batch dims that broadcast.
-    Returns the broadcast batch shape.
+    Returns the broadcast batch shape. The Hopfield form (``q_vector=True``) takes one state per batch
+    element, q (..., d), and returns the broadcast of ``q.shape[:-1]`` with the key/value batch dims;
+    ``names``, ``length`` and ``item`` word the errors (e.g. ``("xi", "keys", "values")``, ``"N"``,
+    ``"pattern"``).
     """
-    check_tensor("q", q, min_dim=2)
-    check_tensor("k", k, min_dim=2)
-    if k.dtype != q.dtype:
-        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
-    if k.device != q.device:
-        raise ValueError(f"k must be on the device of q ({q.device}), got {k.device}")
+    qn, kn, vn = names
+    check_tensor(qn, q, min_dim=1 if q_vector else 2)
+    check_tensor(kn, k, min_dim=2)
+    for name, x in ((kn, k),) + (() if v is None else ((vn, v),)):
+        if x is v:
+            check_tensor(vn, v, min_dim=2)
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name} must have the dtype of {qn} (all inputs need the same dtype, {q.dtype}), got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} must be on the device of {qn} ({q.device}), got {x.device}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(
-            f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, got k shape {tuple(k.shape)}"
+            f"{kn} must have shape (..., {length}, d) with d = {qn}.shape[-1] = {q.shape[-1]}, "
+            f"got {kn} shape {tuple(k.shape)}"
         )
     if k.shape[-2] == 0:
-        raise ValueError(f"k must hold at least one key (shape (..., Lk, d), Lk >= 1), got {tuple(k.shape)}")
-    if v is not None:
-        check_tensor("v", v, min_dim=2)
-        if v.dtype != q.dtype:
-            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
-        if v.device != q.device:
-            raise ValueError(f"v must be on the device of q ({q.device}), got {v.device}")
-        if v.shape[-2] != k.shape[-2]:
-            raise ValueError(
-                f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, got v shape {tuple(v.shape)}"
-            )
+        raise ValueError(f"{kn} must hold at least one {item} (shape (..., {length}, d) with {length} >= 1), "
+                         f"got shape {tuple(k.shape)}")
+    if v is not None and v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"{vn} must have shape (..., {length}, dv) with {length} = {kn}.shape[-2] = {k.shape[-2]}, "
+            f"got {vn} shape {tuple(v.shape)}"
+        )
+    q_batch = q.shape[:-1] if q_vector else q.shape[:-2]
     try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
+        batch = torch.broadcast_shapes(q_batch, k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
     except RuntimeError:
         raise ValueError(
-            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}"
-            + ("" if v is None else f", v {tuple(v.shape[:-2])}")
+            f"batch dims of {qn} {tuple(q_batch)}, {kn} {tuple(k.shape[:-2])}"
+            + ("" if v is None else f", {vn} {tuple(v.shape[:-2])}")
             + " must broadcast"
         ) from None
-    check_finite("q", q)
-    check_finite("k", k)
+    check_finite(qn, q)
+    check_finite(kn, k)
     if v is not None:
-        check_finite("v", v)
+        check_finite(vn, v)
     return batch
 
 
