@@ -6,6 +6,7 @@ argument and states what was expected, so bad input never turns into a silent Na
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -56,14 +57,24 @@ def check_dim(name: str, dim: int, ndim: int) -> int:
     return dim % max(ndim, 1)
 
 
-def check_int(name: str, value, *, ge: int | None = None, allow_none: bool = False) -> int | None:
-    """Require a Python ``int`` (not ``bool``) ``>= ge``; ``None`` passes if ``allow_none``. Returns it."""
+def check_int(
+    name: str, value, *, ge: int | None = None, lt: int | None = None, lt_name: str | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """Require an integer (Python or NumPy, not ``bool``) with ``ge <= value`` (and ``value < lt``);
+    ``None`` passes if ``allow_none``. Returns it as ``int``. ``lt_name`` words the upper bound
+    ("an int in [0, N) with N = 5")."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (ge is not None and value < ge):
-        what = "an int" + ("" if ge is None else f" >= {ge}") + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ok = ok and (ge is None or value >= ge) and (lt is None or value < lt)
+    if not ok:
+        if lt is not None:
+            what = f"an int in [{ge}, {lt_name or lt})" + (f" with {lt_name} = {lt}" if lt_name else "")
+        else:
+            what = "an int" + ("" if ge is None else f" >= {ge}")
+        raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 def check_choice(name: str, value, choices: tuple) -> str:
