@@ -187,20 +187,31 @@ def check_qkv(
     return batch
 
 
+def check_tensor_pair(
+    a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *, same_dtype: bool = True, same_shape: bool = False
+) -> None:
+    """Validate two tensors (..., n) combined elementwise: floating, finite, the same last dim, and either
+    the same shape (``same_shape``) or broadcastable leading dims; one dtype unless ``same_dtype=False``."""
+    na, nb = names
+    check_tensor(na, a, min_dim=1)
+    check_tensor(nb, b, min_dim=1)
+    check_finite(na, a)
+    check_finite(nb, b)
+    if same_dtype and a.dtype != b.dtype:
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if same_shape:
+        if a.shape != b.shape:
+            raise ValueError(f"{nb} must have the shape of {na} {tuple(a.shape)}, got {tuple(b.shape)}")
+        return
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{na} and {nb} must have the same last dim, got {a.shape[-1]} and {b.shape[-1]}")
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(f"{na} {tuple(a.shape)} and {nb} {tuple(b.shape)} must have broadcastable shapes") from None
+
+
 def check_output_pair(dense: torch.Tensor, sparse: torch.Tensor) -> None:
     """Validate a pair of attention outputs (..., dv): floating, finite, one dtype, the same last dim and
     broadcastable leading dims (the extrapolation formulas are elementwise)."""
-    check_tensor("dense", dense, min_dim=1)
-    check_tensor("sparse", sparse, min_dim=1)
-    check_finite("dense", dense)
-    check_finite("sparse", sparse)
-    if dense.dtype != sparse.dtype:
-        raise ValueError(f"dense and sparse must have the same dtype, got {dense.dtype} and {sparse.dtype}")
-    if dense.shape[-1] != sparse.shape[-1]:
-        raise ValueError(f"dense and sparse must have the same last dim, got {dense.shape[-1]} and {sparse.shape[-1]}")
-    try:
-        torch.broadcast_shapes(dense.shape, sparse.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"dense {tuple(dense.shape)} and sparse {tuple(sparse.shape)} must have broadcastable shapes"
-        ) from None
+    check_tensor_pair(dense, sparse, ("dense", "sparse"))

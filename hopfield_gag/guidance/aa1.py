@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .._validation import (
-    check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, compute_dtype, default_scale,
+    check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, check_tensor_pair, compute_dtype,
+    default_scale,
 )
 from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference
 from ..ops.normalizers import normalize
@@ -226,12 +227,7 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
         Compute dtype (fp32 for half inputs).
     degenerate : Tensor (...) bool
     """
-    check_tensor("f_prev", f_prev, min_dim=1)
-    check_tensor("f_curr", f_curr, min_dim=1)
-    check_finite("f_prev", f_prev)
-    check_finite("f_curr", f_curr)
-    if f_prev.shape != f_curr.shape:
-        raise ValueError(f"f_curr must have the shape of f_prev {tuple(f_prev.shape)}, got {tuple(f_curr.shape)}")
+    check_tensor_pair(f_prev, f_curr, ("f_prev", "f_curr"), same_dtype=False, same_shape=True)
     cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
     if rel_eps is not None:
         rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)
@@ -380,14 +376,14 @@ def aa_adaptive_scale(
     p_d = normalize(z, alpha=1.0, dim=-1, mask=mask)
     p_s = normalize(z, alpha=alpha, dim=-1, mask=mask)
     d_key, s_key = p_d @ kc, p_s @ kc
-    lam, gamma_raw, degenerate, clamped = aa_scale_from_retrievals(qc, d_key, s_key, lo, hi)
+    lam, gamma_raw, degenerate, clamped = aa_token_scale(qc, d_key, s_key, lo, hi)
     gamma = 1.0 - lam
     if v is None:
         dense, sparse = d_key, s_key
     else:
         vc = v.to(cd)
         dense, sparse = p_d @ vc, p_s @ vc
-    out = dense + lam.unsqueeze(-1) * (sparse - dense)
+    out = combine("pladis", dense, sparse, lam=lam).output  # d + lam* (s - d) per token
     return AdaptiveScale(
         gamma=gamma.to(dt), pladis_scale=lam.to(dt), gamma_raw=gamma_raw.to(dt), degenerate=degenerate,
         clamped=clamped, dense=dense.to(dt), sparse=sparse.to(dt), output=out.to(dt),

@@ -484,9 +484,12 @@ class AndersonSolver:
         return True, SolverStatus.CONVERGED
 
     # ---------------------------------------------------------------- inspection
-    def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor]:
+    def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(dX, dF) with empty slots zeroed, the valid mask, and the (n, n) identity: what the dense
+        (inverse) Jacobian estimates start from."""
         v = state.valid.unsqueeze(-2)
-        return (torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0), state.valid)
+        eye_n = torch.eye(state.x.shape[-1], dtype=state.x.dtype, device=state.x.device)
+        return (torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0), state.valid, eye_n)
 
     def inverse_jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense inverse-Jacobian estimate :math:`H_k` of the next step (:math:`x_{k+1} = x_k - H_k f_k`
@@ -500,10 +503,8 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid = self._history(state)
-        B, n, m = dX.shape
-        beta = self.damping
-        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        dX, dF, valid, eye_n = self._history(state)
+        m, n, beta = dX.shape[-1], dX.shape[-2], self.damping
         if m == 0:
             return (-beta * eye_n).expand(*state.batch_shape, n, n).clone()
         W = dF if self.kind == "II" else dX
@@ -528,10 +529,8 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid = self._history(state)
-        B, n, m = dX.shape
-        beta = self.damping
-        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        dX, dF, valid, eye_n = self._history(state)
+        m, n, beta = dX.shape[-1], dX.shape[-2], self.damping
         if m == 0:
             return (-eye_n / beta).expand(*state.batch_shape, n, n).clone()
         if self.kind == "I":
