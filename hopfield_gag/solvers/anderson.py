@@ -484,12 +484,21 @@ class AndersonSolver:
         return True, SolverStatus.CONVERGED
 
     # ---------------------------------------------------------------- inspection
-    def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(dX, dF) with empty slots zeroed, the valid mask, and the (n, n) identity: what the dense
-        (inverse) Jacobian estimates start from."""
+    def _low_rank_update(self, state: AndersonState, base: float, left, pick) -> Tensor:
+        r"""The dense (n, n) estimates :math:`	ext{base}\,I + L M^{-1} W^	op` both Jacobian readings share:
+        ``left(dX, dF)`` gives :math:`L`, ``pick(dX, dF)`` gives :math:`(W, M)`; empty history slots are
+        zeroed in :math:`\mathcal X, \mathcal F` and replaced by identity rows/columns in :math:`M`."""
         v = state.valid.unsqueeze(-2)
-        eye_n = torch.eye(state.x.shape[-1], dtype=state.x.dtype, device=state.x.device)
-        return (torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0), state.valid, eye_n)
+        dX, dF = torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0)
+        n, m = dX.shape[-2], dX.shape[-1]
+        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        if m == 0:
+            return (base * eye_n).expand(*state.batch_shape, n, n).clone()
+        W, M = pick(dX, dF)
+        vv = state.valid.unsqueeze(-1) & state.valid.unsqueeze(-2)
+        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
+        out = base * eye_n + left(dX, dF) @ torch.linalg.solve(M, W.transpose(-1, -2))
+        return out.reshape(*state.batch_shape, n, n)
 
     def inverse_jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense inverse-Jacobian estimate :math:`H_k` of the next step (:math:`x_{k+1} = x_k - H_k f_k`
@@ -503,17 +512,14 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid, eye_n = self._history(state)
-        m, n, beta = dX.shape[-1], dX.shape[-2], self.damping
-        if m == 0:
-            return (-beta * eye_n).expand(*state.batch_shape, n, n).clone()
-        W = dF if self.kind == "II" else dX
-        M = W.transpose(-1, -2) @ dF
-        M = M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
-        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
-        H = -beta * eye_n + (dX + beta * dF) @ torch.linalg.solve(M, W.transpose(-1, -2))
-        return H.reshape(*state.batch_shape, n, n)
+        beta = self.damping
+
+        def pick(dX, dF):
+            W = dF if self.kind == "II" else dX
+            M = W.transpose(-1, -2) @ dF
+            return W, M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
+
+        return self._low_rank_update(state, -beta, lambda dX, dF: dX + beta * dF, pick)
 
     def jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense Jacobian estimate :math:`B_k = H_k^{-1}` of :math:`f(x) = g(x) - x`, closed form (``reg``
@@ -529,18 +535,12 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid, eye_n = self._history(state)
-        m, n, beta = dX.shape[-1], dX.shape[-2], self.damping
-        if m == 0:
-            return (-eye_n / beta).expand(*state.batch_shape, n, n).clone()
-        if self.kind == "I":
-            W, M = dX, dX.transpose(-1, -2) @ dX
-        else:
-            W, M = dF, dF.transpose(-1, -2) @ dX
-        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
-        Bk = -eye_n / beta + (dF + dX / beta) @ torch.linalg.solve(M, W.transpose(-1, -2))
-        return Bk.reshape(*state.batch_shape, n, n)
+        beta = self.damping
+
+        def pick(dX, dF):
+            return (dX, dX.transpose(-1, -2) @ dX) if self.kind == "I" else (dF, dF.transpose(-1, -2) @ dX)
+
+        return self._low_rank_update(state, -1.0 / beta, lambda dX, dF: dF + dX / beta, pick)
 
     def result(self, state: AndersonState) -> SolverResult:
         """Package a state as a :class:`SolverResult` (shapes restored, dtype of ``x0``)."""
