@@ -18,7 +18,7 @@ from .._validation import (
     check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, check_tensor_pair, compute_dtype,
     default_scale,
 )
-from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference
+from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference, parallel_coefficient
 from ..ops.normalizers import normalize
 
 __all__ = [
@@ -63,6 +63,8 @@ class AA1Extrapolation:
         :math:`\min(1, \eta/\lVert D\rVert)` for GAG (1 for PLADIS).
     zeta : float
         Orthogonal weight (GAG; 1.0 for PLADIS, whose difference is not projected).
+    parallel : str
+        GAG's parallel rule, ``"paper"`` or ``"positive"`` (:func:`hopfield_gag.ops.combine.combine`).
     """
 
     method: str
@@ -73,13 +75,15 @@ class AA1Extrapolation:
     previous: Tensor
     cap_factor: Tensor
     zeta: float
+    parallel: str = "paper"
 
     def mixing_operator(self) -> Tensor:
         r"""Matrix :math:`\Gamma` with :math:`o = s - \Gamma(s - d)` (a matrix-valued AA(1) coefficient).
 
-        PLADIS: :math:`\Gamma = \gamma I`. GAG: :math:`\Gamma = \gamma\,(\zeta I + (1-\zeta)\hat s\hat s^\top)`,
+        PLADIS: :math:`\Gamma = \gamma I`. GAG: :math:`\Gamma = \gamma\,(\zeta I + (\kappa-\zeta)\hat s\hat s^\top)`,
         :math:`\hat s = s/\lVert s\rVert` (the projection :math:`P_\zeta`), with the capped
-        :math:`\gamma = -\lambda\min(1, \eta/\lVert P_\zeta\Delta\rVert)`.
+        :math:`\gamma = -\lambda\min(1, \eta/\lVert P_\zeta\Delta\rVert)`; :math:`\kappa = 1`, except
+        :math:`\kappa = 0` where ``parallel="positive"`` drops the parallel part (:math:`c < 0`).
 
         Returns
         -------
@@ -93,7 +97,10 @@ class AA1Extrapolation:
         ss = (s * s).sum(-1, keepdim=True)
         tiny = torch.finfo(s.dtype).tiny  # s counts as zero below it (hopfield_gag.ops.combine)
         u = torch.where(ss > tiny, s / ss.clamp_min(tiny).sqrt(), torch.zeros_like(s))
-        P = self.zeta * eye + (1.0 - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
+        keep = 1.0
+        if self.parallel == "positive":
+            keep = (parallel_coefficient(self.previous.to(s.dtype), s) >= 0).to(s.dtype)[..., None, None]
+        P = self.zeta * eye + (keep - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
         return self.gamma[..., None, None] * P
 
 
@@ -196,6 +203,7 @@ def extrapolation_as_aa(
     return AA1Extrapolation(
         method=method, gamma=gamma.to(dt), difference=diff.to(dt), output=r.output.to(dt), newest=sparse,
         previous=dense, cap_factor=r.cap_factor.expand(batch).to(dt), zeta=zeta_v,
+        parallel=parallel if method == "gag" else "paper",
     )
 
 
