@@ -158,3 +158,20 @@ def test_branches_cond_uses_the_cache_context():
         assert len(h.fn.log) == 2
         with pytest.raises(RuntimeError, match="branches='cond'"):
             _out(model, inputs)  # no context, no pipeline: which rows are conditional is unknown
+
+
+def test_attention_backend_is_kept_and_honoured():
+    """A backend chosen on the stock processors carries over to the adapters, and set_attention_backend after
+    installing reaches them (the dense branch goes through dispatch_attention_fn with it)."""
+    model = _model(FluxTransformer2DModel, FLUX)
+    inputs = _inputs("flux", torch.Generator().manual_seed(7))
+    model.set_attention_backend("_native_math")
+    ref = _out(model, inputs)
+    stock = model.transformer_blocks[0].attn.processor
+    with apply_gag(model, strength=0.0) as h:
+        proc = h.processors["transformer_blocks.0.attn"]
+        assert proc._attention_backend == stock._attention_backend is not None
+        assert torch.equal(_out(model, inputs), ref)
+        model.set_attention_backend("native")
+        assert proc._attention_backend == "native"
+    model.reset_attention_backend()
