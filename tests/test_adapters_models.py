@@ -175,3 +175,18 @@ def test_attention_backend_is_kept_and_honoured():
         model.set_attention_backend("native")
         assert proc._attention_backend == "native"
     model.reset_attention_backend()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_stay_finite_and_keep_their_dtype(dtype):
+    """gag_attention computes in fp32 and the joint rule combines in fp32; outputs come back in the model dtype."""
+    model = _model(FluxTransformer2DModel, FLUX).to(dtype)
+    inputs = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and k not in ("img_ids", "txt_ids") else v)
+              for k, v in _inputs("flux", torch.Generator().manual_seed(8)).items()}
+    ref = _out(model, inputs)
+    for method in ("gag", "pladis", "aa"):
+        with apply_gag(model, method=method):
+            out = _out(model, inputs)
+        assert out.dtype == dtype and torch.isfinite(out).all() and not torch.equal(out, ref), method
+    with apply_gag(model, strength=0.0):
+        assert torch.equal(_out(model, inputs), ref)
