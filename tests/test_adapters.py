@@ -201,6 +201,11 @@ def test_applying_twice_is_an_error(sd15):
 def test_layer_selection(sd15):
     unet, _ = sd15
     sel = lambda layers, **kw: install_attention_fn(unet, lambda c: c.dense(), layers, **kw)  # noqa: E731
+    info = {i.name: i for i in list_attention_layers(unet)}
+    a2 = info["down_blocks.0.attentions.0.transformer_blocks.0.attn2"]
+    assert (a2.kind, a2.processor, a2.supported, a2.heads, a2.head_dim, a2.query_dim, a2.key_dim) == \
+        ("cross", "AttnProcessor2_0", True, 2, 2, 4, 8)
+    assert info["mid_block.attentions.0.transformer_blocks.0.attn1"].kind == "self"
     with sel("down_blocks") as h:
         assert h.layers == ["down_blocks.0.attentions.0.transformer_blocks.0.attn1",
                             "down_blocks.0.attentions.0.transformer_blocks.0.attn2"]
@@ -307,3 +312,10 @@ def test_step_and_sigma_windows_on_a_bare_model(sd15):
         assert torch.equal(_out(unet, inputs), ref)
         h.state.sigma = 1.0
         assert not torch.equal(_out(unet, inputs), ref)
+
+
+def test_a_function_returning_the_wrong_shape_is_named(sd15):
+    unet, inputs = sd15
+    with install_attention_fn(unet, lambda c: c.dense()[..., :1, :], layers="mid_block"):
+        with pytest.raises(ValueError, match="mid_block.*expected a tensor"):
+            _out(unet, inputs)
