@@ -90,8 +90,9 @@ def test_alpha_branches(alpha):
 
 def test_gag_zeta_and_cap():
     q, k, v = _inputs(2, 1, 16, 40, 16, 16, torch.float32, seed=5, spread=2.0)
-    for zeta, eta in ((0.3, 15.0), (1.0, 0.2), (0.0, 0.05)):
-        _check(q, k, v, method="gag", zeta=zeta, eta=eta, lam=5.0)
+    for zeta, eta, parallel in ((0.3, 15.0, "paper"), (1.0, 0.2, "positive"), (0.0, 0.05, "paper"),
+                                (0.0, 0.05, "positive"), (0.5, 0.3, "positive")):
+        _check(q, k, v, method="gag", zeta=zeta, eta=eta, lam=5.0, parallel=parallel)
 
 
 def test_bool_and_additive_masks():
@@ -231,7 +232,7 @@ def test_errors():
 
 _BAD = [
     dict(lam=-1.0), dict(eta=0.0), dict(zeta=2.0), dict(alpha=1.0), dict(strength=-0.5), dict(method="nope"),
-    dict(scale=0.0), dict(aa_range=(1.0, 0.0)), dict(mask=torch.ones(3, 9, dtype=torch.bool)), dict(mask=[1]),
+    dict(scale=0.0), dict(aa_range=(1.0, 0.0)), dict(parallel="both"), dict(mask=torch.ones(3, 9, dtype=torch.bool)), dict(mask=[1]),
     dict(q=torch.full((1, 1, 4, 16), math.nan)), dict(k=torch.zeros(1, 1, 9, 8)), dict(v=torch.zeros(1, 1, 9, 16).half()),
 ]
 

@@ -29,7 +29,8 @@ the stores of the output stays in registers, in fp32:
    fp32 inputs IEEE fp32 dots (no TF32); for fp16/bf16 inputs each map is split into a high and a low part in
    the input dtype (:math:`p = p_{hi} + p_{lo}` to about 2·(mantissa bits)), two tensor-core dots with fp32
    accumulation, so the half-precision products lose nothing against the fp32 torch path;
-5. the per-token combine of every method (``METHOD``: 0 dense, 1 sparse, 2 pladis, 3 gag, 4 aa) and the
+5. the per-token combine of every method (``METHOD``: 0 dense, 1 sparse, 2 pladis, 3 gag — ``parallel`` rule
+   "paper" or ``POSITIVE`` —, 4 aa; formulas and small-norm rule of :mod:`hopfield_gag.ops.combine`) and the
    ``strength`` blend :math:`d + t(o - d)`; the store of :math:`o` (input dtype) and optionally the parts
    (fp32): :math:`d`, :math:`s`, the method output, :math:`c`, the cap flag and the token scale.
 
@@ -179,7 +180,7 @@ def gag_fwd_kernel(
     H, LQ, LK, D, DV,
     scale, lam, eta, zeta, strength, alpha, hi0, aa_lo, aa_hi,
     METHOD: tl.constexpr, KIND: tl.constexpr, MASK_KIND: tl.constexpr, HALF: tl.constexpr,
-    PARTS: tl.constexpr, ZETA0: tl.constexpr, STRENGTH1: tl.constexpr, MAXIT: tl.constexpr, WIDEN: tl.constexpr,
+    PARTS: tl.constexpr, ZETA0: tl.constexpr, STRENGTH1: tl.constexpr, MAXIT: tl.constexpr, WIDEN: tl.constexpr, POSITIVE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     EPS: tl.constexpr = 1.1920928955078125e-07
@@ -254,7 +255,9 @@ def gag_fwd_kernel(
     # ---- combine (per token, fp32)
     ss = _rsum(s * s, axis=1)
     ds = _rsum(d * s, axis=1)
-    c = tl.where(ss > 0, (ss - ds) / tl.where(ss > 0, ss, 1.0), 0.0)
+    # small-norm rule of ops/combine.py: s counts as zero (c = 0) unless |s|^2 is a positive normal number
+    s_ok = ss > TINY
+    c = tl.where(s_ok, (ss - ds) / tl.where(s_ok, ss, 1.0), 0.0)
     cap = c != c  # all False
     if METHOD == 0:
         o = d
@@ -266,16 +269,21 @@ def gag_fwd_kernel(
         o = d + lam * (s - d)
         tok = c * 0.0 + lam
     elif METHOD == 3:
-        if ZETA0:
-            gnorm = tl.abs(c) * tl.sqrt(ss)
+        # g = c~ s + zeta Delta_perp = zeta Delta + (c~ - zeta c) s, c~ = c ("paper") or max(c, 0) ("positive")
+        if POSITIVE:
+            ct = tl.maximum(c, 0.0)
         else:
-            g = zeta * (s - d) + (1.0 - zeta) * c[:, None] * s
+            ct = c
+        if ZETA0:
+            gnorm = tl.abs(ct) * tl.sqrt(ss)
+        else:
+            g = zeta * (s - d) + (ct - zeta * c)[:, None] * s
             gnorm = tl.sqrt(_rsum(g * g, axis=1))
         cap = gnorm > eta
         factor = tl.where(cap, eta / tl.where(cap, gnorm, 1.0), 1.0)
         tok = lam * factor
         if ZETA0:
-            o = s * (1.0 + tok * c)[:, None]
+            o = s * (1.0 + tok * ct)[:, None]
         else:
             o = s + tok[:, None] * g
     else:

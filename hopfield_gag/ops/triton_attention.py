@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_qkv, check_scalar
+from .._validation import check_choice, check_qkv, check_scalar, default_scale
+from .combine import COMBINE_METHODS, PARALLEL_RULES
 
 __all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
 
 MAX_KEYS = 512
 MAX_HEAD_DIM = 256
-_METHODS = {"dense": 0, "sparse": 1, "pladis": 2, "gag": 3, "aa": 4}
+_METHODS = {"dense": 0, "sparse": 1, "pladis": 2, "gag": 3, "aa": 4}  # kernel codes of COMBINE_METHODS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAXIT = 100  # entmax iteration budget per block of rows (bisection alone collapses an fp32 bracket in ~30)
 _MODULES: dict = {}
@@ -126,9 +127,9 @@ def _as_4d(x: Tensor, batch: tuple, rows: int, cols: int) -> Tensor:
     return x.reshape(math.prod(batch[:-1]), batch[-1], rows, cols)
 
 
-def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range):
-    """The argument checks of :func:`gag_attention` (same bounds and messages; tests/test_triton_attention.py
-    keeps them in step), from the shared checks of ``_validation`` (``ops`` sits below ``guidance``)."""
+def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range, parallel):
+    """The argument checks of :func:`gag_attention` (same order, bounds and messages;
+    tests/test_triton_attention.py keeps them in step), from ``_validation`` (``ops`` sits below ``guidance``)."""
     batch = check_qkv(q, k, v)
     scores_shape = (*batch, q.shape[-2], k.shape[-2])
     if mask is not None:
@@ -140,14 +141,14 @@ def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_ran
             ok = False
         if not ok:
             raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {tuple(_METHODS)}, got {method!r}")
+    check_choice("method", method, COMBINE_METHODS)
+    check_choice("parallel", parallel, PARALLEL_RULES)
     options = (
         check_scalar("lam", lam, ge=0.0), check_scalar("eta", eta, gt=0.0),
         check_scalar("zeta", zeta, ge=0.0, le=1.0), check_scalar("alpha", alpha, gt=1.0),
         check_scalar("strength", strength, ge=0.0),
     )
-    beta = 1.0 / math.sqrt(q.shape[-1]) if scale is None else check_scalar("scale", scale, gt=0.0)
+    beta = default_scale(scale, q.shape[-1])
     lo, hi = check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1])
     if not lo < hi:
         raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
@@ -169,6 +170,7 @@ def triton_gag_attention(
     strength: float = 1.0,
     return_parts: bool = False,
     aa_range: tuple[float, float] = (0.0, 3.0),
+    parallel: str = "paper",
     block_m: int | None = None,
     num_warps: int | None = None,
 ):
@@ -182,7 +184,7 @@ def triton_gag_attention(
         ``Lk <= MAX_KEYS``, ``D, Dv <= 256``.
     mask : Tensor, optional
         Bool (True = attend) or additive float, broadcastable to (..., Lq, Lk).
-    scale, method, lam, eta, zeta, alpha, strength, aa_range
+    scale, method, lam, eta, zeta, alpha, strength, aa_range, parallel
         As in :func:`gag_attention`; ``alpha > 1`` any value (1.5 and 2 use the exact closed-form finish).
     return_parts : bool
         Also return :class:`FusedParts` (fp32).
@@ -200,7 +202,7 @@ def triton_gag_attention(
         (:func:`triton_applies` is False), a fully masked query row, NaN/+inf scores or additive mask.
     """
     scores_shape, beta, (lam, eta, zeta, alpha, strength, aa_range) = _check(
-        q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range)
+        q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range, parallel)
     if not triton_applies(q, k, v, mask):
         raise ValueError(
             "triton_gag_attention needs fp16/bf16/fp32 CUDA tensors (or TRITON_INTERPRET=1), no grad, "
@@ -208,11 +210,11 @@ def triton_gag_attention(
             f"{q.device}, Lk = {k.shape[-2]}, D = {q.shape[-1]}, Dv = {v.shape[-1]}"
         )
     return fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
-                         return_parts, aa_range, block_m=block_m, num_warps=num_warps)
+                         return_parts, aa_range, parallel=parallel, block_m=block_m, num_warps=num_warps)
 
 
 def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
-                  return_parts=False, aa_range=(0.0, 3.0), block_m=None, num_warps=None):
+                  return_parts=False, aa_range=(0.0, 3.0), parallel="paper", block_m=None, num_warps=None):
     """The launch behind :func:`triton_gag_attention` for arguments :func:`gag_attention` has already
     validated (``scores_shape`` = (B.., Lq, Lk), ``beta`` = the resolved scale, ``scale`` = the user's, for
     SDPA). Only for callers that ran those checks and :func:`triton_applies`."""
@@ -267,7 +269,7 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
         float(beta), lam, eta, zeta, strength, alpha, hi0, aa_range[0], aa_range[1],
         METHOD=_METHODS[method], KIND=kind, MASK_KIND=mask_kind, HALF=q.dtype != torch.float32,
         PARTS=bool(return_parts), ZETA0=zeta == 0.0, STRENGTH1=strength == 1.0, MAXIT=_MAXIT,
-        WIDEN=q.dtype == torch.bfloat16 and _interpreting(),
+        WIDEN=q.dtype == torch.bfloat16 and _interpreting(), POSITIVE=parallel == "positive",
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_pow2(dim), BLOCK_DV=_pow2(dv),
         num_warps=num_warps,
     )
