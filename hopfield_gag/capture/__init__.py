@@ -1,5 +1,6 @@
 """Layer ``capture``: attention tensors recorded from real models (:mod:`.capture`) into a crash-safe
 :class:`ActivationStore` (:mod:`.store`); third-party captures come in through :func:`import_tensors`."""
+from .imports import LAYOUTS, import_tensors
 from .store import (
     FORMAT,
     FORMAT_VERSION,
@@ -12,5 +13,5 @@ from .store import (
 
 __all__ = [
     "ActivationStore", "ShardError", "StoreError", "StoreMismatchError", "read_shard_file",
-    "FORMAT", "FORMAT_VERSION",
+    "FORMAT", "FORMAT_VERSION", "import_tensors", "LAYOUTS",
 ]
