@@ -1,5 +1,6 @@
 """Layer ``capture``: attention tensors recorded from real models (:mod:`.capture`) into a crash-safe
 :class:`ActivationStore` (:mod:`.store`); third-party captures come in through :func:`import_tensors`."""
+from .recorder import COMPUTE, MARGINS, Capture, Extractor, ProjectionExtractor, capture, model_fingerprint
 from .imports import LAYOUTS, import_tensors
 from .store import (
     FORMAT,
@@ -14,4 +15,5 @@ from .store import (
 __all__ = [
     "ActivationStore", "ShardError", "StoreError", "StoreMismatchError", "read_shard_file",
     "FORMAT", "FORMAT_VERSION", "import_tensors", "LAYOUTS",
+    "capture", "Capture", "Extractor", "ProjectionExtractor", "model_fingerprint", "COMPUTE", "MARGINS",
 ]
