@@ -114,7 +114,7 @@ def _select_layers(patterns: Optional[list[str]], available: Sequence[str]) -> l
         hits = [n for n in available if n == pat or re.fullmatch(pat, n)]
         if not hits:
             shown = ", ".join(available[:12]) + (", ..." if len(available) > 12 else "")
-            raise ValueError(f"layers: {pat!r} matches no attention layer of this model; available: [{shown}]")
+            raise ValueError(f"layers: '{pat}' matches no attention layer of this model; available: [{shown}]")
         chosen += [n for n in hits if n not in chosen]
     return [n for n in available if n in chosen]
 
@@ -258,10 +258,10 @@ class Capture:
     a call carries none, e.g. the hooks route; ``step`` otherwise counts top-level forward calls).
     """
 
-    def __init__(self, store: ActivationStore, *, steps, heads, tokens, dtype, memory_budget: int,
+    def __init__(self, *, steps, heads, tokens, dtype, memory_budget: int,
                  shard_bytes: int, compute: tuple, alpha: float, keep_qkv: bool, cfg_batch: bool,
                  num_steps: Optional[int], seed: int):
-        self.store = store
+        self.store: Optional[ActivationStore] = None
         self.layers: list[str] = []
         self._layer_set: set = set()
         self._steps = steps
@@ -275,7 +275,7 @@ class Capture:
         self._keep_qkv = keep_qkv
         self._cfg_batch = cfg_batch
         self._seed = seed
-        self._done = store.keys_written()
+        self._done: set = set()
         self._occurrence: dict = {}
         self.step: Optional[int] = None
         self.num_steps = num_steps
@@ -288,12 +288,20 @@ class Capture:
         self._t0 = time.perf_counter()
         self._q: queue.Queue = queue.Queue()
         self._pending = 0
+        self.peak_pending = 0  # most bytes of copied records held in RAM at once (<= memory_budget)
         self._waiting = False
         self._cv = threading.Condition()
         self._error: Optional[BaseException] = None
+        self._writer: Optional[threading.Thread] = None
+        self._on_shard: Optional[Callable[[int], None]] = None
+
+    def _start(self, store: ActivationStore) -> None:
+        # the store exists only once every argument and the layer selection passed their checks
+        self.store = store
+        self._done = store.keys_written()
+        self._t0 = time.perf_counter()
         self._writer = threading.Thread(target=self._run_writer, name="hopfield-gag-capture-writer", daemon=True)
         self._writer.start()
-        self._on_shard: Optional[Callable[[int], None]] = None
 
     # -------------------------------------------------------------------- forward path (calling thread)
     def _on_forward(self, module, args):
@@ -399,6 +407,7 @@ class Capture:
                 self._cv.wait(0.05)
             self._waiting = False
             self._pending += n
+            self.peak_pending = max(self.peak_pending, self._pending)
         self._raise_writer_error()
         self._q.put((rec, n))
 
@@ -410,15 +419,21 @@ class Capture:
     def _derive(self, rec: dict) -> dict:
         """On-the-fly outputs and margins (library calls, never re-derived), downcast, move to CPU."""
         need_sparse = "sparse" in self._compute
+        # the hooks route has no stock kernel call to copy: its dense output comes from the library too
+        need_dense = "dense" in self._compute and "dense" not in rec
         margins = [m for m in MARGINS if m in self._compute]
-        if need_sparse or margins:
+        if need_sparse or need_dense or margins:
             import hopfield_gag as hg
 
             q, k, v = rec["q"], rec["k"], rec["v"]
             mask = rec.get("mask")
             kw = dict(scale=rec["scale"], alpha=self._alpha, mask=mask)
+            if need_dense:
+                # the stock kernel, as the hooked model would call it on these tensors
+                rec["dense"] = torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, scale=rec["scale"])
             if need_sparse:
-                rec["sparse"] = hg.sparse_dense_discrepancy(q, k, v, **kw).sparse
+                rec["sparse"] = hg.sparse_dense_discrepancy(q, k, v, **kw).sparse.to(q.dtype)
             if "sharpening" in margins:
                 rec["margin_sharpening"] = hg.sharpening_margin(q, k, **kw).float()
             if "query_alignment" in margins:
@@ -628,9 +643,7 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
                 "heads": heads, "tokens": tokens if tokens is None or isinstance(tokens, int) else tokens.tolist(),
                 "dtype": None if dtype is None else str(dtype).replace("torch.", ""), "compute": list(compute),
                 "alpha": alpha, "keep_qkv": keep_qkv, "seed": seed}
-    store = ActivationStore.create(out_dir, model_id=model_id or mid, config_hash=chash, resume=resume,
-                                   settings=settings)
-    cap = Capture(store, steps=step_sel, heads=heads, tokens=tokens, dtype=dtype, memory_budget=memory_budget,
+    cap = Capture(steps=step_sel, heads=heads, tokens=tokens, dtype=dtype, memory_budget=memory_budget,
                   shard_bytes=shard_bytes, compute=compute, alpha=alpha, keep_qkv=keep_qkv, cfg_batch=cfg_batch,
                   num_steps=num_steps, seed=seed)
     handles = []
@@ -642,16 +655,19 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
             handles = _install_hooks(model, cap, layer_patterns, extractor, num_heads)
         handles.append(_core_module(model).register_forward_pre_hook(cap._on_forward))
         cap._layer_set = set(cap.layers)
+        cap._start(ActivationStore.create(out_dir, model_id=model_id or mid, config_hash=chash, resume=resume,
+                                          settings=settings))
         yield cap
         ok = True
     finally:
         for h in handles:
             h.remove()
-        try:
-            cap.close(complete=ok)
-        except BaseException:
-            if ok:
-                raise
+        if cap.store is not None:
+            try:
+                cap.close(complete=ok)
+            except BaseException:
+                if ok:
+                    raise
 
 
 def _adapters_support(model) -> bool:
