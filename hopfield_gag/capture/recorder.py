@@ -504,15 +504,38 @@ class Capture:
 
 
 def _install_adapters(model, cap: Capture, layer_patterns):
-    from ..adapters import install_attention_fn  # noqa: WPS433 (the adapters layer may not be present)
+    """diffusers models: the adapters' installer, with its layer selection (one home for it)."""
+    from ..adapters import install_attention_fn, list_attention_layers
 
-    handle = install_attention_fn(model, cap)
-    try:
-        cap.layers = _select_layers(layer_patterns, list(handle.layers))
-    except BaseException:
-        handle.remove()
-        raise
+    if layer_patterns is None:
+        layer_patterns = [i.name for i in list_attention_layers(model) if i.supported]
+    handle = install_attention_fn(model, cap, layers=layer_patterns)
+    cap.layers = list(handle.layers)
     return [handle]
+
+
+def _install_attention_fn_attr(model, cap: Capture, layer_patterns):
+    """Models whose attention modules carry an ``attention_fn`` slot (the shipped models): set it to the
+    recorder and put the previous value back on exit."""
+    core = _core_module(model)
+    mods = dict(core.attention_layers())
+    cap.layers = _select_layers(layer_patterns, list(mods))
+
+    class _Restore:
+        def __init__(self):
+            self.saved = {n: mods[n].attention_fn for n in cap.layers}
+
+        def remove(self):
+            for n, fn in self.saved.items():
+                mods[n].attention_fn = fn
+
+    restore = _Restore()
+    busy = [n for n, fn in restore.saved.items() if fn is not None]
+    if busy:
+        raise RuntimeError(f"layers {busy[:4]} already run an attention function; remove it before capturing")
+    for n in cap.layers:
+        mods[n].attention_fn = cap
+    return [restore]
 
 
 def _install_hooks(model, cap: Capture, layer_patterns, extractor, num_heads):
@@ -602,8 +625,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     ------
     Capture (``cap.store``, ``cap.layers``, ``cap.summary()`` ...).
     """
-    if via not in ("auto", "adapters", "hooks"):
-        raise ValueError(f"via must be 'auto', 'adapters' or 'hooks', got {via!r}")
+    if via not in ("auto", "adapters", "attention_fn", "hooks"):
+        raise ValueError(f"via must be 'auto', 'adapters', 'attention_fn' or 'hooks', got {via!r}")
     layer_patterns = _compile_layers(layers)
     step_sel = _check_steps(steps)
     if heads is not None:
@@ -634,9 +657,7 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     shard_bytes = shard_bytes if shard_bytes is not None else min(64 << 20, memory_budget // 4)
 
-    route = via
-    if via == "auto":
-        route = "adapters" if _adapters_support(model) else "hooks"
+    route = _route(model) if via == "auto" else via
     mid, chash = model_fingerprint(model)
     settings = {"route": route, "layers": layer_patterns, "steps": None if step_sel is None else
                 (list(step_sel[1:]) if step_sel[0] == "window" else sorted(step_sel[1])),
@@ -651,6 +672,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     try:
         if route == "adapters":
             handles = _install_adapters(model, cap, layer_patterns)
+        elif route == "attention_fn":
+            handles = _install_attention_fn_attr(model, cap, layer_patterns)
         else:
             handles = _install_hooks(model, cap, layer_patterns, extractor, num_heads)
         handles.append(_core_module(model).register_forward_pre_hook(cap._on_forward))
@@ -670,14 +693,12 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
                     raise
 
 
-def _adapters_support(model) -> bool:
-    try:
-        from ..adapters import supports  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from ..adapters import install_attention_fn  # noqa: F401
-        except ImportError:
-            return False
-        core = _core_module(model)
-        return type(core).__module__.startswith("diffusers") or hasattr(core, "set_attention_fn")
-    return bool(supports(model))
+def _route(model) -> str:
+    """``"adapters"`` for models with diffusers attention processors, ``"attention_fn"`` for models whose
+    attention modules take an attention function (``model.attention_layers()``), else ``"hooks"``."""
+    core = _core_module(model)
+    if callable(getattr(core, "attention_layers", None)):
+        return "attention_fn"
+    if any(hasattr(m, "processor") and callable(getattr(m, "set_processor", None)) for m in core.modules()):
+        return "adapters"
+    return "hooks"
