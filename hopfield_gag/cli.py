@@ -7,6 +7,8 @@ Commands
 --------
 selfcheck   run the numerical self-check battery (:mod:`hopfield_gag.selfcheck`); exit status 1 if any
             check fails.
+capture     record attention q/k/v of a model into an activation store (:mod:`hopfield_gag.capture.cli`).
+store       ``store info DIR`` / ``store verify DIR``: inspect or check an activation store.
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this check (repeatable)")
     p.add_argument("--list", action="store_true", help="list the registered checks and exit")
     p.set_defaults(handler=_cmd_selfcheck)
+
+    from .capture.cli import add_parsers as _add_capture_parsers
+
+    _add_capture_parsers(sub)  # capture, store info, store verify
     return parser
 
 

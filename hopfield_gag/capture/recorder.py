@@ -67,7 +67,8 @@ def _core_module(model) -> nn.Module:
 def model_fingerprint(model) -> tuple[str, str]:
     """``(model_id, config_hash)`` of a module or pipeline.
 
-    ``config_hash`` is the SHA-256 of the class name, the diffusers config (when present), every
+    ``model_id`` is the class name; ``config_hash`` is the SHA-256 of the class name, the diffusers config
+    without its private ``_`` keys (when present), every
     parameter's name, shape and dtype, and the first 8 values of each parameter: cheap, and different for
     two trainings of one architecture.
     """
@@ -76,9 +77,9 @@ def model_fingerprint(model) -> tuple[str, str]:
     cfg = getattr(core, "config", None)
     name = type(core).__name__
     if isinstance(cfg, Mapping):
-        h.update(json.dumps({k: v for k, v in cfg.items()}, sort_keys=True, default=str).encode())
-        if cfg.get("_name_or_path"):
-            name = f"{name}:{cfg['_name_or_path']}"
+        # private keys (_name_or_path, _diffusers_version, ...) say where the model came from, not what it is
+        h.update(json.dumps({k: v for k, v in cfg.items() if not str(k).startswith("_")}, sort_keys=True,
+                            default=str).encode())
     with torch.no_grad():
         for pname, p in core.named_parameters():
             h.update(f"{pname}{tuple(p.shape)}{p.dtype}".encode())
@@ -302,6 +303,14 @@ class Capture:
         self._t0 = time.perf_counter()
         self._writer = threading.Thread(target=self._run_writer, name="hopfield-gag-capture-writer", daemon=True)
         self._writer.start()
+
+    def set_step(self, step: int, num_steps: Optional[int] = None, timestep: Optional[float] = None) -> None:
+        """Step facts for calls that carry none (custom loops over a bare model, the hooks route)."""
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self.step, self.timestep = step, None if timestep is None else float(timestep)
+        if num_steps is not None:
+            self.num_steps = num_steps
 
     # -------------------------------------------------------------------- forward path (calling thread)
     def _on_forward(self, module, args):
@@ -613,13 +622,14 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
         :func:`hopfield_gag.sharpening_margin` etc.
     alpha : entmax order of the sparse branch (1.5).
     keep_qkv : False stores only the computed outputs/margins (a study without the full tensors).
-    via : ``"auto"`` (adapters when they support the model, else hooks), ``"adapters"`` or ``"hooks"``.
+    via : ``"auto"`` (adapters for models with attention processors, ``"attention_fn"`` for models with an
+        ``attention_fn`` slot per attention module, else ``"hooks"``) or one of these names.
     extractor : hooks route: an :class:`Extractor` for the modules named by ``layers``.
     num_heads : hooks route: head count when the module does not expose one.
     num_steps : number of steps when calls do not carry it (needed by a fractional ``steps`` window).
     cfg_batch : hooks route: the batch is ``[uncond; cond]`` halves (diffusers SD/SD3 convention).
     shard_bytes : target shard size (default ``min(64 MiB, memory_budget // 4)``).
-    model_id : manifest model id (default: class name and ``_name_or_path``).
+    model_id : manifest model id (default: the class name; the config hash tells models apart).
 
     Yields
     ------
@@ -694,11 +704,13 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
 
 
 def _route(model) -> str:
-    """``"adapters"`` for models with diffusers attention processors, ``"attention_fn"`` for models whose
-    attention modules take an attention function (``model.attention_layers()``), else ``"hooks"``."""
+    """``"adapters"`` for models with attention processors (diffusers, and the shipped models through their
+    adapted processors), ``"attention_fn"`` for models whose attention modules carry an ``attention_fn``
+    slot (``model.attention_layers()``), else ``"hooks"``."""
     core = _core_module(model)
-    if callable(getattr(core, "attention_layers", None)):
-        return "attention_fn"
     if any(hasattr(m, "processor") and callable(getattr(m, "set_processor", None)) for m in core.modules()):
         return "adapters"
+    if callable(getattr(core, "attention_layers", None)) and all(
+            hasattr(m, "attention_fn") for m in dict(core.attention_layers()).values()):
+        return "attention_fn"
     return "hooks"

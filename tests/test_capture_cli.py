@@ -1,0 +1,73 @@
+"""hopfield-gag capture / store info / store verify on saved tiny diffusers denoisers (offline)."""
+import json
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("hopfield_gag.adapters.install")
+
+from diffusers import FluxTransformer2DModel, UNet2DConditionModel  # noqa: E402
+
+from hopfield_gag.capture import ActivationStore  # noqa: E402
+from hopfield_gag.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    m = UNet2DConditionModel(block_out_channels=(4, 8), norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
+                             out_channels=4, in_channels=4, layers_per_block=1, sample_size=8)
+    path = tmp_path_factory.mktemp("models") / "unet"
+    m.save_pretrained(path)
+    return path
+
+
+def test_capture_cli_with_cfg_then_info_and_verify(unet_dir, tmp_path, capsys):
+    out = tmp_path / "acts"
+    rc = main(["capture", "--model", str(unet_dir), "--steps", "3", "--out", str(out), "--layers", ".*attn2",
+               "--cfg", "2.0", "--quiet"])
+    assert rc == 0
+    summary = capsys.readouterr().out
+    assert "captured 24 records" in summary and "4 layers x 3 steps" in summary
+    store = ActivationStore(out)
+    assert store.complete and store.steps == [0, 1, 2] and set(store.branches) == {"uncond", "cond"}
+    rec = next(store.records(step=1, branch="cond"))
+    assert rec["num_steps"] == 3 and rec["q"].shape[0] == 1 and rec["kind"] == "cross"
+
+    assert main(["store", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["records"] == 24 and info["complete"] and len(info["layers"]) == 4
+    assert main(["store", "info", str(out)]) == 0
+    assert re.search(r"complete\s+yes", capsys.readouterr().out)
+    assert main(["store", "verify", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    # corrupt one shard: verify names it and fails
+    shard = out / store.shards[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["store", "verify", str(out)]) == 1
+    assert store.shards[0] in capsys.readouterr().out
+    # another run into the same directory without --resume is refused
+    with pytest.raises(Exception, match="resume=True"):
+        main(["capture", "--model", str(unet_dir), "--steps", "3", "--out", str(out), "--quiet"])
+
+
+def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
+    torch.manual_seed(0)
+    FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                           axes_dims_rope=[4, 4, 8]).save_pretrained(tmp_path / "flux")
+    rc = main(["capture", "--model", str(tmp_path / "flux"), "--steps", "4", "--window", "0.5,1.0",
+               "--out", str(tmp_path / "a"), "--dtype", "bfloat16", "--quiet"])
+    assert rc == 0
+    store = ActivationStore(tmp_path / "a")
+    assert store.steps == [2, 3] and len(store.layers) == 2
+    assert next(iter(store))["q"].dtype == torch.bfloat16
+    assert main(["store", "info", str(tmp_path / "nothing")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="expected a shipped model name"):
+        main(["capture", "--model", str(tmp_path), "--steps", "2", "--out", str(tmp_path / "b")])
