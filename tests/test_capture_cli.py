@@ -52,8 +52,10 @@ def test_capture_cli_with_cfg_then_info_and_verify(unet_dir, tmp_path, capsys):
     assert main(["store", "verify", str(out)]) == 1
     assert store.shards[0] in capsys.readouterr().out
     # another run into the same directory without --resume is refused
-    with pytest.raises(Exception, match="resume=True"):
-        main(["capture", "--model", str(unet_dir), "--steps", "3", "--out", str(out), "--quiet"])
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert main(["capture", "--model", str(unet_dir), "--steps", "3", "--out", str(out), "--quiet"]) == 2
+    assert "resume=True" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
@@ -67,6 +69,9 @@ def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
     store = ActivationStore(tmp_path / "a")
     assert store.steps == [2, 3] and len(store.layers) == 2
     assert next(iter(store))["q"].dtype == torch.bfloat16
+    assert main(["capture", "--model", str(tmp_path / "flux"), "--steps", "4", "--window", "0.5,1.5",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "must be a fraction in [0, 1]" in capsys.readouterr().err and not (tmp_path / "c").exists()
     assert main(["store", "info", str(tmp_path / "nothing")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="expected a shipped model name"):

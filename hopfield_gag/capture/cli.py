@@ -163,13 +163,19 @@ def cmd_capture(args: argparse.Namespace) -> int:
               cfg_batch=args.cfg != 1.0 and args.model not in SHIPPED)
     if args.memory_budget:
         kw["memory_budget"] = int(args.memory_budget * (1 << 20))
-    with capture(model, args.out, **kw) as cap:
-        if args.model in SHIPPED:
-            labels = [int(x) for x in args.labels.split(",")]
-            sample(model, labels, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
-        else:
-            with tqdm(total=args.steps, desc=f"capture {type(model).__name__}", disable=args.quiet) as bar:
-                _run_path_model(model, cap, args.steps, args.cfg, args.batch, args.size, args.seed, bar)
+    from .store import StoreError
+
+    try:
+        with capture(model, args.out, **kw) as cap:
+            if args.model in SHIPPED:
+                labels = [int(x) for x in args.labels.split(",")]
+                sample(model, labels, steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet)
+            else:
+                with tqdm(total=args.steps, desc=f"capture {type(model).__name__}", disable=args.quiet) as bar:
+                    _run_path_model(model, cap, args.steps, args.cfg, args.batch, args.size, args.seed, bar)
+    except (ValueError, StoreError) as exc:  # bad selection, step window, or an occupied --out: say so, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     s = cap.summary()
     elapsed = time.perf_counter() - t0
     print(f"captured {s['records']} records ({s['skipped']} already stored) from {s['layers']} layers x "
