@@ -118,9 +118,9 @@ def train(args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["dit", "unet"], required=True)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: dit 1800, unet 1500)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: dit 2000, unet 1200)")
+    p.add_argument("--batch", type=int, default=None, help="default: dit 64, unet 32")
+    p.add_argument("--lr", type=float, default=None, help="default: dit 2e-3, unet 1e-3")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -130,7 +130,11 @@ def main(argv=None) -> int:
     p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = 1800 if args.model == "dit" else 1500
+        args.steps = 2000 if args.model == "dit" else 1200
+    if args.batch is None:
+        args.batch = 64 if args.model == "dit" else 32
+    if args.lr is None:
+        args.lr = 2e-3 if args.model == "dit" else 1e-3
     if not args.card_only:
         train(args)
     from hopfield_gag.models.card import write_model_card

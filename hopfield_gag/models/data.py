@@ -17,7 +17,7 @@ from torch import Tensor
 
 __all__ = ["RESOLUTION", "NUM_CLASSES", "real_digits", "train_test_split"]
 
-RESOLUTION = 16
+RESOLUTION = 8
 NUM_CLASSES = 10
 _SPLIT_SEED = 0
 _TEST_FRACTION = 0.2

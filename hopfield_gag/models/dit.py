@@ -127,10 +127,10 @@ class DiTConfig:
     resolution: int = RESOLUTION
     patch: int = 2
     channels: int = 1
-    dim: int = 64
+    dim: int = 96
     depth: int = 4
     heads: int = 4
-    mlp_ratio: int = 4
+    mlp_ratio: int = 3
 
 
 class DiT(nn.Module):

@@ -25,7 +25,7 @@ class UNetConfig:
     block_out_channels: tuple = (32, 64)
     cross_attention_dim: int = 64
     attention_head_dim: int = 8
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     layers_per_block: int = 1
 
 
