@@ -118,7 +118,7 @@ def train(args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["dit", "unet"], required=True)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: dit 2000, unet 1200)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: dit 1200, unet 800)")
     p.add_argument("--batch", type=int, default=None, help="default: dit 64, unet 32")
     p.add_argument("--lr", type=float, default=None, help="default: dit 2e-3, unet 1e-3")
     p.add_argument("--ema", type=float, default=0.998)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = 2000 if args.model == "dit" else 1200
+        args.steps = 1200 if args.model == "dit" else 800
     if args.batch is None:
         args.batch = 64 if args.model == "dit" else 32
     if args.lr is None:
