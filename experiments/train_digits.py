@@ -3,6 +3,7 @@
     python experiments/train_digits.py --model dit     # -> hopfield_gag/models/weights/dit-digits.*
     python experiments/train_digits.py --model unet    # -> hopfield_gag/models/weights/unet-digits.*
     python experiments/train_digits.py --model dit --card-only   # re-evaluate and rewrite the card
+    python experiments/train_digits.py --model judge   # -> hopfield_gag/models/weights/judge.*
 
 Deterministic under --seed (single thread; the data order, noise, t and condition dropout come from one
 torch generator). Training stops at --steps or when the process CPU time reaches --cpu-minutes (the card
@@ -115,9 +116,25 @@ def train(args) -> None:
     print(f"saved {name}: cpu {cpu:.0f}s wall {wall:.0f}s loss {meta['final_loss']:.4f}", flush=True)
 
 
+def train_and_save_judge(args) -> int:
+    from safetensors.torch import save_file
+
+    from hopfield_gag.models.judge import train_judge
+
+    torch.set_num_threads(args.threads)
+    cpu0 = time.process_time()
+    net, record = train_judge(seed=args.seed)
+    record.update(cpu_seconds=round(time.process_time() - cpu0, 1), commit=_commit(),
+                  command="python experiments/train_digits.py " + " ".join(sys.argv[1:]))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(WEIGHTS / "judge.safetensors"))
+    (WEIGHTS / "judge.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["dit", "unet"], required=True)
+    p.add_argument("--model", choices=["dit", "unet", "judge"], required=True)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: dit 1200, unet 800)")
     p.add_argument("--batch", type=int, default=None, help="default: dit 64, unet 32")
     p.add_argument("--lr", type=float, default=None, help="default: dit 2e-3, unet 1e-3")
@@ -135,6 +152,8 @@ def main(argv=None) -> int:
         args.batch = 64 if args.model == "dit" else 32
     if args.lr is None:
         args.lr = 2e-3 if args.model == "dit" else 1e-3
+    if args.model == "judge":
+        return train_and_save_judge(args)
     if not args.card_only:
         train(args)
     from hopfield_gag.models.card import write_model_card

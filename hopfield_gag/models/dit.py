@@ -1,16 +1,19 @@
-r"""A small class-conditional diffusion transformer (DiT) for 16x16 digits.
+r"""A small class-conditional diffusion transformer (DiT) for 8x8 digits.
 
 Architecture (Peebles & Xie 2023, with a cross-attention sub-block as in PixArt-alpha):
 
-* patchify: 16x16x1 -> 64 tokens of 2x2 pixels, linear to ``dim``, plus learned positions;
+* patchify: 8x8x1 -> 16 tokens of 2x2 pixels, linear to ``dim``, plus learned positions;
 * ``depth`` blocks, each ``x += g1 * SelfAttn(mod(LN(x)))``, ``x += g2 * CrossAttn(mod(LN(x)), prompt)``,
   ``x += g3 * MLP(mod(LN(x)))``, where the shifts/scales/gates come from the timestep embedding (adaLN-Zero;
   the class enters *only* through cross-attention to the 8-token prompt of :mod:`.conditioning`);
 * final adaLN + linear back to 2x2 patches: the flow-matching velocity.
 
-Every attention layer is an :class:`Attention` module that builds one :class:`hopfield_gag.adapters.AttentionCall`
-per call and hands it to its attention function (``attention_fn``; ``None`` runs ``call.dense()``, i.e.
-``F.scaled_dot_product_attention`` on the same q, k, v: bit-identical to having no hook at all).
+Every attention layer is an :class:`Attention` module with a swappable processor, like diffusers'
+``Attention``: the stock processor calls ``F.scaled_dot_product_attention``; the installer of
+:mod:`hopfield_gag.adapters` (``install_attention_fn`` / ``apply_gag``, and ``capture``) swaps in
+:class:`~hopfield_gag.models._dit_adapter.AdaptedDiTAttnProcessor`, which hands each call to an attention
+function as one :class:`~hopfield_gag.adapters.AttentionCall` (``call.dense()`` is the same SDPA call, so an
+attention function returning it leaves the model bit-identical).
 """
 from __future__ import annotations
 
@@ -21,31 +24,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters import AttentionCall
 from .conditioning import PromptEncoder
 from .data import RESOLUTION
 
-__all__ = ["DiT", "DiTConfig", "Attention", "DenoisingState", "timestep_embedding"]
+__all__ = ["DiT", "DiTConfig", "Attention", "DiTAttnProcessor", "timestep_embedding"]
 
 
-@dataclass
-class DenoisingState:
-    """What the sampler knows about the current model call; read by every attention layer."""
+class DiTAttnProcessor:
+    r"""The stock kernel of :class:`Attention`: ``F.scaled_dot_product_attention`` on the split heads.
 
-    step: int | None = None
-    num_steps: int | None = None
-    timestep: float | None = None
-    branches: tuple | None = None
+    ``hopfield_gag_adapter()`` names the adapter class the installer of :mod:`hopfield_gag.adapters`
+    substitutes for it (:class:`hopfield_gag.models._dit_adapter.AdaptedDiTAttnProcessor`), which hands the
+    same q, k, v to an attention function as one :class:`~hopfield_gag.adapters.AttentionCall`.
+    """
+
+    @staticmethod
+    def hopfield_gag_adapter():
+        from ._dit_adapter import AdaptedDiTAttnProcessor
+
+        return AdaptedDiTAttnProcessor
+
+    def __call__(self, attn: "Attention", x: Tensor, context: Tensor | None = None) -> Tensor:
+        q, k, v = attn.project(x, context)
+        return attn.merge(F.scaled_dot_product_attention(q, k, v))
 
 
 class Attention(nn.Module):
-    r"""Multi-head attention whose kernel is pluggable.
+    r"""Multi-head attention with a swappable processor (the diffusers ``Attention`` convention).
 
-    ``forward(x (B, Lq, dim), context (B, Lk, ctx_dim) or None) -> (B, Lq, dim)``. The q, k, v projections
-    are split into heads (B, H, L, D); the call ``AttentionCall(q, k, v, mask=None, scale=None,
-    dense=lambda: F.scaled_dot_product_attention(q, k, v), layer=<module name>, kind="self"|"cross", ...)``
-    goes to ``self.attention_fn`` (``None`` = ``call.dense()``), whose (B, H, Lq, D) output is merged and
-    projected.
+    ``forward(x (B, Lq, dim), context (B, Lk, dim) or None) -> (B, Lq, dim)`` runs
+    ``self.processor(self, x, context)``; the stock :class:`DiTAttnProcessor` computes
+    ``to_out(merge(SDPA(q, k, v)))`` with q, k, v from :meth:`project` in (B, H, L, D).
+    :func:`hopfield_gag.adapters.install_attention_fn` swaps in an adapter that routes the kernel call
+    through an attention function (``kind`` "self" for ``attn1``, "cross" for ``attn2``).
     """
 
     def __init__(self, dim: int, heads: int, kind: str, context_dim: int | None = None):
@@ -54,40 +65,37 @@ class Attention(nn.Module):
             raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        self.kind, self.heads = kind, heads
+        self.kind, self.heads, self.head_dim = kind, heads, dim // heads
+        self.is_cross_attention = kind == "cross"  # read by the installer's layer listing
         kv_dim = dim if context_dim is None else context_dim
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(kv_dim, dim)
         self.to_v = nn.Linear(kv_dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        # plain attributes (not submodules/buffers): set by DiT.__init__ and by installers
-        self.attention_fn = None
-        self.layer_name = ""
-        self.state = DenoisingState()
+        self.processor = DiTAttnProcessor()
 
-    def _split(self, t: Tensor) -> Tensor:
-        b, n, _ = t.shape
-        return t.view(b, n, self.heads, -1).transpose(1, 2)
+    def set_processor(self, processor) -> None:
+        """Replace the processor (``processor(attn, x, context) -> (B, Lq, dim)``)."""
+        self.processor = processor
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, H, Lq, D) from ``x``; k, v (B, H, Lk, D) from ``x`` (self) or ``context`` (cross)."""
+        if self.kind == "cross" and context is None:
+            raise ValueError("cross-attention needs the prompt tokens as context (B, Lk, dim)")
         src = x if self.kind == "self" else context
-        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(src)), self._split(self.to_v(src))
-        fn = self.attention_fn
-        if fn is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            st = self.state
-            call = AttentionCall(
-                q=q, k=k, v=v, mask=None, scale=None,
-                dense=lambda: F.scaled_dot_product_attention(q, k, v),
-                layer=self.layer_name, kind=self.kind,
-                text_keys=slice(0, k.shape[-2]) if self.kind == "cross" else None,
-                image_queries=slice(0, q.shape[-2]),
-                step=st.step, num_steps=st.num_steps, timestep=st.timestep, branches=st.branches,
-            )
-            out = fn(call)
+
+        def split(t):
+            return t.view(t.shape[0], t.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+        return split(self.to_q(x)), split(self.to_k(src)), split(self.to_v(src))
+
+    def merge(self, out: Tensor) -> Tensor:
+        """(B, H, Lq, D) heads -> output projection (B, Lq, dim)."""
         b, h, n, d = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.processor(self, x, context)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -134,7 +142,7 @@ class DiTConfig:
 
 
 class DiT(nn.Module):
-    r"""``forward(x (B, 1, 16, 16), t (B,) in [0, 1], labels (B,) int64 in [0, 10]) -> velocity (B, 1, 16, 16)``.
+    r"""``forward(x (B, 1, 8, 8), t (B,) in [0, 1], labels (B,) int64 in [0, 10]) -> velocity (B, 1, 8, 8)``.
 
     Flow matching convention: :math:`x_t = (1 - t)\,\varepsilon + t\,x_1` (noise at t = 0, data at t = 1),
     the network predicts :math:`v = x_1 - \varepsilon`. Label 10 is the null prompt.
@@ -155,18 +163,13 @@ class DiT(nn.Module):
         for m in (self.ada_out[1], self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-        self.state = DenoisingState()
-        for name, m in self.named_modules():
-            if isinstance(m, Attention):
-                m.layer_name, m.state = name, self.state
+
+    # layers="auto" of the installer (hopfield_gag.adapters): every cross-attention layer
+    hopfield_gag_auto_layers = (("cross",), None)
 
     def attention_layers(self) -> dict[str, Attention]:
         """``{qualified name: Attention}`` of every attention layer, in forward order."""
         return {name: m for name, m in self.named_modules() if isinstance(m, Attention)}
-
-    def set_denoising_step(self, step=None, num_steps=None, timestep=None, branches=None) -> None:
-        """Record the sampler's step facts; every later :class:`AttentionCall` carries them."""
-        self.state.step, self.state.num_steps, self.state.timestep, self.state.branches = step, num_steps, timestep, branches
 
     def _patchify(self, x: Tensor) -> Tensor:
         b, ch, h, w = x.shape

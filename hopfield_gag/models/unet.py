@@ -1,9 +1,9 @@
-r"""The shipped diffusers UNet: a ``UNet2DConditionModel`` with cross-attention at every level.
+r"""The shipped diffusers UNet: a ``UNet2DConditionModel`` (8x8, two levels + mid) with cross-attention at every level.
 
 ``DigitsUNet`` pairs the UNet with the same 8-token :class:`~.conditioning.PromptEncoder` as the DiT and the
 same flow-matching convention (:math:`x_t = (1 - t)\varepsilon + t x_1`, predict :math:`x_1 - \varepsilon`;
 the UNet gets the timestep as :math:`1000 t`). Its attention layers are diffusers ``Attention`` modules, so
-the diffusers adapters of :mod:`hopfield_gag.adapters` apply to ``DigitsUNet.unet`` unchanged.
+the installer of :mod:`hopfield_gag.adapters` applies to ``DigitsUNet`` (or to ``DigitsUNet.unet``) unchanged.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from .conditioning import PromptEncoder
 from .data import RESOLUTION
-from .dit import DenoisingState
 
 __all__ = ["DigitsUNet", "UNetConfig"]
 
@@ -30,7 +29,10 @@ class UNetConfig:
 
 
 class DigitsUNet(nn.Module):
-    """``forward(x (B, 1, 16, 16), t (B,) in [0, 1], labels (B,) int64 in [0, 10]) -> velocity (B, 1, 16, 16)``."""
+    """``forward(x (B, 1, 8, 8), t (B,) in [0, 1], labels (B,) int64 in [0, 10]) -> velocity (B, 1, 8, 8)``."""
+
+    # layers="auto" of the installer (hopfield_gag.adapters): the cross-attention of every level
+    hopfield_gag_auto_layers = (("cross",), None)
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
@@ -46,11 +48,6 @@ class DigitsUNet(nn.Module):
             attention_head_dim=c.attention_head_dim, norm_num_groups=c.norm_num_groups,
         )
         self.prompt = PromptEncoder(c.cross_attention_dim)
-        self.state = DenoisingState()
-
-    def set_denoising_step(self, step=None, num_steps=None, timestep=None, branches=None) -> None:
-        """Record the sampler's step facts (read by attention functions installed on the UNet)."""
-        self.state.step, self.state.num_steps, self.state.timestep, self.state.branches = step, num_steps, timestep, branches
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         r = self.config.resolution
