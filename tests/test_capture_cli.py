@@ -76,3 +76,28 @@ def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
     assert "no manifest.json" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="expected a shipped model name"):
         main(["capture", "--model", str(tmp_path), "--steps", "2", "--out", str(tmp_path / "b")])
+
+
+def test_capture_shipped_model_route(tmp_path, capsys, monkeypatch):
+    """--model dit-digits goes through hopfield_gag.models (load_model + sample). The shipped weights may not
+    be built yet, so load_model is replaced by the same architecture with fresh weights."""
+    models = pytest.importorskip("hopfield_gag.models")
+    from hopfield_gag.models.registry import build
+
+    monkeypatch.setattr(models, "load_model", lambda name: build(name).eval())
+    ref = models.sample(build("dit-digits").eval(), [3], steps=2, cfg_scale=2.0)
+    assert main(["capture", "--model", "dit-digits", "--steps", "2", "--cfg", "2", "--labels", "3",
+                 "--layers", r"blocks\.0\..*", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert "records" in capsys.readouterr().out
+    store = ActivationStore(tmp_path / "d")
+    assert store.steps == [0, 1] and set(store.branches) == {"uncond", "cond"}
+    assert all(name.startswith("blocks.0.") for name in store.layers)
+    # capture leaves the sampler's output untouched
+    from hopfield_gag.capture import capture
+
+    model = build("dit-digits").eval()
+    with capture(model, tmp_path / "e", layers=r"blocks\.1\.attn2"):
+        out = models.sample(model, [3], steps=2, cfg_scale=2.0)
+    assert torch.equal(out, ref)
+    rec = next(ActivationStore(tmp_path / "e").records(step=1, branch="cond"))
+    assert rec["kind"] == "cross" and rec["num_steps"] == 2 and rec["q"].shape[0] == 1

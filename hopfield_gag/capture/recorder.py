@@ -523,30 +523,6 @@ def _install_adapters(model, cap: Capture, layer_patterns):
     return [handle]
 
 
-def _install_attention_fn_attr(model, cap: Capture, layer_patterns):
-    """Models whose attention modules carry an ``attention_fn`` slot (the shipped models): set it to the
-    recorder and put the previous value back on exit."""
-    core = _core_module(model)
-    mods = dict(core.attention_layers())
-    cap.layers = _select_layers(layer_patterns, list(mods))
-
-    class _Restore:
-        def __init__(self):
-            self.saved = {n: mods[n].attention_fn for n in cap.layers}
-
-        def remove(self):
-            for n, fn in self.saved.items():
-                mods[n].attention_fn = fn
-
-    restore = _Restore()
-    busy = [n for n, fn in restore.saved.items() if fn is not None]
-    if busy:
-        raise RuntimeError(f"layers {busy[:4]} already run an attention function; remove it before capturing")
-    for n in cap.layers:
-        mods[n].attention_fn = cap
-    return [restore]
-
-
 def _install_hooks(model, cap: Capture, layer_patterns, extractor, num_heads):
     core = _core_module(model)
     named = dict(core.named_modules())
@@ -622,8 +598,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
         :func:`hopfield_gag.sharpening_margin` etc.
     alpha : entmax order of the sparse branch (1.5).
     keep_qkv : False stores only the computed outputs/margins (a study without the full tensors).
-    via : ``"auto"`` (adapters for models with attention processors, ``"attention_fn"`` for models with an
-        ``attention_fn`` slot per attention module, else ``"hooks"``) or one of these names.
+    via : ``"auto"`` (adapters for models with attention processors: diffusers and the shipped models;
+        else hooks), ``"adapters"`` or ``"hooks"``.
     extractor : hooks route: an :class:`Extractor` for the modules named by ``layers``.
     num_heads : hooks route: head count when the module does not expose one.
     num_steps : number of steps when calls do not carry it (needed by a fractional ``steps`` window).
@@ -635,8 +611,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     ------
     Capture (``cap.store``, ``cap.layers``, ``cap.summary()`` ...).
     """
-    if via not in ("auto", "adapters", "attention_fn", "hooks"):
-        raise ValueError(f"via must be 'auto', 'adapters', 'attention_fn' or 'hooks', got {via!r}")
+    if via not in ("auto", "adapters", "hooks"):
+        raise ValueError(f"via must be 'auto', 'adapters' or 'hooks', got {via!r}")
     layer_patterns = _compile_layers(layers)
     step_sel = _check_steps(steps)
     if heads is not None:
@@ -682,8 +658,6 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     try:
         if route == "adapters":
             handles = _install_adapters(model, cap, layer_patterns)
-        elif route == "attention_fn":
-            handles = _install_attention_fn_attr(model, cap, layer_patterns)
         else:
             handles = _install_hooks(model, cap, layer_patterns, extractor, num_heads)
         handles.append(_core_module(model).register_forward_pre_hook(cap._on_forward))
@@ -705,12 +679,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
 
 def _route(model) -> str:
     """``"adapters"`` for models with attention processors (diffusers, and the shipped models through their
-    adapted processors), ``"attention_fn"`` for models whose attention modules carry an ``attention_fn``
-    slot (``model.attention_layers()``), else ``"hooks"``."""
+    adapted processors), else ``"hooks"``."""
     core = _core_module(model)
     if any(hasattr(m, "processor") and callable(getattr(m, "set_processor", None)) for m in core.modules()):
         return "adapters"
-    if callable(getattr(core, "attention_layers", None)) and all(
-            hasattr(m, "attention_fn") for m in dict(core.attention_layers()).values()):
-        return "attention_fn"
     return "hooks"
