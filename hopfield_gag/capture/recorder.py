@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import queue
 import re
 import threading
@@ -294,7 +293,6 @@ class Capture:
         self._cv = threading.Condition()
         self._error: Optional[BaseException] = None
         self._writer: Optional[threading.Thread] = None
-        self._on_shard: Optional[Callable[[int], None]] = None
 
     def _start(self, store: ActivationStore) -> None:
         # the store exists only once every argument and the layer selection passed their checks
@@ -339,7 +337,7 @@ class Capture:
         timestep = timestep if timestep is not None else self.timestep
         if not _step_selected(self._steps, step, num_steps):
             return
-        q, k, v = t["q"], t["k"], t["v"]
+        q = t["q"]
         B, H = q.shape[0], q.shape[1]
         if branches is None and self._cfg_batch:
             if B % 2:
@@ -460,7 +458,7 @@ class Capture:
         return rec
 
     def _run_writer(self):
-        buf, buf_in = [], 0
+        buf, buf_in, buf_out = [], 0, 0  # records, their queued bytes, their bytes after _derive
         try:
             while True:
                 try:
@@ -468,16 +466,18 @@ class Capture:
                 except queue.Empty:
                     if buf and self._waiting:  # the forward waits for memory: flush a partial shard
                         self._flush(buf, buf_in)
-                        buf, buf_in = [], 0
+                        buf, buf_in, buf_out = [], 0, 0
                     continue
                 if item is None:
                     break
                 rec, n = item
-                buf.append(self._derive(rec))
+                rec = self._derive(rec)
+                buf.append(rec)
                 buf_in += n
-                if sum(_nbytes(r) for r in buf) >= self._shard_bytes:
+                buf_out += _nbytes(rec)
+                if buf_out >= self._shard_bytes:
                     self._flush(buf, buf_in)
-                    buf, buf_in = [], 0
+                    buf, buf_in, buf_out = [], 0, 0
             if buf:
                 self._flush(buf, buf_in)
         except BaseException as exc:  # surfaced on the calling thread at the next record / exit
@@ -492,8 +492,6 @@ class Capture:
         with self._cv:
             self._pending -= n_in
             self._cv.notify_all()
-        if self._on_shard is not None:
-            self._on_shard(len(buf))
 
     def close(self, complete: bool) -> None:
         """Drain the queue, stop the writer, mark the store complete (when ``complete``)."""
