@@ -104,4 +104,9 @@ def __getattr__(name):
         from .theory import symbolic
 
         return symbolic
+    # the diffusers integration (optional extra): imported on first use
+    if name in ("apply_gag", "install_attention_fn", "list_attention_layers", "GuidedAttention"):
+        from . import adapters
+
+        return getattr(adapters, name)
     raise AttributeError(f"module 'hopfield_gag' has no attribute {name!r}")
