@@ -101,8 +101,7 @@ def test_gag_zeta_and_cap():
         mp.setenv("TRITON_INTERPRET", "0")
         c = gag_attention(q, k, v, return_parts=True)[1].parallel_coef
     assert (c < 0).any() and (c > 0).any()
-    for zeta, eta, parallel in ((0.3, 15.0, "paper"), (1.0, 0.2, "positive"), (0.0, 0.05, "paper"),
-                                (0.0, 0.05, "positive"), (0.5, 0.3, "positive")):
+    for zeta, eta, parallel in ((0.3, 15.0, "paper"), (1.0, 0.2, "positive"), (0.0, 0.05, "positive")):
         _check(q, k, v, method="gag", zeta=zeta, eta=eta, lam=5.0, parallel=parallel, cmax=float(c.abs().max()))
 
 
