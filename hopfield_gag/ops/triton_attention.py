@@ -23,6 +23,10 @@ Numerics: scores and both normalizations in fp32; fp32 value products in IEEE fp
 inputs are multiplied by the maps split into high and low halves in the input dtype (two tensor-core dots,
 fp32 accumulation), so half inputs lose only the final cast of the output against the fp32 torch path.
 ``strength == 0`` and ``method == "dense"`` return ``F.scaled_dot_product_attention`` itself (bit for bit).
+Status: tested in the Triton interpreter against the float64 oracle (tests/test_triton_attention.py) and
+compiled to cubin for sm_80 and sm_90 with Triton 3.9 (``triton.compile`` + ptxas, no device needed); not yet
+run or timed on a GPU (``python experiments/bench_attention.py --device cuda`` measures it).
+
 Errors: fully masked query rows, NaN/+inf scores (overflowing :math:`q\cdot k`) and NaN/+inf in an
 additive mask raise ``ValueError`` like the torch path.
 """
