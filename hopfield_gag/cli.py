@@ -7,7 +7,7 @@ Commands
 --------
 selfcheck   run the numerical self-check battery (:mod:`hopfield_gag.selfcheck`); exit status 1 if any
             check fails.
-capture     record attention q/k/v of a model into an activation store (:mod:`hopfield_gag.capture.cli`).
+capture     record attention q/k/v of a model into an activation store (:mod:`hopfield_gag.cli_capture`).
 store       ``store info DIR`` / ``store verify DIR``: inspect or check an activation store.
 demo        dense vs GAG samples from the shipped DiT, judged, with theory margins on captured activations
             (:mod:`hopfield_gag.models.demo`); writes ./hopfield-gag-demo/report.md.
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the registered checks and exit")
     p.set_defaults(handler=_cmd_selfcheck)
 
-    from .capture.cli import add_parsers as _add_capture_parsers
+    from .cli_capture import add_parsers as _add_capture_parsers
 
     _add_capture_parsers(sub)  # capture, store info, store verify
     from .models.demo import add_demo_parser

@@ -134,7 +134,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """``hopfield-gag capture``: run a model for ``--steps`` steps under capture and print a summary."""
     from tqdm.auto import tqdm
 
-    from . import capture
+    from .capture import capture
 
     dtype = None
     if args.dtype:
@@ -151,7 +151,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.model in SHIPPED:
         try:
-            from ..models import load_model, sample
+            from .models import load_model, sample
         except ImportError as exc:
             raise SystemExit(f"the shipped models are not available in this installation ({exc}); "
                              "pass a diffusers model directory as --model PATH") from None
@@ -163,7 +163,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
               cfg_batch=args.cfg != 1.0 and args.model not in SHIPPED)
     if args.memory_budget:
         kw["memory_budget"] = int(args.memory_budget * (1 << 20))
-    from .store import StoreError
+    from .capture.store import StoreError
 
     try:
         with capture(model, args.out, **kw) as cap:
@@ -185,7 +185,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_store_info(args: argparse.Namespace) -> int:
     """``hopfield-gag store info DIR``: the manifest summary (``--json`` for machine-readable output)."""
-    from .store import ActivationStore, StoreError
+    from .capture.store import ActivationStore, StoreError
 
     try:
         info = ActivationStore(args.dir).info()
@@ -218,7 +218,7 @@ def _compact(steps) -> str:
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
     """``hopfield-gag store verify DIR``: check every shard's checksum; exit status 1 naming bad shards."""
-    from .store import ActivationStore, StoreError
+    from .capture.store import ActivationStore, StoreError
 
     try:
         store = ActivationStore(args.dir)
