@@ -12,5 +12,8 @@ from .discrepancy import *  # noqa: F401,F403
 from .discrepancy import __all__ as _discrepancy_all
 from .iteration import *  # noqa: F401,F403
 from .iteration import __all__ as _iteration_all
+from .stability import *  # noqa: F401,F403
+from .stability import __all__ as _stability_all
 
-__all__ = list(_discrepancy_all) + list(_contraction_all) + list(_iteration_all) + list(_certificates_all)
+__all__ = (list(_discrepancy_all) + list(_contraction_all) + list(_iteration_all) + list(_certificates_all)
+           + list(_stability_all))
