@@ -7,7 +7,6 @@ its own rounding allowance (certificates._allowance).
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -54,6 +53,7 @@ def test_sharp_certificate_is_sound(case, alpha):
     # the sharp bound is the maximum of the three (so it dominates the transport certificate of T5a, up to
     # the allowance both now carry)
     assert bool((b.sharp >= torch.maximum(torch.maximum(b.transport, b.norm), b.split)).all())
+    torch.testing.assert_close(parallel_certificate_sharp(a.q, a.k, a.v, a.scale, alpha, a.mask), b.sharp)
 
 
 def test_certificates_refuse_the_pinned_counterexamples():

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .._validation import check_scalar, check_tensor, compute_dtype
 from .contraction import gag_output
-from .discrepancy import SparseDenseDiscrepancy, crossing_certificate, noise_floor, sparse_dense_discrepancy
+from .discrepancy import SparseDenseDiscrepancy, crossing_certificate, sparse_dense_discrepancy
 
 __all__ = [
     "ParallelBounds",
