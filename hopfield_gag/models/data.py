@@ -6,7 +6,7 @@ scikit-learn's bundled copy of the UCI optical-digits set (1797 grayscale 8x8 im
 Images are scaled to [0, 1] and kept at their native 8x8 (``real_digits(resolution=16)`` upsamples
 bilinearly); the models work in :math:`x \in [-1, 1]`, :math:`x = 2u - 1`. The DiT sees 16 patch tokens of
 2x2 pixels; the UNet's attention sees 64 (8x8 level) and 16 (4x4 level, mid) tokens.
-
+"""
 from __future__ import annotations
 
 from importlib import resources
