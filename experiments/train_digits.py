@@ -48,6 +48,7 @@ def train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     name = f"{args.model}-digits"
+    commit = _commit()  # the code that trains, recorded before any later edit of the tree
     model = registry.build(name)
     ema = copy.deepcopy(model).requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
@@ -109,7 +110,7 @@ def train(args) -> None:
         name=name, parameters=n_params, steps_done=step + 1, steps=args.steps, stopped_by=stopped_by, batch=args.batch,
         lr=args.lr, ema=args.ema, p_uncond=args.p_uncond, seed=args.seed, threads=args.threads,
         cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1), final_loss=curve[-1]["loss"] if curve else None,
-        commit=_commit(), command="python experiments/train_digits.py " + " ".join(sys.argv[1:]),
+        commit=commit, command="python experiments/train_digits.py " + " ".join(sys.argv[1:]),
         loadavg_at_end=os.getloadavg(),
     )
     registry.save(name, ema, meta, WEIGHTS)

@@ -3,8 +3,9 @@ r"""The real digits the shipped models and the judge are trained on.
 scikit-learn's bundled copy of the UCI optical-digits set (1797 grayscale 8x8 images, values 0..16, classes
 0-9), shipped as ``weights/digits.npz`` (45 kB) so nothing at run time needs scikit-learn or a network.
 
-Images are scaled to [0, 1] and bilinearly upsampled to 16x16 (so attention sees 64 patch tokens of 2x2
-pixels); the models work in :math:`x \in [-1, 1]`, :math:`x = 2u - 1`.
+Images are scaled to [0, 1] and kept at their native 8x8 (``real_digits(resolution=16)`` upsamples
+bilinearly); the models work in :math:`x \in [-1, 1]`, :math:`x = 2u - 1`. The DiT sees 16 patch tokens of
+2x2 pixels; the UNet's attention sees 64 (8x8 level) and 16 (4x4 level, mid) tokens.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _load_raw() -> tuple[np.ndarray, np.ndarray]:
 def real_digits(resolution: int = RESOLUTION) -> tuple[Tensor, Tensor]:
     """All 1797 real digits as (images (N, 1, r, r) float32 in [0, 1], labels (N,) int64).
 
-    The 8x8 originals (0..16) are divided by 16 and upsampled bilinearly (``align_corners=False``) to
-    ``resolution``; values stay in [0, 1] because bilinear weights are convex.
+    The 8x8 originals (0..16) are divided by 16 and, for ``resolution != 8``, resized bilinearly
+    (``align_corners=False``); values stay in [0, 1] because bilinear weights are convex.
     """
     images, labels = _load_raw()
     x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)

@@ -52,7 +52,7 @@ def save(name: str, model: nn.Module, meta: dict, directory: Path) -> None:
 def load_model(name: str) -> nn.Module:
     """The shipped model ``"dit-digits"`` or ``"unet-digits"``, in eval mode, loaded offline from the package.
 
-    Returns a module ``model(x (B, 1, 16, 16), t (B,), labels (B,)) -> velocity`` (see :mod:`.dit`); sample
+    Returns a module ``model(x (B, 1, 8, 8), t (B,), labels (B,)) -> velocity`` (see :mod:`.dit`); sample
     from it with :func:`hopfield_gag.models.sample`.
     """
     from safetensors.torch import load_file
