@@ -6,6 +6,7 @@ argument and states what was expected, so bad input never turns into a silent Na
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -97,7 +98,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *, finite: bool = True) -> torch.Size:
     """Validate attention inputs q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (``None``: v = k).
 
     One dtype and device, finite entries, matching d and Lk, Lk >= 1, batch dims that broadcast.
@@ -133,10 +134,11 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -
             + ("" if v is None else f", v {tuple(v.shape[:-2])}")
             + " must broadcast"
         ) from None
-    check_finite("q", q)
-    check_finite("k", k)
-    if v is not None:
-        check_finite("v", v)
+    if finite:
+        check_finite("q", q)
+        check_finite("k", k)
+        if v is not None:
+            check_finite("v", v)
     return batch
 
 
@@ -157,3 +159,30 @@ def check_output_pair(dense: torch.Tensor, sparse: torch.Tensor) -> None:
         raise ValueError(
             f"dense {tuple(dense.shape)} and sparse {tuple(sparse.shape)} must have broadcastable shapes"
         ) from None
+
+
+def checks_enabled(checks: bool | None = None) -> bool:
+    """Whether value checks that read device data back to the host (finiteness, masked rows) run.
+
+    ``checks`` given: that; otherwise the environment variable ``HOPFIELD_GAG_CHECKS`` (``0``, ``false``,
+    ``no`` or ``off`` turn them off; default on). Shape, dtype and option checks never read device data and
+    always run.
+    """
+    if checks is not None:
+        return bool(checks)
+    return os.environ.get("HOPFIELD_GAG_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def nonfinite_any(*tensors: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: does any of ``tensors`` hold NaN or +-inf? No host synchronization (the caller
+    reads it once, together with whatever else it checks)."""
+    bad = [~torch.isfinite(t).all() for t in tensors if t.numel()]
+    if not bad:
+        return torch.zeros((), dtype=torch.bool, device=tensors[0].device if tensors else None)
+    return torch.stack(bad).any()
+
+
+def check_qkv_structure(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+    """:func:`check_qkv` without the finiteness checks (which read device data): dtypes, devices, shapes.
+    Returns the broadcast batch shape."""
+    return check_qkv(q, k, v, finite=False)

@@ -195,7 +195,9 @@ def extrapolation_as_aa(
     )
 
 
-def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+def aa1_mixing(
+    f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None, *, check_values: bool = True
+) -> tuple[Tensor, Tensor]:
     r"""AA(1)'s least-squares mixing coefficient from two residuals.
 
     .. math::
@@ -216,6 +218,9 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
         Residuals :math:`f_{k-1}` and :math:`f_k`.
     rel_eps : float, optional
         Relative floor of the difference; default :math:`64\,\epsilon` of the compute dtype.
+    check_values : bool
+        Check finiteness (host synchronizations); ``False`` for callers whose residuals come from already
+        validated inputs (``gag_attention``'s ``aa`` method).
 
     Returns
     -------
@@ -225,8 +230,9 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
     """
     check_tensor("f_prev", f_prev, min_dim=1)
     check_tensor("f_curr", f_curr, min_dim=1)
-    check_finite("f_prev", f_prev)
-    check_finite("f_curr", f_curr)
+    if check_values:
+        check_finite("f_prev", f_prev)
+        check_finite("f_curr", f_curr)
     if f_prev.shape != f_curr.shape:
         raise ValueError(f"f_curr must have the shape of f_prev {tuple(f_prev.shape)}, got {tuple(f_curr.shape)}")
     cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
@@ -298,7 +304,8 @@ def aa_scale_from_retrievals(
     (lam, gamma_raw, degenerate, clamped), each (..., Lq): the clamped scale, the unclamped
     :math:`\gamma^\star`, the degenerate mask and the clamp-active mask.
     """
-    gamma_raw, degenerate = aa1_mixing(key_dense - query, key_sparse - query)
+    # the retrievals come from validated inputs; gag_attention reads values once, at its end
+    gamma_raw, degenerate = aa1_mixing(key_dense - query, key_sparse - query, check_values=False)
     lam_raw = 1.0 - gamma_raw
     lam = lam_raw.clamp(lo, hi)
     clamped = (lam_raw < lo) | (lam_raw > hi)
