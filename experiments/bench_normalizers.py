@@ -5,8 +5,8 @@ fp32 CPU, 2 threads, attention-score tensors z = q kᵀ/√64 with q, k ~ N(0, 1
 round-robin, so a drift in machine load hits all of them alike; the table reports medians over rounds and
 ratios measured in this one run.
 
-Targets (issue 2): our alpha=1.5 entmax >= 5x faster than entmax.entmax15 at Lk=77 and >= 10x at Lk=1024;
-within 3x of torch.softmax at Lk=77.
+Targets (issues 2 and 9): our alpha=1.5 entmax >= 5x faster than entmax.entmax15 at Lk=77 and >= 10x at
+Lk=1024; within 3x of torch.softmax at Lk=77.
 
 Usage: python experiments/bench_normalizers.py [--rounds N] [--quick]
 """
@@ -55,7 +55,7 @@ def main(argv=None):
     torch.set_num_threads(2)
     contention = Contention().__enter__()
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, median of {rounds} rounds "
-          f"(entmax_bisect: {min(rounds, 3)})\n")
+          f"(entmax_bisect: {min(rounds, 3)}), load average before the run {os.getloadavg()[0]:.2f}\n")
     verdicts = []
     for shape in SHAPES:
         x = attention_scores(shape)
@@ -81,6 +81,7 @@ def main(argv=None):
         print()
     contention.__exit__(None, None, None)
     print(contention.report())
+    print(f"load average after the run {os.getloadavg()[0]:.2f}")
     print("targets")
     for what, value, ok in verdicts:
         print(f"  {what:40s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from hopfield_gag import gag_attention
 from hopfield_gag.guidance.attention import METHODS
-from hopfield_gag.ops import _kernel
+from hopfield_gag.ops import _kernel, fused
 from hopfield_gag.ops import normalizers as N
 
 _SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero")
@@ -35,6 +35,7 @@ def qkv(seed, b=1, h=2, lq=12, lk=7, d=4, dtype=torch.float32):
 def torch_path(monkeypatch):
     """Force the path CUDA tensors take (the sync-free PyTorch entmax) on CPU."""
     monkeypatch.setattr(N, "_kernel_applies", lambda z: False)
+    monkeypatch.setattr(fused, "available", lambda device, dtype: False)
 
 
 # ---------------------------------------------------------------------------------------------- syncs
@@ -73,6 +74,7 @@ def test_entmax_op_is_sync_free(torch_path):
 def test_value_errors_still_name_the_argument(monkeypatch, use_kernel):
     if not use_kernel:
         monkeypatch.setattr(N, "_kernel_applies", lambda z: False)
+        monkeypatch.setattr(fused, "available", lambda device, dtype: False)
     q, k, v = qkv(2)
     for name, idx in (("q", 0), ("k", 1), ("v", 2)):
         for bad_value in (math.nan, math.inf, -math.inf):
