@@ -138,6 +138,8 @@ def test_flags_and_nan_rows(torch_path):
     assert int(flags) == N._FLAG_NONFINITE | N._FLAG_EMPTY
     assert torch.isnan(p[1]).all() and torch.isnan(p[2]).all()
     assert torch.isfinite(p[0]).all() and torch.isfinite(p[3]).all()
+    if _kernel.load() is None:
+        return  # no C compiler here: the torch path above is the whole op
     pk, fk = N._kernel_entmax(z, 1.5)
     assert fk == int(flags)
     assert torch.isnan(pk[1]).all() and torch.isnan(pk[2]).all()

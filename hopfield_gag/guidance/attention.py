@@ -28,15 +28,20 @@ Finally ``strength`` :math:`t` returns :math:`d + t(o - d)`; :math:`t = 0` retur
 the GAG rule itself at :math:`\lambda = 0` is pure sparse attention, not dense).
 
 Implementation: queries are processed in chunks (peak extra memory bounded by a budget); per chunk the
-scores are computed once, normalized densely (``torch.softmax``) and sparsely (the exact sort-free entmax of
-:mod:`hopfield_gag.normalizers`, which also rejects NaN/+inf scores and fully masked rows), multiplied by
-``v`` (and by ``k`` for ``aa``), and combined per (token, head) in fp32 or higher. Half-precision inputs are
-computed in fp32 and the output is cast back. Everything is differentiable.
+scores are computed once, normalized densely (``torch.softmax``) and sparsely (the exact sort-free entmax op
+``hopfield_gag::entmax`` of :mod:`hopfield_gag.ops.normalizers`, which flags NaN/+inf scores and fully masked
+rows without a host synchronization), multiplied by ``v`` (and by ``k`` for ``aa``), and combined per
+(token, head) in fp32 or higher. Half-precision inputs are computed in fp32 and the output is cast back.
+This portable path is differentiable, sync-free with ``checks=False`` and traceable by
+``torch.compile(fullgraph=True)``; it is what non-CPU devices and autograd use.
 
-The two probability maps are multiplied by ``v`` in two matmuls, not one batched matmul over their stack:
-on CPU the stacking copy costs more than it saves (measured at (2,8,1024,77)/(2,8,1024,1024): 1.59/47.4 ms
-stacked vs 1.13/16.4 ms separately), and writing both maps into one preallocated buffer would need
-``out=`` variants, which do not support autograd.
+Eager CPU calls without autograd take a fused path (:mod:`hopfield_gag.ops.fused`): one C pass writes the
+softmax and the entmax rows of a chunk into one (2, rows, Lk) buffer, a single GEMM multiplies it by ``v``,
+and the per-token combination runs in C, writing the output in place. (Stacking the two maps with
+``torch.stack`` instead costs more than it saves; writing them into one buffer needs the kernel.)
+
+Value checks (non-finite q/k/v, fully masked rows) read device data exactly once per call, at the end;
+``checks=False`` or ``HOPFIELD_GAG_CHECKS=0`` skips them.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Build-once loader for the row-wise entmax C kernel (``_entmax_kernel.c``).
+"""Build-once loader for the row-wise entmax C kernel (``_entmax_kernel.c``), which also holds the fused
+attention pieces of :mod:`.fused` (both maps of a chunk in one pass; the per-token combination).
 
 Why a C kernel: the sort-free threshold search needs ~30 elementwise passes over the score tensor in
 eager PyTorch, each materializing a temporary; per row in C the same work stays in L1 cache. The kernel is

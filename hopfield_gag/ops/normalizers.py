@@ -341,10 +341,12 @@ def _entmax_torch(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     r = 1.0 / a
     n = z.shape[-1]
     x = (work - zmax).mul_(a)  # -inf entries stay -inf and drop out of every sum below
+    # the bracket [lo, lo + width] has the same width in every row, halved each step: only lo is a tensor
     lo = torch.full_like(zmax, -1.0)
-    hi = torch.full_like(zmax, -((1.0 / n) ** a))
+    width = 1.0 - (1.0 / n) ** a
     for _ in range(bisection_budget(n, alpha, work.dtype)):
-        mid = (lo + hi).mul_(0.5)
+        width *= 0.5
+        mid = lo + width
         y = (x - mid).clamp_min_(0)
         if kind == 1:
             f = y.sum(-1, keepdim=True)
@@ -352,9 +354,8 @@ def _entmax_torch(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
             f = torch.linalg.vecdot(y, y).unsqueeze(-1)
         else:
             f = y.pow_(r).sum(-1, keepdim=True)
-        above = f >= 1.0
-        lo = torch.where(above, mid, lo)
-        hi = torch.where(above, hi, mid)
+        lo = torch.where(f >= 1.0, mid, lo)
+    hi = lo + width
     y = (x - lo).clamp_min_(0)
     if kind:
         s0 = (y > 0).sum(-1, keepdim=True).to(y.dtype)
