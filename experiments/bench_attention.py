@@ -28,6 +28,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# measure the package of this checkout, not whichever copy is installed
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _benchutil import Contention, round_robin_medians  # noqa: E402
 import torch.nn.functional as F
 
@@ -63,6 +65,7 @@ def contenders(q, k, v):
 _MEMORY_CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
+sys.path.insert(1, sys.argv[2] + "/..")
 from _benchutil import peak_rss_above_baseline
 torch.set_num_threads(2)
 from hopfield_gag import gag_attention

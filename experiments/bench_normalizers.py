@@ -19,6 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# measure the package of this checkout, not whichever copy is installed
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _benchutil import Contention, round_robin_medians  # noqa: E402
 
 import entmax as entmax_pkg
