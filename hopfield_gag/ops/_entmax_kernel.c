@@ -261,13 +261,15 @@ DEFINE_ROW(row_f64, double)
         P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
         int64_t flags = 0;                                                                     \
         /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
-           OpenMP thread costs more than the work */                                           \
+           OpenMP thread costs more than the work. Rows are dealt in small dynamic chunks: on a   \
+           shared machine a descheduled thread then stalls the region by one chunk, not by half  \
+           of the rows. */                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
             double *buf = (double *)malloc((size_t)n * 2 * sizeof(double)); /* + a spare */   \
             if (buf == NULL) flags |= 8;                                                       \
-            _Pragma("omp for schedule(static)")                                                \
+            _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
                 if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, &P, buf);           \
             free(buf);                                                                         \
@@ -352,7 +354,7 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
         {                                                                                      \
             double *buf = (double *)malloc((size_t)n * 2 * sizeof(double));                    \
             if (buf == NULL) flags |= 8;                                                       \
-            _Pragma("omp for schedule(static)")                                                \
+            _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row) {                                         \
                 if (buf == NULL) continue;                                                     \
                 const int64_t g = row / group, i = row % group;                                \
@@ -382,7 +384,7 @@ DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
     void NAME(const T *R, T *out, int64_t G, int64_t group, int64_t dv, int64_t out_gstride,   \
               int method, double lam, double eta, double zeta, double strength, int nthreads) {\
         const int64_t rows = G * group;                                                        \
-        _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(rows * dv >= 65536)")\
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 256) if(rows * dv >= 65536)")\
         for (int64_t row = 0; row < rows; ++row) {                                             \
             const int64_t g = row / group, i = row % group;                                    \
             const T *d = R + ((2 * g) * group + i) * dv;                                       \
