@@ -443,7 +443,14 @@ def _entmax_backward(ctx, grad_p, grad_flags):
 entmax_op.register_autograd(_entmax_backward, setup_context=_entmax_setup)
 
 
-_ALGORITHMS = {"sort": _entmax_sort, "bisect": _entmax_bisect}  # references; "newton" is entmax_op
+def _entmax_newton(z: Tensor, alpha: float, dim: int) -> Tensor:
+    """The op along ``dim``, raising on its flags (for :class:`EntmaxFunction`; :func:`entmax` calls the op)."""
+    p, flags = entmax_op(z.movedim(dim, -1), alpha)
+    _raise_for_flags(flags)
+    return p.movedim(-1, dim)
+
+
+_ALGORITHMS = {"newton": _entmax_newton, "sort": _entmax_sort, "bisect": _entmax_bisect}
 
 # ----------------------------------------------------------------------------------------------------------
 # autograd Functions
