@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_choice, check_qkv, check_scalar, default_scale
+from .._validation import check_choice, check_finite, check_qkv, check_scalar, default_scale, nonfinite_any
 from .combine import COMBINE_METHODS, PARALLEL_RULES
 
 __all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
@@ -277,7 +277,14 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_pow2(dim), BLOCK_DV=_pow2(dv),
         num_warps=num_warps,
     )
-    status = int(flag.item())
+    # one host synchronization: the kernel's status word and the finiteness of k and v (a NaN in v never
+    # shows in the scores); on the error path only, name the culprit as gag_attention's torch path does
+    bad = nonfinite_any(k, v)
+    status = int((flag[0] | bad.to(flag.dtype) * 8).item())
+    if status & (1 | 2 | 8):
+        check_finite("q", q)
+        check_finite("k", k)
+        check_finite("v", v)
     if status & 1:
         raise ValueError("the scores (B, H, Lq, Lk) must not contain NaN or +inf (does q·k overflow?)")
     if status & 2:
