@@ -32,6 +32,10 @@ static int g_maxit = 300;
 void hg_set_max_iter(int m) { g_maxit = m > 0 ? m : 300; }
 int hg_get_max_iter(void) { return g_maxit; }
 
+/* max(x, 0) for non-NaN x. Not fmax: without -ffast-math fmax must honour NaN and stays a libm call,
+   which also blocks vectorization; the rows reaching these loops hold no NaN. */
+static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
+
 typedef struct {
     double alpha, a, r, inv_a;
     double hi0; /* upper bracket end (shifted): -(1/n)^a / a; p_i <= 1/n there, so sum p <= 1 */
@@ -78,7 +82,7 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
         } else {
 #pragma omp simd reduction(+ : s0, s1, s2)
             for (int64_t i = 0; i < m; ++i) {
-                const double y = fmax(buf[i] - t, 0.0);
+                const double y = pos(buf[i] - t);
                 s0 += y > 0;
                 s1 += y;
                 s2 += y * y;
@@ -220,7 +224,7 @@ static double threshold15(double **cand, double **spare, int64_t *m_io, const pa
             const int sq = P->kind == 2;                                                       \
             _Pragma("omp simd reduction(+ : sum)")                                             \
             for (int64_t i = 0; i < m; ++i) {                                                  \
-                const double y = a * fmax(buf[i] - tau, 0.0);                                  \
+                const double y = a * pos(buf[i] - tau);                                          \
                 sum += sq ? y * y : y;                                                         \
             }                                                                                  \
         }                                                                                      \
@@ -229,13 +233,13 @@ static double threshold15(double **cand, double **spare, int64_t *m_io, const pa
             const double c = a * a * inv_sum;                                                  \
             _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double y = fmax(((double)z[i] - zmax) - tau, 0.0);                       \
+                const double y = pos(((double)z[i] - zmax) - tau);                               \
                 p[i] = (T)(c * y * y);                                                         \
             }                                                                                  \
         } else if (P->kind == 1) {                                                             \
             _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i)                                                    \
-                p[i] = (T)(fmax(((double)z[i] - zmax) - tau, 0.0) * inv_sum);                  \
+                p[i] = (T)(pos(((double)z[i] - zmax) - tau) * inv_sum);                          \
         } else {                                                                               \
             for (int64_t i = 0; i < n; ++i) {                                                  \
                 const double y = ((double)z[i] - zmax) - tau;                                  \
