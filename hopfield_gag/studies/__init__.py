@@ -1,5 +1,23 @@
 """Numerical studies: each is a map over shards (toy problems, store shards, seeds) to mergeable statistics
-and a reduce to a table (:mod:`hopfield_gag.studies.mapreduce`), runnable on one core, all cores or Dask."""
-from .mapreduce import Histogram, Stats, run_study
+and a reduce to a table (:mod:`hopfield_gag.studies.mapreduce`), runnable on one core, all cores or Dask.
 
-__all__ = ["Histogram", "Stats", "run_study"]
+=========================  ============================================================================
+``study_acceleration``     iterations to tolerance of dense / sparse / AA(m) / PLADIS / GAG / AA-adaptive
+                           on toy Hopfield problems in the global, metastable and single-pattern regimes
+=========================  ============================================================================
+"""
+from .mapreduce import Histogram, Stats, run_study
+from .acceleration import (
+    ACCELERATION_COLUMNS,
+    AccelerationConfig,
+    acceleration_methods,
+    acceleration_problem,
+    acceleration_trajectory,
+    study_acceleration,
+)
+
+__all__ = [
+    "Histogram", "Stats", "run_study",
+    "ACCELERATION_COLUMNS", "AccelerationConfig", "acceleration_methods", "acceleration_problem",
+    "acceleration_trajectory", "study_acceleration",
+]

@@ -28,12 +28,13 @@ exceptions are retried ``retries`` times), so the table is still exact. Dask is 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Histogram", "Stats", "run_study", "SCHEDULERS"]
+__all__ = ["Histogram", "Stats", "run_study", "SCHEDULERS", "torch_threads", "add_scheduler_args"]
 
 SCHEDULERS = ("sync", "processes", "local", "tcp://HOST:PORT")
 
@@ -151,6 +152,21 @@ class Stats:
                     mine[name] = Histogram(h.edges, h.counts.copy(), h.n, h.n_nonfinite, h.total,
                                            h.total_sq, h.lo, h.hi)
         return self
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``torch.set_num_threads(n)`` and restore the previous count. Toy-sized maps run
+    faster single-threaded (intra-op threads only add synchronization, badly so on a loaded machine), and
+    parallelism comes from the shards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _to_numpy(values):
