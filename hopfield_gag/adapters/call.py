@@ -53,11 +53,13 @@ class AttentionCall:
     num_steps : int or None
         Number of denoising steps of the schedule, when known.
     timestep : float or None
-        Timestep or sigma of this step, when known.
+        Timestep of this step (the scheduler's value), when known.
     branches : tuple of str or None
         Per batch row, ``"cond"`` or ``"uncond"`` when the batch carries a CFG pair; None if unknown.
     extra : dict
         Architecture-specific facts an attention function may read (e.g. the number of text tokens).
+    sigma : float or None
+        Noise level of this step (``scheduler.sigmas[step]``), when the scheduler has sigmas.
     """
 
     q: Tensor
@@ -75,6 +77,7 @@ class AttentionCall:
     timestep: Optional[float] = None
     branches: Optional[tuple] = None
     extra: dict = field(default_factory=dict)
+    sigma: Optional[float] = None
 
 
 class AttentionFn(Protocol):
