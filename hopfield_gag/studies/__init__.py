@@ -7,6 +7,7 @@ and a reduce to a table (:mod:`hopfield_gag.studies.mapreduce`), runnable on one
 =========================  ============================================================================
 """
 from .mapreduce import Histogram, Stats, run_study
+from .directional import DIRECTIONAL_COLUMNS, DirectionalConfig, study_directional
 from .acceleration import (
     ACCELERATION_COLUMNS,
     AccelerationConfig,
@@ -20,4 +21,5 @@ __all__ = [
     "Histogram", "Stats", "run_study",
     "ACCELERATION_COLUMNS", "AccelerationConfig", "acceleration_methods", "acceleration_problem",
     "acceleration_trajectory", "study_acceleration",
+    "DIRECTIONAL_COLUMNS", "DirectionalConfig", "study_directional",
 ]
