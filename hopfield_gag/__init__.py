@@ -56,6 +56,7 @@ from .hopfield import (
     tsallis_conjugate,
     tsallis_entropy,
 )
+from .ops.combine import Combined, combine
 from .ops import (
     Entmax,
     Normalize,

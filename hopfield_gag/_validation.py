@@ -49,11 +49,33 @@ def check_finite(name: str, x: torch.Tensor, *, allow_neg_inf: bool = False) -> 
 
 def check_dim(name: str, dim: int, ndim: int) -> int:
     """Normalize a possibly negative ``dim`` and check it is in range for a tensor of ``ndim`` dims."""
-    if not isinstance(dim, int):
+    if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"{name} must be an int, got {type(dim).__name__}")
     if not -ndim <= dim < max(ndim, 1):
         raise ValueError(f"{name}={dim} is out of range for a tensor with {ndim} dimension(s)")
     return dim % max(ndim, 1)
+
+
+def check_int(name: str, value, *, ge: int | None = None, allow_none: bool = False) -> int | None:
+    """Require a Python ``int`` (not ``bool``) ``>= ge``; ``None`` passes if ``allow_none``. Returns it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (ge is not None and value < ge):
+        what = "an int" + ("" if ge is None else f" >= {ge}") + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: tuple) -> str:
+    """Require ``value`` to be one of ``choices``; the error lists them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def default_scale(scale, d: int) -> float:
+    """The score scale: ``scale`` checked to be a finite float > 0, or SDPA's default :math:`1/\\sqrt d`."""
+    return 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
 
 
 def check_scalar(

@@ -221,7 +221,7 @@ def test_module_wrapper():
         (dict(alpha=1.0), "alpha must be > 1"),
         (dict(strength=-0.1), "strength must be >= 0"),
         (dict(method="cfg"), "method must be one of"),
-        (dict(chunk_size=0), "chunk_size must be a positive int"),
+        (dict(chunk_size=0), r"chunk_size must be an int >= 1 or None"),
         (dict(scale=-1.0), "scale must be > 0"),
         (dict(mask=torch.ones(3, 3, dtype=torch.bool)), "mask of shape"),
         (dict(mask=torch.ones(4, 5, dtype=torch.int32)), "mask must have dtype bool"),

@@ -7,14 +7,17 @@ With the sparse output as the newest image :math:`g(x_k) = s` and the dense outp
 """
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .._validation import check_output_pair, check_qkv, check_finite, check_scalar, check_tensor, compute_dtype
+from .._validation import (
+    check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, compute_dtype, default_scale,
+)
+from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference
 from ..ops.normalizers import normalize
 
 __all__ = [
@@ -87,7 +90,7 @@ class AA1Extrapolation:
         if self.method == "pladis":
             return self.gamma[..., None, None] * eye
         ss = (s * s).sum(-1, keepdim=True)
-        tiny = torch.finfo(s.dtype).tiny
+        tiny = torch.finfo(s.dtype).tiny  # s counts as zero below it (hopfield_gag.ops.combine)
         u = torch.where(ss > tiny, s / ss.clamp_min(tiny).sqrt(), torch.zeros_like(s))
         P = self.zeta * eye + (1.0 - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
         return self.gamma[..., None, None] * P
@@ -112,7 +115,8 @@ def extrapolation_as_aa(
     lam=None,
     eta: float = 15.0,
     zeta: float = 0.0,
-    eps: float = 1e-12,
+    eps: float | None = None,
+    parallel: str = "paper",
 ) -> AA1Extrapolation:
     r"""The AA(1) step an attention extrapolation implies: :math:`o = s - \gamma D`.
 
@@ -146,9 +150,12 @@ def extrapolation_as_aa(
         GAG norm cap.
     zeta : float in [0, 1], default 0.0
         GAG weight of the orthogonal part.
-    eps : float > 0, default 1e-12
-        Floor of :math:`\lVert s\rVert^2` and :math:`\lVert D\rVert` in the GAG divisions (as in the
-        reference implementations).
+    eps : None
+        Deprecated and ignored (it was an absolute floor of :math:`\lVert s\rVert^2` and :math:`\lVert D\rVert`,
+        which disagreed with the method's own formula at small norms). The small-norm rule is now the one
+        of :mod:`hopfield_gag.ops.combine`, so ``output`` equals :func:`hopfield_gag.gag_attention`'s formula.
+    parallel : {"paper", "positive"}
+        GAG's parallel rule (:func:`hopfield_gag.ops.combine.combine`).
 
     Returns
     -------
@@ -162,36 +169,32 @@ def extrapolation_as_aa(
     arXiv 2603.02531; Walker & Ni 2011 (AA(1)).
     """
     check_output_pair(dense, sparse)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
+    if eps is not None:
+        warnings.warn("extrapolation_as_aa(eps=...) is deprecated and ignored: small norms follow the rule of "
+                      "hopfield_gag.ops.combine", DeprecationWarning, stacklevel=2)
     if lam is None:
         lam = _DEFAULT_LAM[method]
     lam = _as_scalar_or_tensor("lam", lam, dense)
-    eps = check_scalar("eps", eps, gt=0.0)
     dt = dense.dtype
     cd = compute_dtype(dt)
     d, s = dense.to(cd), sparse.to(cd)
-    lam_t = lam.to(cd) if isinstance(lam, Tensor) else torch.as_tensor(lam, dtype=cd, device=d.device)
-    delta = s - d
-    batch = torch.broadcast_shapes(d.shape[:-1], lam_t.shape)
+    if isinstance(lam, Tensor):
+        lam = lam.to(cd)
+    batch = torch.broadcast_shapes(d.shape[:-1], s.shape[:-1], lam.shape if isinstance(lam, Tensor) else ())
     if method == "pladis":
-        gamma = (1.0 - lam_t).expand(batch)
-        diff = delta
-        cap = torch.ones(batch, dtype=cd, device=d.device)
+        r = combine("pladis", d, s, lam=lam)
+        gamma = (1.0 - r.token_scale).expand(batch)
+        diff = s - d
         zeta_v = 1.0
     else:
-        eta = check_scalar("eta", eta, gt=0.0)
         zeta_v = check_scalar("zeta", zeta, ge=0.0, le=1.0)
-        c = (delta * s).sum(-1, keepdim=True) / (s * s).sum(-1, keepdim=True).clamp_min(eps)
-        par = c * s
-        diff = par + zeta_v * (delta - par)
-        norm = torch.linalg.vector_norm(diff, dim=-1)
-        cap = torch.clamp(eta / norm.clamp_min(eps), max=1.0)
-        gamma = -lam_t * cap
-    out = s - gamma.unsqueeze(-1) * diff
+        r = combine("gag", d, s, lam=lam, eta=eta, zeta=zeta_v, parallel=parallel)
+        diff = gag_difference(d, s, r.parallel_coef, zeta_v, parallel)
+        gamma = (-r.token_scale).expand(batch)
     return AA1Extrapolation(
-        method=method, gamma=gamma.to(dt), difference=diff.to(dt), output=out.to(dt), newest=sparse,
-        previous=dense, cap_factor=cap.to(dt), zeta=zeta_v,
+        method=method, gamma=gamma.to(dt), difference=diff.to(dt), output=r.output.to(dt), newest=sparse,
+        previous=dense, cap_factor=r.cap_factor.expand(batch).to(dt), zeta=zeta_v,
     )
 
 
@@ -230,17 +233,9 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
     if f_prev.shape != f_curr.shape:
         raise ValueError(f"f_curr must have the shape of f_prev {tuple(f_prev.shape)}, got {tuple(f_curr.shape)}")
     cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
-    a, b = f_prev.to(cd), f_curr.to(cd)
-    if rel_eps is None:
-        rel_eps = 64.0 * torch.finfo(cd).eps
-    rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)
-    diff = b - a
-    den = (diff * diff).sum(-1)
-    num = (b * diff).sum(-1)
-    scale = (a * a).sum(-1) + (b * b).sum(-1)
-    degenerate = (den <= rel_eps**2 * scale) | (den <= torch.finfo(cd).tiny)
-    gamma = torch.where(degenerate, torch.zeros_like(num), num / torch.where(degenerate, torch.ones_like(den), den))
-    return gamma, degenerate
+    if rel_eps is not None:
+        rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)
+    return aa1_gamma(f_prev.to(cd), f_curr.to(cd), rel_eps)
 
 
 @dataclass(frozen=True)
@@ -298,11 +293,11 @@ def aa_scale_from_retrievals(
     (lam, gamma_raw, degenerate, clamped), each (..., Lq): the clamped scale, the unclamped
     :math:`\gamma^\star`, the degenerate mask and the clamp-active mask.
     """
-    gamma_raw, degenerate = aa1_mixing(key_dense - query, key_sparse - query)
-    lam_raw = 1.0 - gamma_raw
-    lam = lam_raw.clamp(lo, hi)
-    clamped = (lam_raw < lo) | (lam_raw > hi)
-    return lam, gamma_raw, degenerate, clamped
+    for name, x in (("query", query), ("key_dense", key_dense), ("key_sparse", key_sparse)):
+        check_tensor(name, x, min_dim=1)
+        check_finite(name, x)
+    cd = compute_dtype(query.dtype)
+    return aa_token_scale(query.to(cd), key_dense.to(cd), key_sparse.to(cd), lo, hi)
 
 
 def aa_adaptive_scale(
@@ -372,8 +367,7 @@ def aa_adaptive_scale(
     re-iteration in key space); Kim & Sim 2025 (PLADIS); Toth & Kelley 2015 (bounded coefficients).
     """
     check_qkv(q, k, v)
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
+    scale = default_scale(scale, q.shape[-1])
     alpha = check_scalar("alpha", alpha, gt=1.0)
     lo = check_scalar("lo", lo)
     hi = check_scalar("hi", hi)

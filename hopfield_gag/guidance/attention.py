@@ -48,19 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import normalizers
-from .._validation import check_qkv, check_scalar, compute_dtype
-from .aa1 import aa_scale_from_retrievals
-
-__all__ = [
-    "gag_attention",
-    "GAGParts",
-    "METHODS",
-    "GAGAttention",
-]
+from .._validation import check_choice, check_int, check_qkv, check_scalar, compute_dtype, default_scale
+from ..ops.combine import COMBINE_METHODS, PARALLEL_RULES, combine
 
 __all__ = ["gag_attention", "GAGParts", "METHODS", "GAGAttention"]
 
-METHODS = ("dense", "sparse", "pladis", "gag", "aa")
+METHODS = COMBINE_METHODS
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of score-sized temporaries per chunk
 _SCORE_TEMPORARIES = 5  # z, p_dense, p_sparse, and two transient buffers of the normalizers
 
@@ -115,17 +108,17 @@ def _check_inputs(q, k, v, mask):
     return scores_shape
 
 
-def _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range, parallel="paper"):
+    """Validate the options; ``d=None`` (no inputs yet, ``GAGAttention``) leaves a ``None`` scale unresolved."""
+    check_choice("method", method, METHODS)
+    check_choice("parallel", parallel, PARALLEL_RULES)
     lam = check_scalar("lam", lam, ge=0.0)
     eta = check_scalar("eta", eta, gt=0.0)
     zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
     alpha = check_scalar("alpha", alpha, gt=1.0)
     strength = check_scalar("strength", strength, ge=0.0)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    scale = 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
+    check_int("chunk_size", chunk_size, ge=1, allow_none=True)
+    scale = None if d is None and scale is None else default_scale(scale, d)
     lo, hi = (check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1]))
     if not lo < hi:
         raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
@@ -140,49 +133,12 @@ def _auto_chunk(scores_shape, itemsize: int, budget: int) -> int:
 # ---------------------------------------------------------------------------------------------------- combine
 
 
-def _safe_div(num: Tensor, den: Tensor) -> Tensor:
-    """num/den where den > 0, else 0 (no inf in the untaken branch, so gradients stay finite)."""
-    pos = den > 0
-    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(num))
-
-
-def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_range=(0.0, 3.0)):
-    """Per (token, head) combination in the compute dtype. Returns (o, c, cap_active, token_scale).
-
-    Written to touch the (tokens x Dv) outputs as few times as possible: Delta is never materialized,
-    c = <s - d, s>/|s|^2 = 1 - <d, s>/|s|^2 comes from one norm and one dot product, and the linear
-    blends are single lerp passes.
-    """
-    s_norm = torch.linalg.vector_norm(s, dim=-1)
-    ss = s_norm * s_norm
-    c = _safe_div(ss - torch.linalg.vecdot(d, s), ss)
-    no_cap = torch.zeros_like(c, dtype=torch.bool)
-    if method == "dense":
-        return d, c, no_cap, torch.zeros_like(c)
-    if method == "sparse":
-        return s, c, no_cap, torch.ones_like(c)
-    if method == "pladis":
-        return torch.lerp(d, s, lam), c, no_cap, torch.full_like(c, lam)
-    if method == "aa":
-        # residuals in key space, where the Hopfield state (the query) lives: f_{k-1} = p_d k - q,
-        # f_k = p_s k - q (anderson.aa_adaptive_scale); lambda* = 1 - gamma*, clamped.
-        lam_tok = aa_scale_from_retrievals(q_key, kd, ks, aa_range[0], aa_range[1])[0]
-        return torch.lerp(d, s, lam_tok.unsqueeze(-1)), c, no_cap, lam_tok
-    # gag: g = Delta_par + zeta Delta_perp = zeta Delta + (1 - zeta) c s
-    if zeta == 0.0:
-        gnorm = c.abs() * s_norm
-    else:
-        g = zeta * (s - d) + (1.0 - zeta) * c.unsqueeze(-1) * s
-        gnorm = torch.linalg.vector_norm(g, dim=-1)
-    cap_active = gnorm > eta
-    factor = torch.where(cap_active, eta / torch.where(cap_active, gnorm, torch.ones_like(gnorm)), torch.ones_like(gnorm))
-    token_scale = lam * factor
-    if zeta == 0.0:
-        # o = s + lam * factor * c * s: a radial rescaling of the sparse output (THEORY.md)
-        o = s * (1.0 + token_scale * c).unsqueeze(-1)
-    else:
-        o = torch.addcmul(s, token_scale.unsqueeze(-1), g)
-    return o, c, cap_active, token_scale
+def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_range=(0.0, 3.0), parallel="paper"):
+    """Per (token, head) combination in the compute dtype (:func:`hopfield_gag.ops.combine.combine`).
+    Returns (o, c, cap_active, token_scale)."""
+    r = combine(method, d, s, lam=lam, eta=eta, zeta=zeta, parallel=parallel, q_key=q_key, dense_key=kd,
+                sparse_key=ks, aa_range=aa_range)
+    return r.output, r.parallel_coef, r.cap_active, r.token_scale
 
 
 # ---------------------------------------------------------------------------------------------------- op
@@ -205,6 +161,7 @@ def gag_attention(
     return_parts: bool = False,
     aa_range: tuple[float, float] = (0.0, 3.0),
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    parallel: str = "paper",
 ):
     r"""Geometry-aware attention guidance and its special cases (module docstring for the formulas).
 
@@ -238,6 +195,10 @@ def gag_attention(
         Clamp range of the per-token scale of ``aa`` (default (0, 3)).
     memory_budget : int
         Bytes of score-sized temporaries per chunk when ``chunk_size`` is None (default 256 MiB).
+    parallel : {"paper", "positive"}
+        ``gag``'s parallel rule: the paper's :math:`\Delta_\parallel = c\,s` (default), or the one-sided
+        :math:`\max(c, 0)\,s` that amplifies :math:`\Delta_\parallel` only where it points along :math:`s`
+        (:mod:`hopfield_gag.ops.combine`).
 
     Returns
     -------
@@ -247,11 +208,12 @@ def gag_attention(
     ------
     ValueError
         Shape/dtype/device mismatches, non-finite inputs, a fully masked query row, ``lam < 0``,
-        ``eta <= 0``, ``zeta`` outside [0, 1], ``alpha <= 1``, ``strength < 0``, an unknown method.
+        ``eta <= 0``, ``zeta`` outside [0, 1], ``alpha <= 1``, ``strength < 0``, an unknown method or
+        ``parallel`` rule.
     """
     scores_shape = _check_inputs(q, k, v, mask)
     lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
-        method, lam, eta, zeta, alpha, strength, chunk_size, scale, q.shape[-1], aa_range
+        method, lam, eta, zeta, alpha, strength, chunk_size, scale, q.shape[-1], aa_range, parallel
     )
 
     if not return_parts and (method == "dense" or strength == 0.0):
@@ -284,7 +246,7 @@ def gag_attention(
         if method == "aa":
             o, c, cap, tok = _combine(method, d, s, lam, eta, zeta, q_chunk, r_dense[..., dv:], r_sparse[..., dv:], aa_range)
         else:
-            o, c, cap, tok = _combine(method, d, s, lam, eta, zeta)
+            o, c, cap, tok = _combine(method, d, s, lam, eta, zeta, parallel=parallel)
         outs.append(o if strength == 1.0 else torch.lerp(d, o, strength))
         if return_parts:
             parts.append((d, s, s - d, c, cap, tok, o))
@@ -302,10 +264,12 @@ def gag_attention(
 class GAGAttention(torch.nn.Module):
     """Module holding the options of :func:`gag_attention`; ``forward(q, k, v, mask=None)``."""
 
-    def __init__(self, method="gag", lam=10.0, eta=15.0, zeta=0.0, alpha=1.5, strength=1.0, scale=None, chunk_size=None):
+    def __init__(self, method="gag", lam=10.0, eta=15.0, zeta=0.0, alpha=1.5, strength=1.0, scale=None, chunk_size=None,
+                 parallel="paper"):
         super().__init__()
-        self.options = dict(method=method, lam=lam, eta=eta, zeta=zeta, alpha=alpha, strength=strength, scale=scale, chunk_size=chunk_size)
-        _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, 1, (0.0, 3.0))
+        self.options = dict(method=method, lam=lam, eta=eta, zeta=zeta, alpha=alpha, strength=strength, scale=scale,
+                            chunk_size=chunk_size, parallel=parallel)
+        _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, None, (0.0, 3.0), parallel)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         return gag_attention(q, k, v, mask=mask, **self.options)

@@ -34,13 +34,18 @@ def reference_gag_attention(
     alpha: float = 1.5,
     strength: float = 1.0,
     aa_range: tuple[float, float] = (0.0, 3.0),
+    parallel: str = "paper",
 ) -> Tensor:
     r"""Slow, obviously correct oracle for :func:`gag_attention`: float64, plain loops over every
     (batch, head, query), the sort/bisection normalizers, and the formulas written out one token at a
-    time. Same arguments and output shape (float64) as :func:`gag_attention`; for tests and audits only."""
+    time. Same arguments and output shape (float64) as :func:`gag_attention`; for tests and audits only.
+
+    ``parallel="positive"`` keeps the parallel part :math:`c\,s` only for tokens with :math:`c \ge 0`
+    (else drops it); the perpendicular part :math:`\Delta - c\,s` is weighted by :math:`\zeta` either way.
+    """
     scores_shape = _check_inputs(q, k, v, mask)
     lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
-        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range
+        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range, parallel
     )
     batch = scores_shape[:-2]
     qb = q.double().expand(*batch, *q.shape[-2:])
@@ -65,7 +70,9 @@ def reference_gag_attention(
             d = sum(p_d[j] * V[j] for j in range(K.shape[0]))
             s = sum(p_s[j] * V[j] for j in range(K.shape[0]))
             delta = s - d
-            c = float(torch.dot(delta, s) / torch.dot(s, s)) if float(torch.dot(s, s)) > 0 else 0.0
+            # s counts as zero when |s|^2 is not a normal float64 (hopfield_gag.ops.combine, small-norm rule)
+            ss = float(torch.dot(s, s))
+            c = float(torch.dot(delta, s)) / ss if ss > torch.finfo(torch.float64).tiny else 0.0
             if method == "dense":
                 o = d
             elif method == "sparse":
@@ -73,8 +80,9 @@ def reference_gag_attention(
             elif method == "pladis":
                 o = d + lam * (s - d)
             elif method == "gag":
-                par = c * s
-                g = par + zeta * (delta - par)
+                perp = delta - c * s
+                keep_parallel = parallel == "paper" or c >= 0.0
+                g = (c * s if keep_parallel else torch.zeros_like(s)) + zeta * perp
                 gn = float(torch.linalg.vector_norm(g))
                 o = s + lam * (g * min(1.0, eta / gn) if gn > 0 else g)
             else:  # aa

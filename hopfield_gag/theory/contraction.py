@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._validation import check_output_pair, check_scalar, check_tensor, compute_dtype
+from .._validation import check_int, check_output_pair, check_scalar, check_tensor, compute_dtype
+from ..ops.combine import cap_factor, combine
 from ..hopfield.dynamics import retrieval_map
 from ..hopfield.diagnostics import separation
 from .discrepancy import _check_alpha, sparse_dense_discrepancy
@@ -38,19 +39,19 @@ def norm_cap(g: Tensor, eta: float | None) -> Tensor:
     if eta is None:
         return g
     eta = check_scalar("eta", eta, gt=0.0)
-    n = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
-    factor = torch.where(n > eta, eta / torch.where(n > eta, n, torch.ones_like(n)), torch.ones_like(n))
-    return g * factor
+    factor, _ = cap_factor(torch.linalg.vector_norm(g, dim=-1), eta)
+    return g * factor.unsqueeze(-1)
 
 
 def gag_output(
-    dense: Tensor, sparse: Tensor, lam: float, eta: float | None, zeta: float = 0.0
+    dense: Tensor, sparse: Tensor, lam: float, eta: float | None, zeta: float = 0.0, parallel: str = "paper"
 ) -> Tensor:
-    r"""Reference GAG formula on output vectors (the slow oracle for ``hopfield_gag.attention``).
+    r"""The GAG formula on output vectors (:func:`hopfield_gag.ops.combine.combine` with ``method="gag"``).
 
     .. math::
 
-        \Delta = s - d,\quad c = \frac{\langle\Delta, s\rangle}{\lVert s\rVert^2}\ (0 \text{ if } s = 0),
+        \Delta = s - d,\quad c = \frac{\langle\Delta, s\rangle}{\lVert s\rVert^2}\ (0 \text{ if } \lVert s\rVert^2
+        \text{ is not a normal float; } \texttt{combine}),
         \quad g = c\,s + \zeta(\Delta - c\,s),\quad
         o = s + \lambda\, g \min\!\big(1, \eta/\lVert g\rVert\big).
 
@@ -68,6 +69,8 @@ def gag_output(
         Norm cap :math:`\eta` (paper default 15); ``None`` = no cap.
     zeta : float in [0, 1]
         Weight of the orthogonal part (paper default 0).
+    parallel : {"paper", "positive"}
+        ``"positive"`` replaces :math:`c` by :math:`\max(c, 0)` in the parallel part.
 
     Returns
     -------
@@ -79,15 +82,7 @@ def gag_output(
     check_output_pair(dense, sparse)
     lam = check_scalar("lam", lam, ge=0.0)
     zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
-    cd = compute_dtype(dense.dtype)
-    d, s = dense.to(cd), sparse.to(cd)
-    delta = s - d
-    ss = (s * s).sum(-1, keepdim=True)
-    c = torch.where(ss > 0, (delta * s).sum(-1, keepdim=True) / torch.where(ss > 0, ss, torch.ones_like(ss)),
-                    torch.zeros_like(ss))
-    par = c * s
-    g = par + zeta * (delta - par)
-    return (s + lam * norm_cap(g, eta)).to(dense.dtype)
+    return combine("gag", dense, sparse, lam=lam, eta=eta, zeta=zeta, parallel=parallel).output.to(dense.dtype)
 
 
 def gag_update(
@@ -150,8 +145,7 @@ def iterate_map(fn: Callable[[Tensor], Tensor], x0: Tensor, steps: int) -> Tenso
     -------
     Tensor (steps + 1, *x0.shape).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    check_int("steps", steps, ge=0)
     xs = [x0]
     for _ in range(steps):
         xs.append(fn(xs[-1]))

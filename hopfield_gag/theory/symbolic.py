@@ -320,7 +320,7 @@ def gag_as_aa1(dim: int = 3) -> SymbolicIdentity:
 
 
 # --------------------------------------------------------------------------------------------
-# GAG algebra (THEORY.md, "Exact algebra"); numeric checks run the library's gag_output
+# GAG algebra (THEORY.md, "Exact algebra"); numeric checks run the library's combine
 # --------------------------------------------------------------------------------------------
 def _gag_symbols(dim: int):
     s, d = _vec("s", dim), _vec("d", dim)
@@ -334,18 +334,17 @@ def _gag_symbols(dim: int):
 
 
 def _library_check(formula: Callable, n: int, seed: int, **gag_kwargs) -> float:
-    """Max |gag_output(d, s, **kw) - formula(d, s, c)| on random float64 vectors (float64: see
-    ``_NUMERIC_TOL``)."""
+    """Max |combine("gag", d, s, **kw).output - formula(d, s, c)| on random float64 vectors, with c the
+    library's own parallel coefficient (float64: see ``_NUMERIC_TOL``)."""
     import torch
 
-    from .contraction import gag_output
+    from ..ops.combine import combine
 
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(n, 5, generator=g, dtype=torch.float64)
     s = torch.randn(n, 5, generator=g, dtype=torch.float64)
-    c = ((s - d) * s).sum(-1, keepdim=True) / (s * s).sum(-1, keepdim=True)
-    out = gag_output(d, s, **gag_kwargs)
-    return float((out - formula(d, s, c)).abs().max())
+    r = combine("gag", d, s, **gag_kwargs)
+    return float((r.output - formula(d, s, r.parallel_coef.unsqueeze(-1))).abs().max())
 
 
 def gag_zeta1_is_pladis(dim: int = 3) -> SymbolicIdentity:
@@ -353,7 +352,7 @@ def gag_zeta1_is_pladis(dim: int = 3) -> SymbolicIdentity:
 
     .. math::  s + \lambda(\Delta_\parallel + \Delta_\perp) = s + \lambda\Delta = d + (\lambda + 1)(s - d).
 
-    Numeric check: :func:`hopfield_gag.theory.gag_output` with ``zeta=1, eta=None``.
+    Numeric check: :func:`hopfield_gag.ops.combine.combine` (``method="gag"``) with ``zeta=1, eta=None``.
     """
     s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
     lhs = s + lam * (d_par + 1 * d_perp)
@@ -372,7 +371,7 @@ def gag_zeta0_is_radial(dim: int = 3) -> SymbolicIdentity:
 
     With the cap active (:math:`|c|\lVert s\rVert > \eta`) the output is
     :math:`(1 + \lambda\,\mathrm{sign}(c)\,\eta/\lVert s\rVert)s`: the direction is always that of
-    :math:`s` (paper.md §3.3). Numeric check: ``gag_output`` with ``zeta=0``, uncapped and capped.
+    :math:`s` (paper.md §3.3). Numeric check: ``combine("gag", ...)`` with ``zeta=0``, uncapped and capped.
     """
     s, d, lam, zeta, delta, c, d_par, d_perp = _gag_symbols(dim)
     lhs = s + lam * d_par
