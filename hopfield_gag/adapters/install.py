@@ -282,10 +282,12 @@ def _select(model, infos: list, layers, kinds) -> list:
     by_name = {i.name: i for i in infos}
     if isinstance(layers, str) and layers == "auto":
         cls = type(model).__name__
-        if cls not in _AUTO:
+        # a model class outside diffusers may declare its own rule (the shipped models of hopfield_gag.models)
+        rule = _AUTO.get(cls, getattr(type(model), "hopfield_gag_auto_layers", None))
+        if rule is None:
             raise ValueError(f"layers='auto' has no rule for the architecture {cls}; supported: {sorted(_AUTO)}. "
                              f"Pass layers= explicitly (list_attention_layers(model) shows the choices)")
-        auto_kinds, prefixes = _AUTO[cls]
+        auto_kinds, prefixes = rule
         chosen = [i.name for i in infos if i.kind in auto_kinds and (prefixes is None or i.name.startswith(prefixes))]
         if kinds is not None:
             chosen = [n for n in chosen if by_name[n].kind in kinds]

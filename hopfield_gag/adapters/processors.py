@@ -370,5 +370,9 @@ ADAPTERS = {
 }
 
 def adapter_for(processor):
-    """The adapter class replacing ``processor``, or None when its type is not supported."""
-    return ADAPTERS.get(type(processor))
+    """The adapter class replacing ``processor``, or None when its type is not supported.
+
+    Besides the diffusers processors above, a processor class may name its own adapter through a
+    ``hopfield_gag_adapter()`` static method (the shipped models of :mod:`hopfield_gag.models` do)."""
+    own = getattr(type(processor), "hopfield_gag_adapter", None)
+    return own() if callable(own) else ADAPTERS.get(type(processor))
