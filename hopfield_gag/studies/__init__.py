@@ -8,6 +8,7 @@ and a reduce to a table (:mod:`hopfield_gag.studies.mapreduce`), runnable on one
 """
 from .mapreduce import Histogram, Stats, run_study
 from .directional import DIRECTIONAL_COLUMNS, DirectionalConfig, study_directional
+from .sampling import SAMPLING_COLUMNS, SamplingConfig, study_sampling
 from .acceleration import (
     ACCELERATION_COLUMNS,
     AccelerationConfig,
@@ -22,4 +23,5 @@ __all__ = [
     "ACCELERATION_COLUMNS", "AccelerationConfig", "acceleration_methods", "acceleration_problem",
     "acceleration_trajectory", "study_acceleration",
     "DIRECTIONAL_COLUMNS", "DirectionalConfig", "study_directional",
+    "SAMPLING_COLUMNS", "SamplingConfig", "study_sampling",
 ]
