@@ -7,6 +7,7 @@ Commands
 --------
 selfcheck   run the numerical self-check battery (:mod:`hopfield_gag.selfcheck`); exit status 1 if any
             check fails.
+figures     regenerate every figure of ``paper_figures/`` and its index (:func:`hopfield_gag.studies.figures.make_all`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return selfcheck.run_selfcheck(checks, seed=args.seed)
 
 
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from .studies.figures import make_all
+
+    for path in make_all(args.out, fast=args.fast, only=args.only):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command (``set_defaults(handler=...)``)."""
     parser = argparse.ArgumentParser(
@@ -50,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this check (repeatable)")
     p.add_argument("--list", action="store_true", help="list the registered checks and exit")
     p.set_defaults(handler=_cmd_selfcheck)
+
+    p = sub.add_parser("figures", help="regenerate every figure (PNG) and the index README.md in paper_figures/")
+    p.add_argument("--fast", action="store_true", help="the test setting (small grids, few seeds)")
+    p.add_argument("--out", default="paper_figures", help="output directory (default paper_figures)")
+    p.add_argument("--only", action="append", metavar="FUNCTION", help="only this figure function (repeatable)")
+    p.set_defaults(handler=_cmd_figures)
     return parser
 
 
