@@ -20,8 +20,11 @@ def test_figures_fast_produces_every_indexed_figure(tmp_path, capsys):
     assert sorted(p.rsplit("/", 1)[-1] for p in printed) == sorted(expected)
 
 
-def test_unknown_only_is_not_silently_empty(tmp_path):
-    """--only restricts the run; the index still lists every figure."""
+def test_only_restricts_the_run_and_the_index_lists_everything(tmp_path):
+    """--only runs one function; the index still lists every figure, marking the ones not generated."""
     assert main(["figures", "--fast", "--out", str(tmp_path), "--only", "fig_anderson"]) == 0
     assert (tmp_path / "05_anderson_aa1.png").exists() and not (tmp_path / "01_energy_basins.png").exists()
-    assert "01_energy_basins.png" in (tmp_path / "README.md").read_text()
+    index = (tmp_path / "README.md").read_text()
+    assert "01_energy_basins.png" in index and "not yet generated" in index
+    with pytest.raises(ValueError, match="only"):
+        main(["figures", "--fast", "--out", str(tmp_path), "--only", "fig_nonexistent"])

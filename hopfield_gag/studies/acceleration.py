@@ -38,10 +38,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..guidance import gag_attention
-from ..hopfield import beta_regime, energy, fixed_point, metastability_count, retrieval_map, retrieval_weights
-from ..solvers import AndersonSolver, AndersonStatus
-from ..theory import gag_map
+# public names only (the package root re-exports them wherever they live)
+from .. import (
+    AndersonSolver,
+    AndersonStatus,
+    beta_regime,
+    energy,
+    fixed_point,
+    gag_attention,
+    gag_map,
+    metastability_count,
+    retrieval_map,
+    retrieval_weights,
+)
 from .mapreduce import Stats, run_study, torch_threads
 
 __all__ = ["AccelerationConfig", "study_acceleration", "acceleration_problem", "acceleration_methods", "dense_fixed_point",

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..guidance import gag_attention
-from ..theory import (
+from .. import (
+    gag_attention,
     descent_margin,
     parallel_certificate,
     parallel_margin,
