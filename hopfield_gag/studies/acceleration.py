@@ -85,7 +85,7 @@ class AccelerationConfig:
 
     @staticmethod
     def fast() -> "AccelerationConfig":
-        return AccelerationConfig(seeds=(0, 1), max_iter=60, aa_depths=(1, 3), pladis_lams=(1.5,),
+        return AccelerationConfig(seeds=(0,), max_iter=40, aa_depths=(3,), pladis_lams=(1.5,),
                                   gag_grid=((1.0, 15.0, 0.0), (10.0, 15.0, 0.0)))
 
 

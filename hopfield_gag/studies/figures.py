@@ -92,7 +92,7 @@ def fig_energy(out_dir, fast: bool = False) -> list[Path]:
     basins of attraction (colour = the stored pattern the fixed point lands nearest to)."""
     plt = _plt()
     X = torch.tensor([[1.0, 0.2], [-0.6, 0.9], [-0.5, -0.9], [0.9, -0.8]], dtype=torch.float64)
-    beta, n = 4.0, (24 if fast else 120)
+    beta, n = 4.0, (16 if fast else 120)
     g = torch.linspace(-1.6, 1.6, n, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
     alphas = (1.0, 1.5, 2.0)
@@ -317,7 +317,7 @@ def fig_sampling(out_dir, fast: bool = False) -> list[Path]:
     cfg = SamplingConfig.fast() if fast else SamplingConfig()
     _, trained = _model(cfg.models[0], fast)
     if fast:
-        cfg = dataclasses.replace(cfg, models=cfg.models[:1], variants=("dense", "gag"), steps=(1, 2),
+        cfg = dataclasses.replace(cfg, models=cfg.models[:1], variants=("dense", "gag"), steps=(1,),
                                   n_per_class=2)
     cfg = dataclasses.replace(cfg, untrained=not trained)
     study_sampling(cfg, out_dir)
@@ -336,8 +336,8 @@ def fig_directional_store(out_dir, fast: bool = False, model_name: str = "dit-di
     model, _ = _model(model_name, fast)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        with torch.inference_mode(), capture(model, store, tokens=16 if fast else 64, via="adapters"):
-            sample(model, list(range(10)) if not fast else [0, 1], steps=2 if fast else 4, cfg_scale=2.0, seed=0)
+        with torch.inference_mode(), capture(model, store, tokens=8 if fast else 64, via="adapters"):
+            sample(model, list(range(10)) if not fast else [0], steps=1 if fast else 4, cfg_scale=2.0, seed=0)
         study_directional(store, out_dir)
     return [Path(out_dir) / n for n in ("directional_properties.png", "directional_sign.png", "directional_c.png")]
 
