@@ -20,7 +20,11 @@ from .solvers import (
     AndersonState,
     AndersonSolver,
     AndersonStatus,
+    FixedPointResult,
+    SolverResult,
+    SolverStatus,
     anderson,
+    fixed_point,
 )
 from .guidance import (
     AA1Extrapolation,
@@ -37,13 +41,11 @@ from .guidance import (
 from .hopfield import (
     BetaRegime,
     CapacityBound,
-    FixedPointResult,
     beta_regime,
     capacity_constant,
     energy,
     energy_grad,
     exact_retrieval_margin,
-    fixed_point,
     metastability_class,
     metastability_count,
     retrieval_error_bound,

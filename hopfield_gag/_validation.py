@@ -6,6 +6,7 @@ argument and states what was expected, so bad input never turns into a silent Na
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -56,14 +57,24 @@ def check_dim(name: str, dim: int, ndim: int) -> int:
     return dim % max(ndim, 1)
 
 
-def check_int(name: str, value, *, ge: int | None = None, allow_none: bool = False) -> int | None:
-    """Require a Python ``int`` (not ``bool``) ``>= ge``; ``None`` passes if ``allow_none``. Returns it."""
+def check_int(
+    name: str, value, *, ge: int | None = None, lt: int | None = None, lt_name: str | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """Require an integer (Python or NumPy, not ``bool``) with ``ge <= value`` (and ``value < lt``);
+    ``None`` passes if ``allow_none``. Returns it as ``int``. ``lt_name`` words the upper bound
+    ("an int in [0, N) with N = 5")."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (ge is not None and value < ge):
-        what = "an int" + ("" if ge is None else f" >= {ge}") + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ok = ok and (ge is None or value >= ge) and (lt is None or value < lt)
+    if not ok:
+        if lt is not None:
+            what = f"an int in [{ge}, {lt_name or lt})" + (f" with {lt_name} = {lt}" if lt_name else "")
+        else:
+            what = "an int" + ("" if ge is None else f" >= {ge}")
+        raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 def check_choice(name: str, value, choices: tuple) -> str:
@@ -119,63 +130,88 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+def check_qkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    names: tuple[str, str, str] = ("q", "k", "v"),
+    length: str = "Lk",
+    item: str = "key",
+    q_vector: bool = False,
+) -> torch.Size:
     """Validate attention inputs q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (``None``: v = k).
 
     One dtype and device, finite entries, matching d and Lk, Lk >= 1, batch dims that broadcast.
-    Returns the broadcast batch shape.
+    Returns the broadcast batch shape. The Hopfield form (``q_vector=True``) takes one state per batch
+    element, q (..., d), and returns the broadcast of ``q.shape[:-1]`` with the key/value batch dims;
+    ``names``, ``length`` and ``item`` word the errors (e.g. ``("xi", "keys", "values")``, ``"N"``,
+    ``"pattern"``).
     """
-    check_tensor("q", q, min_dim=2)
-    check_tensor("k", k, min_dim=2)
-    if k.dtype != q.dtype:
-        raise ValueError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
-    if k.device != q.device:
-        raise ValueError(f"k must be on the device of q ({q.device}), got {k.device}")
+    qn, kn, vn = names
+    check_tensor(qn, q, min_dim=1 if q_vector else 2)
+    check_tensor(kn, k, min_dim=2)
+    for name, x in ((kn, k),) + (() if v is None else ((vn, v),)):
+        if x is v:
+            check_tensor(vn, v, min_dim=2)
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name} must have the dtype of {qn} (all inputs need the same dtype, {q.dtype}), got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} must be on the device of {qn} ({q.device}), got {x.device}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(
-            f"k must have shape (..., Lk, d) with d = q.shape[-1] = {q.shape[-1]}, got k shape {tuple(k.shape)}"
+            f"{kn} must have shape (..., {length}, d) with d = {qn}.shape[-1] = {q.shape[-1]}, "
+            f"got {kn} shape {tuple(k.shape)}"
         )
     if k.shape[-2] == 0:
-        raise ValueError(f"k must hold at least one key (shape (..., Lk, d), Lk >= 1), got {tuple(k.shape)}")
-    if v is not None:
-        check_tensor("v", v, min_dim=2)
-        if v.dtype != q.dtype:
-            raise ValueError(f"v must have the dtype of q ({q.dtype}), got {v.dtype}")
-        if v.device != q.device:
-            raise ValueError(f"v must be on the device of q ({q.device}), got {v.device}")
-        if v.shape[-2] != k.shape[-2]:
-            raise ValueError(
-                f"v must have shape (..., Lk, dv) with Lk = k.shape[-2] = {k.shape[-2]}, got v shape {tuple(v.shape)}"
-            )
+        raise ValueError(f"{kn} must hold at least one {item} (shape (..., {length}, d) with {length} >= 1), "
+                         f"got shape {tuple(k.shape)}")
+    if v is not None and v.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"{vn} must have shape (..., {length}, dv) with {length} = {kn}.shape[-2] = {k.shape[-2]}, "
+            f"got {vn} shape {tuple(v.shape)}"
+        )
+    q_batch = q.shape[:-1] if q_vector else q.shape[:-2]
     try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
+        batch = torch.broadcast_shapes(q_batch, k.shape[:-2], *(() if v is None else (v.shape[:-2],)))
     except RuntimeError:
         raise ValueError(
-            f"batch dims of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}"
-            + ("" if v is None else f", v {tuple(v.shape[:-2])}")
+            f"batch dims of {qn} {tuple(q_batch)}, {kn} {tuple(k.shape[:-2])}"
+            + ("" if v is None else f", {vn} {tuple(v.shape[:-2])}")
             + " must broadcast"
         ) from None
-    check_finite("q", q)
-    check_finite("k", k)
+    check_finite(qn, q)
+    check_finite(kn, k)
     if v is not None:
-        check_finite("v", v)
+        check_finite(vn, v)
     return batch
+
+
+def check_tensor_pair(
+    a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *, same_dtype: bool = True, same_shape: bool = False
+) -> None:
+    """Validate two tensors (..., n) combined elementwise: floating, finite, the same last dim, and either
+    the same shape (``same_shape``) or broadcastable leading dims; one dtype unless ``same_dtype=False``."""
+    na, nb = names
+    check_tensor(na, a, min_dim=1)
+    check_tensor(nb, b, min_dim=1)
+    check_finite(na, a)
+    check_finite(nb, b)
+    if same_dtype and a.dtype != b.dtype:
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if same_shape:
+        if a.shape != b.shape:
+            raise ValueError(f"{nb} must have the shape of {na} {tuple(a.shape)}, got {tuple(b.shape)}")
+        return
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{na} and {nb} must have the same last dim, got {a.shape[-1]} and {b.shape[-1]}")
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(f"{na} {tuple(a.shape)} and {nb} {tuple(b.shape)} must have broadcastable shapes") from None
 
 
 def check_output_pair(dense: torch.Tensor, sparse: torch.Tensor) -> None:
     """Validate a pair of attention outputs (..., dv): floating, finite, one dtype, the same last dim and
     broadcastable leading dims (the extrapolation formulas are elementwise)."""
-    check_tensor("dense", dense, min_dim=1)
-    check_tensor("sparse", sparse, min_dim=1)
-    check_finite("dense", dense)
-    check_finite("sparse", sparse)
-    if dense.dtype != sparse.dtype:
-        raise ValueError(f"dense and sparse must have the same dtype, got {dense.dtype} and {sparse.dtype}")
-    if dense.shape[-1] != sparse.shape[-1]:
-        raise ValueError(f"dense and sparse must have the same last dim, got {dense.shape[-1]} and {sparse.shape[-1]}")
-    try:
-        torch.broadcast_shapes(dense.shape, sparse.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"dense {tuple(dense.shape)} and sparse {tuple(sparse.shape)} must have broadcastable shapes"
-        ) from None
+    check_tensor_pair(dense, sparse, ("dense", "sparse"))

@@ -29,6 +29,7 @@ from hopfield_gag import (
     aa_adaptive_scale,
     anderson,
     extrapolation_as_aa,
+    fixed_point,
 )
 
 F64 = torch.float64
@@ -278,7 +279,7 @@ def test_hopfield_aa_and_plain_reach_the_same_fixed_point_in_the_contraction_reg
     tol = 1e-11
     g = lambda x: hopfield.retrieval_map(x, X, beta=beta, alpha=alpha)  # noqa: E731
     aa = anderson(g, x0, m=m, kind=kind, tol=tol, max_iter=300)
-    plain = hopfield.fixed_point(x0, X, beta, alpha, tol=tol, max_iter=5000)
+    plain = fixed_point(x0, X, beta, alpha, tol=tol, max_iter=5000)
     assert aa.status is AndersonStatus.CONVERGED and plain.converged
     assert float(torch.linalg.vector_norm(aa.solution - plain.state)) <= 2 * tol / (1 - frac) + 1e-13
 
@@ -289,7 +290,7 @@ def test_hopfield_aa_may_reach_a_different_fixed_point_outside_the_contraction_r
     X, x0 = hopfield_problem(d, N, seed)
     g = lambda x: hopfield.retrieval_map(x, X, beta=beta, alpha=alpha)  # noqa: E731
     aa = anderson(g, x0, m=3, tol=1e-10, max_iter=300)
-    plain = hopfield.fixed_point(x0, X, beta, alpha, tol=1e-10, max_iter=5000)
+    plain = fixed_point(x0, X, beta, alpha, tol=1e-10, max_iter=5000)
     assert aa.status is AndersonStatus.CONVERGED and plain.converged
     assert float(torch.linalg.vector_norm(aa.solution - plain.state)) > 0.1
 
@@ -335,7 +336,7 @@ def test_m0_is_plain_hopfield_iteration():
     X, x0 = hopfield_problem(6, 10, 1)
     g = lambda x: hopfield.retrieval_map(x, X, beta=2.0, alpha=1.5)  # noqa: E731
     res = anderson(g, x0, m=0, tol=1e-10, max_iter=1000)
-    plain = hopfield.fixed_point(x0, X, 2.0, 1.5, tol=1e-10, max_iter=1000)
+    plain = fixed_point(x0, X, 2.0, 1.5, tol=1e-10, max_iter=1000)
     assert res.iterations == plain.iterations
     torch.testing.assert_close(res.solution, plain.state, rtol=0, atol=1e-14)
     torch.testing.assert_close(res.residual_history, plain.residual_history, rtol=1e-12, atol=1e-15)
@@ -444,7 +445,7 @@ def test_low_precision_inputs(dtype, tol):
     assert seen == {dtype} and res.solution.dtype == dtype
     assert torch.isfinite(res.solution.float()).all()
     assert res.status is AndersonStatus.CONVERGED
-    ref = hopfield.fixed_point(x0, X, 1.0, tol=1e-12).state
+    ref = fixed_point(x0, X, 1.0, tol=1e-12).state
     assert float((res.solution.double() - ref).norm()) < 20 * tol
 
 
@@ -749,3 +750,51 @@ def test_attention_op_agrees_with_the_aa_readings(seed, lam, eta, zeta):
     torch.testing.assert_close(gag_attention(q, k, v, method="gag", lam=lam, eta=eta, zeta=zeta), gag.output, **tol)
     pl = extrapolation_as_aa(r.dense, r.sparse, "pladis", lam=lam)
     torch.testing.assert_close(gag_attention(q, k, v, method="pladis", lam=lam), pl.output, **tol)
+
+
+# ------------------------------------------------------------------------------------------------
+# One result type: fixed_point is anderson(m=0) with the energy trace
+
+
+def test_fixed_point_is_the_depth0_solve_with_energy_trace():
+    from hopfield_gag import FixedPointResult, SolverResult, SolverStatus, energy, retrieval_map
+
+    assert FixedPointResult is SolverResult is AndersonResult and AndersonStatus is SolverStatus
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(6, 4, generator=g, dtype=F64)
+    x0 = torch.randn(3, 4, generator=g, dtype=F64)
+    fp = fixed_point(x0, X, 1.5, 1.5, tol=1e-11, max_iter=400)
+    aa = anderson(lambda x: retrieval_map(x, X, beta=1.5, alpha=1.5), x0, m=0, tol=1e-11, max_iter=400,
+                  energy=lambda x: energy(x, X, 1.5, 1.5), trace_energy=True)
+    assert isinstance(fp, SolverResult) and fp.status is SolverStatus.CONVERGED and fp.reason == "converged"
+    assert fp.converged is True and bool(fp.element_converged.all()) and fp.tol == 1e-11
+    assert torch.equal(fp.state, aa.solution) and torch.equal(fp.energy_history, aa.energy_history)
+    assert torch.equal(fp.residual_history, aa.residual_history)
+    # one energy per iterate; CCCP: non-increasing up to float64 rounding of O(|E|) terms
+    assert fp.energy_history.shape == fp.residual_history.shape == (fp.iterations + 1, 3)
+    assert fp.energy_evaluations == fp.iterations + 1
+    e = fp.energy_history
+    assert bool((e[1:] <= e[:-1] + 1e-13 * (1 + e[:-1].abs())).all())
+
+
+def test_trace_energy_with_depth_and_its_errors():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(5, 3, generator=g, dtype=F64)
+    from hopfield_gag import energy, retrieval_map
+
+    r = anderson(lambda x: retrieval_map(x, X, beta=2.0), torch.zeros(2, 3, dtype=F64), m=3,
+                 energy=lambda x: energy(x, X, 2.0), trace_energy=True, tol=1e-12)
+    assert r.energy_history is not None and r.energy_history.shape == (r.iterations + 1, 2)
+    torch.testing.assert_close(r.energy_history[-1], energy(r.solution, X, 2.0), rtol=0, atol=0)
+    assert anderson(torch.cos, torch.zeros(1, dtype=F64)).energy_history is None
+    with pytest.raises(ValueError, match="energy must be a callable x -> \\(...\\) when trace_energy=True"):
+        anderson(torch.cos, torch.zeros(1, dtype=F64), trace_energy=True)
+    with pytest.raises(ValueError, match=r"kind must be one of \('II', 'I'\)"):
+        anderson(torch.cos, torch.zeros(1, dtype=F64), kind="III")
+
+
+def test_max_iter_reason_and_bool_converged():
+    X = torch.eye(3, dtype=F64)
+    r = fixed_point(torch.tensor([1.0, 0.5, 0.0], dtype=F64), X, beta=1.0, tol=0.0, max_iter=2)
+    assert r.reason == "max_iter" and r.status is AndersonStatus.MAX_ITER
+    assert r.converged is False and r.element_converged.dtype == torch.bool and r.iterations == 2

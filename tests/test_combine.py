@@ -334,3 +334,17 @@ def test_extrapolation_as_aa_eps_is_deprecated():
     with pytest.warns(DeprecationWarning, match="eps"):
         r = H.extrapolation_as_aa(d, s, "gag", eps=1e-12)
     assert torch.equal(r.output, H.extrapolation_as_aa(d, s, "gag").output)
+
+
+@given(seed=st.integers(0, 2**31 - 1), dv=st.integers(1, 5), lam=st.floats(0.0, 10.0), eta=st.floats(0.05, 20.0),
+       zeta=st.floats(0.0, 1.0))
+def test_positive_rule_as_aa1_step(seed, dv, lam, eta, zeta):
+    """extrapolation_as_aa(parallel="positive"): output = s - gamma D = s - Gamma (s - d) = the combine rule."""
+    d, s = _pair(seed, 12, dv)
+    r = H.extrapolation_as_aa(d, s, "gag", lam=lam, eta=eta, zeta=zeta, parallel="positive")
+    ref = _formula(d, s, lam, eta, zeta, "positive")
+    atol = 1e-12 * (1 + lam)
+    torch.testing.assert_close(r.output, ref, rtol=1e-12, atol=atol)
+    torch.testing.assert_close(s - r.gamma[:, None] * r.difference, ref, rtol=1e-12, atol=atol)
+    gam = r.mixing_operator()
+    torch.testing.assert_close(s - (gam @ (s - d).unsqueeze(-1)).squeeze(-1), ref, rtol=1e-10, atol=1e-10 * (1 + lam))

@@ -25,7 +25,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from hopfield_gag import hopfield as H
-from hopfield_gag import normalize
+from hopfield_gag import fixed_point, normalize
 
 F64 = torch.float64
 ALPHAS = [1.0, 1.25, 1.5, 2.0, 3.0]
@@ -370,7 +370,7 @@ def test_theorem5_bound_holds_on_separated_problems(alpha, problem):
     assert bound < 2 * big_m  # the strategy produces the informative regime
     assert err <= bound * (1 + 1e-10) + 1e-14 * big_m  # fp64 rounding of err
     # With the fixed point x_i* the stated (larger) radius max{|xi - x_i|, |x_i* - x_i|} applies.
-    star = H.fixed_point(x[i], x, beta=beta, alpha=alpha, tol=1e-13, max_iter=200).state
+    star = fixed_point(x[i], x, beta=beta, alpha=alpha, tol=1e-13, max_iter=200).state
     stated = float(H.retrieval_error_bound(xi, x, i, beta, x_star=star))
     assert stated >= bound and err <= stated * (1 + 1e-10) + 1e-14 * big_m
 
@@ -392,7 +392,7 @@ def test_theorem5_bound_is_vacuous_without_separation(problem):
 @given(separated_problems(kappa=(7.0, 20.0)))
 def test_fixed_point_converges_to_stored_pattern(problem):
     x, i, xi, beta = problem
-    res = H.fixed_point(xi, x, beta=beta, alpha=1.0, tol=1e-12, max_iter=500)
+    res = fixed_point(xi, x, beta=beta, alpha=1.0, tol=1e-12, max_iter=500)
     assert res.converged and res.reason == "converged" and bool(res.element_converged)
     assert res.residual_history.shape == (res.iterations + 1,) == res.energy_history.shape
     assert float(res.residual_history[-1]) <= 1e-12
@@ -414,7 +414,7 @@ def test_fixed_point_converges_to_stored_pattern(problem):
 def test_fixed_point_batched_each_row_to_its_pattern(problem):
     x, _, _, beta = problem
     start = x + 0.01 * x.norm(dim=-1, keepdim=True) * torch.cos(torch.arange(x.numel(), dtype=F64)).reshape(x.shape)
-    res = H.fixed_point(start, x, beta=beta, alpha=1.5, tol=1e-12, max_iter=500)
+    res = fixed_point(start, x, beta=beta, alpha=1.5, tol=1e-12, max_iter=500)
     assert res.converged and res.state.shape == x.shape
     assert res.residual_history.shape == (res.iterations + 1, x.shape[0])
     nearest = torch.cdist(res.state, x).argmin(-1)
@@ -432,19 +432,19 @@ def test_fixed_point_freezes_converged_elements():
     """A batch with one start already at a (numerical) fixed point and one far away: the first element
     is returned unchanged although the batch keeps iterating."""
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=F64)
-    settled = H.fixed_point(x[0], x, beta=20.0, tol=1e-15, max_iter=200).state
+    settled = fixed_point(x[0], x, beta=20.0, tol=1e-15, max_iter=200).state
     start = torch.stack([settled, torch.tensor([0.1, 0.4], dtype=F64)])
-    res = H.fixed_point(start, x, beta=20.0, tol=1e-15, max_iter=200)
+    res = fixed_point(start, x, beta=20.0, tol=1e-15, max_iter=200)
     assert res.iterations > 0 and torch.equal(res.state[0], settled)
 
 
 def test_fixed_point_stops_at_max_iter():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.2]], dtype=F64)
     xi = torch.tensor([0.3, 0.3], dtype=F64)
-    res = H.fixed_point(xi, x, beta=1.0, tol=0.0, max_iter=3)
+    res = fixed_point(xi, x, beta=1.0, tol=0.0, max_iter=3)
     assert res.reason == "max_iter" and not res.converged and res.iterations == 3
     assert res.residual_history.shape == (4,) and res.energy_history.shape == (4,)
-    res0 = H.fixed_point(xi, x, beta=1.0, max_iter=0)
+    res0 = fixed_point(xi, x, beta=1.0, max_iter=0)
     assert res0.iterations == 0 and torch.equal(res0.state, xi) and res0.reason == "max_iter"
 
 
@@ -505,7 +505,7 @@ def test_small_beta_global_averaging(problem, fraction):
     mean = x.mean(0)
     assert float((H.retrieval_map(mean, x, beta=beta) - mean).norm()) <= 1e-12 * (1 + m_max)
     # contraction with constant L = beta m_max^2 < 1: |xi_t - xi*| <= residual_t / (1 - L)
-    fp = H.fixed_point(xi, x, beta=beta, tol=1e-12, max_iter=5000)
+    fp = fixed_point(xi, x, beta=beta, tol=1e-12, max_iter=5000)
     assert fp.converged
     assert float((fp.state - mean).norm()) <= 1e-12 / (1 - fraction) + 1e-12 * (1 + m_max)
 
@@ -529,7 +529,7 @@ def test_large_beta_single_pattern_regime(problem):
     beta = 20 * beta  # deep in the single-pattern regime
     res = H.beta_regime(x, beta)
     assert res.names() == ["single"] * x.shape[0]
-    star = H.fixed_point(x[i], x, beta=beta, tol=1e-13, max_iter=100).state
+    star = fixed_point(x[i], x, beta=beta, tol=1e-13, max_iter=100).state
     assert float((star - x[i]).norm()) <= float(res.sphere_radius)  # Lemma A6: fixed point in S_i
 
 
@@ -540,7 +540,7 @@ def test_near_duplicates_are_metastable(problem):
     assert not bool(res.global_condition)
     assert res.names() == ["metastable"] * x.shape[0]
     # and the dynamics agree: from a stored pattern the iteration settles on an average of its cluster
-    fp = H.fixed_point(x, x, beta=beta, tol=1e-12, max_iter=2000)
+    fp = fixed_point(x, x, beta=beta, tol=1e-12, max_iter=2000)
     k = H.metastability_count(H.retrieval_weights(fp.state, x, beta=beta))
     assert bool((k >= 2).all()) and bool((k <= size).all())
 
@@ -622,8 +622,8 @@ XI3 = torch.randn(3, dtype=F64)
         (lambda: H.retrieval_map(XI3.int(), X3), r"xi must have a floating dtype"),
         (lambda: H.retrieval_map(torch.randn(2, 3, dtype=F64), torch.randn(4, 5, 3, dtype=F64)), r"must broadcast"),
         (lambda: H.retrieval_map(XI3, torch.zeros(0, 3, dtype=F64)), r"at least one pattern"),
-        (lambda: H.fixed_point(XI3, X3, tol=-1.0), r"tol must be >= 0"),
-        (lambda: H.fixed_point(XI3, X3, max_iter=-1), r"max_iter must be an int >= 0"),
+        (lambda: fixed_point(XI3, X3, tol=-1.0), r"tol must be >= 0"),
+        (lambda: fixed_point(XI3, X3, max_iter=-1), r"max_iter must be an int >= 0"),
         (lambda: H.separation(X3[:1]), r"patterns must have shape \(\.\.\., N, d\) with N >= 2"),
         (lambda: H.metastability_count(torch.tensor([0.5, -0.1])), r"weights must be non-negative"),
         (lambda: H.metastability_count(torch.tensor([0.5, 0.5]), mass=0.0), r"mass must be > 0"),

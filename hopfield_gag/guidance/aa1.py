@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from .._validation import (
-    check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, compute_dtype, default_scale,
+    check_choice, check_finite, check_output_pair, check_qkv, check_scalar, check_tensor, check_tensor_pair, compute_dtype,
+    default_scale,
 )
-from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference
+from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference, parallel_coefficient
 from ..ops.normalizers import normalize
 
 __all__ = [
@@ -62,6 +63,8 @@ class AA1Extrapolation:
         :math:`\min(1, \eta/\lVert D\rVert)` for GAG (1 for PLADIS).
     zeta : float
         Orthogonal weight (GAG; 1.0 for PLADIS, whose difference is not projected).
+    parallel : str
+        GAG's parallel rule, ``"paper"`` or ``"positive"`` (:func:`hopfield_gag.ops.combine.combine`).
     """
 
     method: str
@@ -72,13 +75,15 @@ class AA1Extrapolation:
     previous: Tensor
     cap_factor: Tensor
     zeta: float
+    parallel: str = "paper"
 
     def mixing_operator(self) -> Tensor:
         r"""Matrix :math:`\Gamma` with :math:`o = s - \Gamma(s - d)` (a matrix-valued AA(1) coefficient).
 
-        PLADIS: :math:`\Gamma = \gamma I`. GAG: :math:`\Gamma = \gamma\,(\zeta I + (1-\zeta)\hat s\hat s^\top)`,
+        PLADIS: :math:`\Gamma = \gamma I`. GAG: :math:`\Gamma = \gamma\,(\zeta I + (\kappa-\zeta)\hat s\hat s^\top)`,
         :math:`\hat s = s/\lVert s\rVert` (the projection :math:`P_\zeta`), with the capped
-        :math:`\gamma = -\lambda\min(1, \eta/\lVert P_\zeta\Delta\rVert)`.
+        :math:`\gamma = -\lambda\min(1, \eta/\lVert P_\zeta\Delta\rVert)`; :math:`\kappa = 1`, except
+        :math:`\kappa = 0` where ``parallel="positive"`` drops the parallel part (:math:`c < 0`).
 
         Returns
         -------
@@ -92,7 +97,10 @@ class AA1Extrapolation:
         ss = (s * s).sum(-1, keepdim=True)
         tiny = torch.finfo(s.dtype).tiny  # s counts as zero below it (hopfield_gag.ops.combine)
         u = torch.where(ss > tiny, s / ss.clamp_min(tiny).sqrt(), torch.zeros_like(s))
-        P = self.zeta * eye + (1.0 - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
+        keep = 1.0
+        if self.parallel == "positive":
+            keep = (parallel_coefficient(self.previous.to(s.dtype), s) >= 0).to(s.dtype)[..., None, None]
+        P = self.zeta * eye + (keep - self.zeta) * u.unsqueeze(-1) * u.unsqueeze(-2)
         return self.gamma[..., None, None] * P
 
 
@@ -195,6 +203,7 @@ def extrapolation_as_aa(
     return AA1Extrapolation(
         method=method, gamma=gamma.to(dt), difference=diff.to(dt), output=r.output.to(dt), newest=sparse,
         previous=dense, cap_factor=r.cap_factor.expand(batch).to(dt), zeta=zeta_v,
+        parallel=parallel if method == "gag" else "paper",
     )
 
 
@@ -226,12 +235,7 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
         Compute dtype (fp32 for half inputs).
     degenerate : Tensor (...) bool
     """
-    check_tensor("f_prev", f_prev, min_dim=1)
-    check_tensor("f_curr", f_curr, min_dim=1)
-    check_finite("f_prev", f_prev)
-    check_finite("f_curr", f_curr)
-    if f_prev.shape != f_curr.shape:
-        raise ValueError(f"f_curr must have the shape of f_prev {tuple(f_prev.shape)}, got {tuple(f_curr.shape)}")
+    check_tensor_pair(f_prev, f_curr, ("f_prev", "f_curr"), same_dtype=False, same_shape=True)
     cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
     if rel_eps is not None:
         rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)
@@ -380,14 +384,14 @@ def aa_adaptive_scale(
     p_d = normalize(z, alpha=1.0, dim=-1, mask=mask)
     p_s = normalize(z, alpha=alpha, dim=-1, mask=mask)
     d_key, s_key = p_d @ kc, p_s @ kc
-    lam, gamma_raw, degenerate, clamped = aa_scale_from_retrievals(qc, d_key, s_key, lo, hi)
+    lam, gamma_raw, degenerate, clamped = aa_token_scale(qc, d_key, s_key, lo, hi)
     gamma = 1.0 - lam
     if v is None:
         dense, sparse = d_key, s_key
     else:
         vc = v.to(cd)
         dense, sparse = p_d @ vc, p_s @ vc
-    out = dense + lam.unsqueeze(-1) * (sparse - dense)
+    out = combine("pladis", dense, sparse, lam=lam).output  # d + lam* (s - d) per token
     return AdaptiveScale(
         gamma=gamma.to(dt), pladis_scale=lam.to(dt), gamma_raw=gamma_raw.to(dt), degenerate=degenerate,
         clamped=clamped, dense=dense.to(dt), sparse=sparse.to(dt), output=out.to(dt),

@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import scipy.special
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .._validation import check_finite, check_int, check_scalar, check_tensor, compute_dtype
 from .dynamics import _check_problem
 
 __all__ = [
@@ -138,8 +137,7 @@ def metastability_class(k, n: int) -> str:
 
     References: Ramsauer et al. 2021 (arXiv 2008.02217), §4 and appendix A.5.1.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    check_int("n", n, ge=1)
     if isinstance(k, Tensor):
         if k.numel() == 0:
             raise ValueError("k must hold at least one count")
@@ -276,8 +274,7 @@ def beta_regime(patterns: Tensor, beta: float) -> BetaRegime:
 def _capacity_ab(beta: float, K: float, d: int, p: float) -> tuple[float, float]:
     beta = check_scalar("beta", beta, gt=0.0)
     K = check_scalar("K", K, gt=0.0)
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
-        raise ValueError(f"d must be an int >= 2, got {d!r}")
+    d = check_int("d", d, ge=2)
     p = check_scalar("p", p, gt=0.0, le=1.0)
     a = 2.0 / (d - 1) * (1.0 + math.log(2.0 * beta * K**2 * p * (d - 1)))
     b = 2.0 * K**2 * beta / 5.0
@@ -392,8 +389,7 @@ def _select_pattern(patterns: Tensor, index) -> tuple[Tensor, Tensor]:
         xi_row = torch.gather(x, -2, idx[..., None, None].expand(*batch, 1, x.shape[-1])).squeeze(-2)
         d_i = torch.gather(delta.expand(*batch, n), -1, idx.unsqueeze(-1)).squeeze(-1)
         return xi_row, d_i
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n:
-        raise ValueError(f"index must be an int in [0, N) with N = {n}, got {index!r}")
+    index = check_int("index", index, ge=0, lt=n, lt_name="N")
     return patterns[..., index, :], delta[..., index]
 
 

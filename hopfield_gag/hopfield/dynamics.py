@@ -1,4 +1,5 @@
-r"""Modern Hopfield networks: energies, retrieval maps, fixed points and diagnostics.
+r"""Modern Hopfield networks: energies, retrieval maps and Jacobians (fixed points by iteration:
+:func:`hopfield_gag.fixed_point`, a solver call in :mod:`hopfield_gag.solvers`).
 
 Conventions (Santos et al. 2024; the transpose of Ramsauer et al. 2021): stored patterns are the ROWS
 of ``keys`` / ``patterns`` with shape ``(..., N, d)``, values have shape ``(..., N, dv)``, the state
@@ -32,12 +33,11 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .._validation import check_finite, check_int, check_qkv, check_scalar, check_tensor, compute_dtype
 from ..ops.normalizers import jacobian_weights, normalize
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
     "retrieval_map",
     "retrieval_jacobian",
     "exact_retrieval_margin",
-    "FixedPointResult",
-    "fixed_point",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -71,45 +69,10 @@ def _check_problem(
     xi_name: str = "xi",
     keys_name: str = "keys",
 ) -> torch.Size:
-    """Validate a (state, keys[, values]) triple; return the broadcast batch shape."""
-    check_tensor(xi_name, xi, min_dim=1)
-    check_tensor(keys_name, keys, min_dim=2)
-    check_finite(xi_name, xi)
-    check_finite(keys_name, keys)
-    if keys.dtype != xi.dtype:
-        raise ValueError(f"{keys_name} and {xi_name} must have the same dtype, got {keys.dtype} and {xi.dtype}")
-    if keys.shape[-2] == 0:
-        raise ValueError(f"{keys_name} must hold at least one pattern (shape (..., N, d) with N >= 1), "
-                         f"got shape {tuple(keys.shape)}")
-    if keys.shape[-1] != xi.shape[-1]:
-        raise ValueError(
-            f"{keys_name} must have shape (..., N, d) with d = {xi_name}.shape[-1] = {xi.shape[-1]}, "
-            f"got {keys_name} shape {tuple(keys.shape)}"
-        )
-    try:
-        batch = torch.broadcast_shapes(xi.shape[:-1], keys.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"batch dims of {xi_name} {tuple(xi.shape[:-1])} and {keys_name} {tuple(keys.shape[:-2])} "
-            "must broadcast"
-        ) from None
-    if values is not None:
-        check_tensor("values", values, min_dim=2)
-        check_finite("values", values)
-        if values.dtype != xi.dtype:
-            raise ValueError(f"values and {xi_name} must have the same dtype, got {values.dtype} and {xi.dtype}")
-        if values.shape[-2] != keys.shape[-2]:
-            raise ValueError(
-                f"values must have shape (..., N, dv) with N = {keys_name}.shape[-2] = {keys.shape[-2]}, "
-                f"got values shape {tuple(values.shape)}"
-            )
-        try:
-            batch = torch.broadcast_shapes(batch, values.shape[:-2])
-        except RuntimeError:
-            raise ValueError(
-                f"batch dims of values {tuple(values.shape[:-2])} must broadcast with {tuple(batch)}"
-            ) from None
-    return batch
+    """Validate a (state, keys[, values]) triple (``_validation.check_qkv`` in its Hopfield form: one state
+    (..., d) per batch element, patterns as rows); return the broadcast batch shape."""
+    return check_qkv(xi, keys, values, names=(xi_name, keys_name, "values"), length="N", item="pattern",
+                     q_vector=True)
 
 
 def _scores(xi: Tensor, keys: Tensor) -> Tensor:
@@ -428,127 +391,3 @@ def exact_retrieval_margin(xi: Tensor, keys: Tensor, beta: float = 1.0, alpha: f
         return torch.full(batch, math.inf, dtype=xi.dtype, device=xi.device)
     top2 = s.topk(2, dim=-1).values
     return (beta * (top2[..., 0] - top2[..., 1]) - 1.0 / (alpha - 1.0)).to(xi.dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Fixed points
-
-
-@dataclass(frozen=True)
-class FixedPointResult:
-    r"""Outcome of :func:`fixed_point`.
-
-    Attributes
-    ----------
-    state : Tensor (..., d)
-        Final iterate. Each batch element is frozen at the first iterate whose residual is <= ``tol``,
-        so every element with ``element_converged`` True satisfies :math:`\lVert T(\xi)-\xi\rVert \le`
-        ``tol`` at the returned state.
-    iterations : int
-        Number of updates applied to the slowest batch element (``residual_history`` has
-        ``iterations + 1`` rows).
-    residual_history : Tensor (iterations + 1, ...)
-        Per element: row ``t`` is :math:`\lVert T(\xi_t) - \xi_t\rVert_2` (row 0 is the start).
-    energy_history : Tensor (iterations + 1, ...)
-        Per element: row ``t`` is :math:`E(\xi_t)`, non-increasing (CCCP).
-    converged : bool
-        True iff every batch element reached the tolerance.
-    reason : str
-        ``"converged"``, ``"max_iter"`` or ``"non-finite"``.
-    tol : float
-        The tolerance used.
-    """
-
-    state: Tensor
-    iterations: int
-    residual_history: Tensor
-    energy_history: Tensor
-    converged: bool
-    reason: str
-    tol: float
-
-    @property
-    def element_converged(self) -> Tensor:
-        """Bool tensor (...): which batch elements reached the tolerance."""
-        return self.residual_history[-1] <= self.tol
-
-    @property
-    def residual(self) -> Tensor:
-        """Tensor (...): residual :math:`\\lVert T(\\xi)-\\xi\\rVert` at the returned state."""
-        return self.residual_history[-1]
-
-
-def fixed_point(
-    xi0: Tensor,
-    keys: Tensor,
-    beta: float = 1.0,
-    alpha: float = 1.0,
-    tol: float = 1e-10,
-    max_iter: int = 1000,
-) -> FixedPointResult:
-    r"""Iterate the Hopfield update :math:`\xi_{t+1} = T(\xi_t) = X^\top\alpha\text{-entmax}(\beta X\xi_t)`
-    to a fixed point.
-
-    Stops when every batch element has residual :math:`\lVert T(\xi_t) - \xi_t\rVert_2 \le` ``tol``, or
-    after ``max_iter`` updates. Elements that reach the tolerance are frozen (they no longer move), so
-    the returned state of a converged element satisfies the residual criterion exactly as recorded.
-    The energy is non-increasing along the iterates and converges (Ramsauer et al., Theorems 1–2; the
-    same CCCP argument for :math:`\alpha > 1`, Santos et al. 2024). Runs without autograd.
-
-    Parameters
-    ----------
-    xi0 : Tensor (..., d)
-        Initial state.
-    keys : Tensor (..., N, d)
-        Stored patterns as rows (values = keys).
-    beta : float > 0;  alpha : float >= 1.
-    tol : float >= 0
-        Residual tolerance (absolute, 2-norm). The default 1e-10 suits float64; in float32 use about
-        1e-5 times the pattern scale.
-    max_iter : int >= 0
-        Maximum number of updates.
-
-    Returns
-    -------
-    FixedPointResult
-        State (broadcast batch, d), iteration count, per-element residual and energy histories of
-        shape (iterations + 1, ...), ``converged`` (all elements) and ``reason``.
-
-    References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorems 1–2; Santos et al. 2024
-    (arXiv 2402.13725).
-    """
-    batch = _check_problem(xi0, keys, xi_name="xi0")
-    beta, alpha = _check_beta_alpha(beta, alpha)
-    tol = check_scalar("tol", tol, ge=0.0)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    residuals, energies = [], []
-    reason = "max_iter"
-    with torch.no_grad():
-        xi = xi0.expand(*batch, xi0.shape[-1]).clone()
-        for it in range(max_iter + 1):
-            image = retrieval_map(xi, keys, beta=beta, alpha=alpha)
-            r = torch.linalg.vector_norm(image - xi, dim=-1)
-            residuals.append(r)
-            energies.append(energy(xi, keys, beta, alpha))
-            if not bool(torch.isfinite(r).all()):
-                reason = "non-finite"
-                break
-            done = r <= tol
-            if bool(done.all()):
-                reason = "converged"
-                break
-            if it == max_iter:
-                break
-            xi = torch.where(done.unsqueeze(-1), xi, image)
-    residual_history = torch.stack(residuals)
-    return FixedPointResult(
-        state=xi,
-        iterations=len(residuals) - 1,
-        residual_history=residual_history,
-        energy_history=torch.stack(energies),
-        converged=reason == "converged",
-        reason=reason,
-        tol=tol,
-    )
-

@@ -7,6 +7,7 @@ import torch
 
 from .. import hopfield as H
 from ..ops.normalizers import entmax, jacobian_vector_product, normalize
+from ..solvers import fixed_point
 from . import register_check
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def _fixed_point_retrieval(gen):
     worst, cases = math.inf, 0
     for b in range(x.shape[0]):
         bt = float(beta[b])
-        res = H.fixed_point(xi[b], x[b], beta=bt, tol=1e-12, max_iter=200)
+        res = fixed_point(xi[b], x[b], beta=bt, tol=1e-12, max_iter=200)
         dist = float((res.state - x[b, 0]).norm())
         bound = float(H.stored_pattern_error_bound(x[b], bt)[0])
         worst = min(worst, (bound * (1 + 1e-8) + 1e-12 - dist) if res.converged else -math.inf)
@@ -307,7 +308,7 @@ def _global_averaging(gen):
     for b in range(16):
         beta = 0.5 / float(m_max[b]) ** 2  # contraction constant L = 1/2
         regime = H.beta_regime(x[b], beta)
-        res = H.fixed_point(xi[b], x[b], beta=beta, tol=1e-12, max_iter=2000)
+        res = fixed_point(xi[b], x[b], beta=beta, tol=1e-12, max_iter=2000)
         mean = x[b].mean(0)
         # |xi - xi*| <= residual / (1 - L) = 2e-12 for a contraction, plus rounding of the mean
         margin = 2e-12 + 1e-13 * (1 + float(m_max[b])) - float((res.state - mean).norm())
@@ -324,7 +325,7 @@ def _single_pattern_sphere(gen):
     for b in range(x.shape[0]):
         bt = 20.0 * float(beta[b])
         regime = H.beta_regime(x[b], bt)
-        res = H.fixed_point(x[b], x[b], beta=bt, tol=1e-13, max_iter=200)  # every pattern at once
+        res = fixed_point(x[b], x[b], beta=bt, tol=1e-13, max_iter=200)  # every pattern at once
         dist = (res.state - x[b]).norm(dim=-1)
         single = regime.regime == regime.SINGLE
         if bool(single.any()):

@@ -1,4 +1,4 @@
-r"""Anderson acceleration (AA) of batched fixed-point maps, and attention extrapolation read as AA(1).
+r"""Anderson acceleration (AA) of batched fixed-point maps; plain iteration is depth 0.
 
 Anderson acceleration (Walker & Ni 2011) solves :math:`x = g(x)` from the residuals
 :math:`f_i = g(x_i) - x_i`. With depth :math:`m`, :math:`m_k = \min(m, k)` and the difference matrices
@@ -41,9 +41,8 @@ applied to :math:`F(x) = g(x) - x` produces the same iterates as :func:`anderson
 ``damping=beta``, ``reg=0`` (its ``A = (1 + w0^2 \delta_{ij})\langle dF_i, dF_j\rangle`` is our relative
 Tikhonov term with ``reg = w0**2``).
 
-The second half of the module reads attention extrapolation as one AA(1) step
-(:func:`extrapolation_as_aa`, :func:`aa1_mixing`, :func:`aa_adaptive_scale`); see ``THEORY.md``,
-"Extrapolation as first-order Anderson acceleration".
+Attention extrapolation read as one AA(1) step lives in :mod:`hopfield_gag.guidance.aa1`; the result type
+and status enum shared with :func:`hopfield_gag.fixed_point` in :mod:`hopfield_gag.solvers.result`.
 
 References
 ----------
@@ -59,14 +58,18 @@ References
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .._validation import check_finite, check_scalar, check_tensor, compute_dtype
+from .._validation import check_choice, check_finite, check_int, check_scalar, check_tensor, compute_dtype
+from .result import SolverResult, SolverStatus
+
+# the names before the solvers shared one result type (kept: public API)
+AndersonStatus = SolverStatus
+AndersonResult = SolverResult
 
 __all__ = [
     "AndersonStatus",
@@ -78,17 +81,6 @@ __all__ = [
 
 KINDS = ("II", "I")
 SAFEGUARDS = (None, "energy")
-
-
-class AndersonStatus(enum.Enum):
-    """Why a batch element (or the whole solve) stopped. Values are the codes stored in
-    :attr:`AndersonResult.element_status`."""
-
-    RUNNING = 0
-    CONVERGED = 1  #: residual ||g(x) - x||_2 <= tol
-    MAX_ITER = 2  #: max_iter steps taken without reaching tol
-    BREAKDOWN = 3  #: the step was exactly zero although the residual is above tol (stagnation)
-    NONFINITE = 4  #: g returned NaN/inf; the last finite iterate is kept
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,7 +112,7 @@ class AndersonState:
         step (entries of empty slots are stale and masked).
     valid : Tensor (B, m) bool
     codes : Tensor (B,) int64
-        :class:`AndersonStatus` values per element.
+        :class:`SolverStatus` values per element.
     steps : Tensor (B,) int64
         Steps taken by each element (an element stops moving once it leaves ``RUNNING``).
     restarts, rejections : Tensor (B,) int64
@@ -173,65 +165,8 @@ class AndersonState:
         return (self.hist[:, 0] - self.hist[:, 1]).transpose(-1, -2)
 
 
-@dataclass(frozen=True)
-class AndersonResult:
-    r"""Outcome of :func:`anderson`.
-
-    Attributes
-    ----------
-    solution : Tensor (..., n)
-        Final iterate :math:`x_k` per batch element (dtype of ``x0``). A converged element is frozen at
-        the first iterate with :math:`\lVert g(x_k) - x_k\rVert_2 \le` ``tol``.
-    image : Tensor (..., n)
-        :math:`g(\text{solution})` (already evaluated; for a contraction it is closer to the fixed point).
-    residual : Tensor (...)
-        :math:`\lVert g(x_k) - x_k\rVert_2` at ``solution``.
-    status : AndersonStatus
-        ``CONVERGED`` iff every element converged; otherwise the most severe element status
-        (``NONFINITE`` > ``BREAKDOWN`` > ``MAX_ITER``).
-    element_status : Tensor (...) int64
-        Per-element :class:`AndersonStatus` values (``AndersonStatus(int(code))``).
-    converged : Tensor (...) bool
-    iterations : int
-        Solver steps taken (for the slowest element).
-    map_evaluations : int
-        Calls of ``g``, each on the whole batch: ``iterations + 1``. An element that stopped early is
-        still evaluated (it is frozen), so this is the honest cost of the batched solve.
-    element_map_evaluations : Tensor (...) int64
-        Map evaluations each element needed on its own: ``steps + 1``.
-    energy_evaluations : int
-        Calls of ``energy`` (safeguard only: 1 at start, 2 per step).
-    residual_history : Tensor (iterations + 1, ...)
-        Row ``t`` = :math:`\lVert f_t\rVert_2` (constant after an element stops).
-    energy_history : Tensor (iterations + 1, ...) or None
-        Row ``t`` = :math:`E(x_t)` (safeguard only).
-    restarts, safeguard_rejections : Tensor (...) int64
-    """
-
-    solution: Tensor
-    image: Tensor
-    residual: Tensor
-    status: AndersonStatus
-    element_status: Tensor
-    converged: Tensor
-    iterations: int
-    map_evaluations: int
-    element_map_evaluations: Tensor
-    energy_evaluations: int
-    residual_history: Tensor
-    energy_history: Optional[Tensor]
-    restarts: Tensor
-    safeguard_rejections: Tensor
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Solver
-
-
-def _check_int(name: str, value, ge: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < ge:
-        raise ValueError(f"{name} must be an int >= {ge}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -270,6 +205,10 @@ class AndersonSolver:
         fails, or when the coefficients or the candidate are not finite. Default :math:`1/(100\,\epsilon)`
         of the compute dtype (the normal equations square the condition number of :math:`\mathcal F`, so
         this allows :math:`\kappa(\mathcal F)\lesssim 10^{6.6}` in float64).
+    trace_energy : bool, default False
+        Record :math:`E(x_k)` of every iterate in ``energy_history`` (needs ``energy``; one evaluation per
+        iterate; implied by the safeguard). :func:`hopfield_gag.fixed_point` uses it for the Hopfield
+        energy, which the plain iteration never increases (CCCP).
 
     Notes
     -----
@@ -292,15 +231,15 @@ class AndersonSolver:
     safeguard: Optional[str] = None
     energy: Optional[Callable[[Tensor], Tensor]] = None
     cond_max: Optional[float] = None
+    trace_energy: bool = False
 
     def __post_init__(self):
-        _check_int("m", self.m, 0)
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        check_int("m", self.m, ge=0)
+        check_choice("kind", self.kind, KINDS)
         check_scalar("damping", self.damping, gt=0.0, le=1.0)
         check_scalar("reg", self.reg, ge=0.0)
         check_scalar("tol", self.tol, ge=0.0)
-        _check_int("max_iter", self.max_iter, 0)
+        check_int("max_iter", self.max_iter, ge=0)
         if self.safeguard not in SAFEGUARDS:
             raise ValueError(f"safeguard must be one of {SAFEGUARDS}, got {self.safeguard!r}")
         if self.safeguard == "energy" and not callable(self.energy):
@@ -308,6 +247,8 @@ class AndersonSolver:
                              f"{self.energy!r}")
         if self.energy is not None and not callable(self.energy):
             raise ValueError(f"energy must be callable or None, got {self.energy!r}")
+        if self.trace_energy and not callable(self.energy):
+            raise ValueError(f"energy must be a callable x -> (...) when trace_energy=True, got {self.energy!r}")
         if self.cond_max is not None:
             check_scalar("cond_max", self.cond_max, gt=1.0)
 
@@ -360,12 +301,12 @@ class AndersonSolver:
         fnorm = torch.linalg.vector_norm(f, dim=-1)
         codes = torch.zeros(B, dtype=torch.int64, device=x.device)
         finite = torch.isfinite(gx).all(-1)
-        codes[fnorm <= self.tol] = AndersonStatus.CONVERGED.value
-        codes[~finite] = AndersonStatus.NONFINITE.value
+        codes[fnorm <= self.tol] = SolverStatus.CONVERGED.value
+        codes[~finite] = SolverStatus.NONFINITE.value
         if self.max_iter == 0:
-            codes[codes == 0] = AndersonStatus.MAX_ITER.value
+            codes[codes == 0] = SolverStatus.MAX_ITER.value
         energy, e_hist, e_evals = None, (), 0
-        if self.safeguard == "energy":
+        if self.safeguard == "energy" or self.trace_energy:
             energy = self._energy(x, batch_shape, x0.dtype)
             e_hist, e_evals = (energy,), 1
         zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
@@ -448,7 +389,7 @@ class AndersonSolver:
         the default keeps every state intact."""
         st = state
         beta = self.damping
-        RUN = AndersonStatus.RUNNING.value
+        RUN = SolverStatus.RUNNING.value
         active = st.codes == RUN
         all_active = bool(active.all())
         hist, valid = st.hist, st.valid
@@ -490,8 +431,11 @@ class AndersonSolver:
             gx_new = torch.where(mv, gx_new, st.gx)
             f_new = torch.where(mv, f_new, st.f)
             fnorm = torch.where(moving, fnorm, st.fnorm)
-            if energy is not None:
+            if energy is not None and self.safeguard == "energy":
                 energy = torch.where(moving, energy, st.energy)
+        if self.trace_energy and self.safeguard != "energy":
+            energy = self._energy(x_new, st.batch_shape, st.dtype)
+            e_evals += 1
         dx = x_new - st.x
         head, gram, rhs = st.head, st.gram, st.rhs
         if self.m > 0:  # write the new pair into slot `head` of the ring
@@ -511,14 +455,14 @@ class AndersonSolver:
         # status: non-finite > converged > stalled (the step was exactly zero) > running
         conv = fnorm <= self.tol
         stalled = ~conv & (dx == 0).all(-1)
-        new_code = torch.where(conv, AndersonStatus.CONVERGED.value,
-                               torch.where(stalled, AndersonStatus.BREAKDOWN.value, RUN))
+        new_code = torch.where(conv, SolverStatus.CONVERGED.value,
+                               torch.where(stalled, SolverStatus.BREAKDOWN.value, RUN))
         codes = torch.where(moving, new_code, st.codes)
         if moving is not active:
-            codes = torch.where(active & ~finite, AndersonStatus.NONFINITE.value, codes)
+            codes = torch.where(active & ~finite, SolverStatus.NONFINITE.value, codes)
         iteration = st.iteration + 1
         if iteration >= self.max_iter:
-            codes = torch.where(codes == RUN, AndersonStatus.MAX_ITER.value, codes)
+            codes = torch.where(codes == RUN, SolverStatus.MAX_ITER.value, codes)
         restarts = st.restarts if restart is None else st.restarts + restart.long()
         return replace(
             st, x=x_new, gx=gx_new, f=f_new, fnorm=fnorm, hist=hist, head=head, gram=gram, rhs=rhs,
@@ -529,20 +473,32 @@ class AndersonSolver:
             energy_history=st.energy_history + ((energy,) if energy is not None else ()),
         )
 
-    def terminate(self, state: AndersonState) -> tuple[bool, AndersonStatus]:
-        """``(done, status)``: done when no element is running; status as :attr:`AndersonResult.status`."""
+    def terminate(self, state: AndersonState) -> tuple[bool, SolverStatus]:
+        """``(done, status)``: done when no element is running; status as :attr:`SolverResult.status`."""
         codes = state.codes
-        if bool((codes == AndersonStatus.RUNNING.value).any()):
-            return False, AndersonStatus.RUNNING
-        for s in (AndersonStatus.NONFINITE, AndersonStatus.BREAKDOWN, AndersonStatus.MAX_ITER):
+        if bool((codes == SolverStatus.RUNNING.value).any()):
+            return False, SolverStatus.RUNNING
+        for s in (SolverStatus.NONFINITE, SolverStatus.BREAKDOWN, SolverStatus.MAX_ITER):
             if bool((codes == s.value).any()):
                 return True, s
-        return True, AndersonStatus.CONVERGED
+        return True, SolverStatus.CONVERGED
 
     # ---------------------------------------------------------------- inspection
-    def _history(self, state: AndersonState) -> tuple[Tensor, Tensor, Tensor]:
+    def _low_rank_update(self, state: AndersonState, base: float, left, pick) -> Tensor:
+        r"""The dense (n, n) estimates :math:`	ext{base}\,I + L M^{-1} W^	op` both Jacobian readings share:
+        ``left(dX, dF)`` gives :math:`L`, ``pick(dX, dF)`` gives :math:`(W, M)`; empty history slots are
+        zeroed in :math:`\mathcal X, \mathcal F` and replaced by identity rows/columns in :math:`M`."""
         v = state.valid.unsqueeze(-2)
-        return (torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0), state.valid)
+        dX, dF = torch.where(v, state.dX, 0.0), torch.where(v, state.dF, 0.0)
+        n, m = dX.shape[-2], dX.shape[-1]
+        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
+        if m == 0:
+            return (base * eye_n).expand(*state.batch_shape, n, n).clone()
+        W, M = pick(dX, dF)
+        vv = state.valid.unsqueeze(-1) & state.valid.unsqueeze(-2)
+        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
+        out = base * eye_n + left(dX, dF) @ torch.linalg.solve(M, W.transpose(-1, -2))
+        return out.reshape(*state.batch_shape, n, n)
 
     def inverse_jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense inverse-Jacobian estimate :math:`H_k` of the next step (:math:`x_{k+1} = x_k - H_k f_k`
@@ -556,19 +512,14 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid = self._history(state)
-        B, n, m = dX.shape
         beta = self.damping
-        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
-        if m == 0:
-            return (-beta * eye_n).expand(*state.batch_shape, n, n).clone()
-        W = dF if self.kind == "II" else dX
-        M = W.transpose(-1, -2) @ dF
-        M = M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
-        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
-        H = -beta * eye_n + (dX + beta * dF) @ torch.linalg.solve(M, W.transpose(-1, -2))
-        return H.reshape(*state.batch_shape, n, n)
+
+        def pick(dX, dF):
+            W = dF if self.kind == "II" else dX
+            M = W.transpose(-1, -2) @ dF
+            return W, M + torch.diag_embed(self.reg * M.diagonal(dim1=-2, dim2=-1))
+
+        return self._low_rank_update(state, -beta, lambda dX, dF: dX + beta * dF, pick)
 
     def jacobian(self, state: AndersonState) -> Tensor:
         r"""Dense Jacobian estimate :math:`B_k = H_k^{-1}` of :math:`f(x) = g(x) - x`, closed form (``reg``
@@ -584,36 +535,30 @@ class AndersonSolver:
         -------
         Tensor (..., n, n) in the compute dtype.
         """
-        dX, dF, valid = self._history(state)
-        B, n, m = dX.shape
         beta = self.damping
-        eye_n = torch.eye(n, dtype=dX.dtype, device=dX.device)
-        if m == 0:
-            return (-eye_n / beta).expand(*state.batch_shape, n, n).clone()
-        if self.kind == "I":
-            W, M = dX, dX.transpose(-1, -2) @ dX
-        else:
-            W, M = dF, dF.transpose(-1, -2) @ dX
-        vv = valid.unsqueeze(-1) & valid.unsqueeze(-2)
-        M = torch.where(vv, M, torch.eye(m, dtype=dX.dtype, device=dX.device))
-        Bk = -eye_n / beta + (dF + dX / beta) @ torch.linalg.solve(M, W.transpose(-1, -2))
-        return Bk.reshape(*state.batch_shape, n, n)
 
-    def result(self, state: AndersonState) -> AndersonResult:
-        """Package a state as an :class:`AndersonResult` (shapes restored, dtype of ``x0``)."""
+        def pick(dX, dF):
+            return (dX, dX.transpose(-1, -2) @ dX) if self.kind == "I" else (dF, dF.transpose(-1, -2) @ dX)
+
+        return self._low_rank_update(state, -1.0 / beta, lambda dX, dF: dF + dX / beta, pick)
+
+    def result(self, state: AndersonState) -> SolverResult:
+        """Package a state as a :class:`SolverResult` (shapes restored, dtype of ``x0``)."""
         bs, n, dt = state.batch_shape, state.x.shape[-1], state.dtype
         done, status = self.terminate(state)
         if not done:
-            status = AndersonStatus.MAX_ITER
+            status = SolverStatus.MAX_ITER
         codes = state.codes.reshape(bs)
         e_hist = torch.stack(state.energy_history).reshape(-1, *bs) if state.energy_history else None
-        return AndersonResult(
+        converged = codes == SolverStatus.CONVERGED.value
+        return SolverResult(
             solution=state.x.to(dt).reshape(*bs, n),
             image=state.gx.to(dt).reshape(*bs, n),
             residual=state.fnorm.reshape(bs),
             status=status,
             element_status=codes,
-            converged=codes == AndersonStatus.CONVERGED.value,
+            element_converged=converged,
+            converged=status is SolverStatus.CONVERGED,
             iterations=state.iteration,
             map_evaluations=state.map_evaluations,
             element_map_evaluations=(state.steps + 1).reshape(bs),
@@ -622,6 +567,7 @@ class AndersonSolver:
             energy_history=e_hist,
             restarts=state.restarts.reshape(bs),
             safeguard_rejections=state.rejections.reshape(bs),
+            tol=float(self.tol),
         )
 
 
@@ -637,7 +583,8 @@ def anderson(
     safeguard: Optional[str] = None,
     energy: Optional[Callable[[Tensor], Tensor]] = None,
     cond_max: Optional[float] = None,
-) -> AndersonResult:
+    trace_energy: bool = False,
+) -> SolverResult:
     r"""Solve :math:`x = g(x)` by Anderson acceleration AA(m), independently for every batch element.
 
     .. math::
@@ -656,12 +603,12 @@ def anderson(
         Batched fixed-point map.
     x0 : Tensor (..., n)
         Starting points, fp16/bf16/fp32/fp64 (half types are iterated in fp32, ``g`` sees ``x0.dtype``).
-    m, kind, damping, reg, tol, max_iter, safeguard, energy, cond_max
-        See :class:`AndersonSolver`.
+    m, kind, damping, reg, tol, max_iter, safeguard, energy, cond_max, trace_energy
+        See :class:`AndersonSolver`. ``m = 0`` is the plain iteration (:func:`hopfield_gag.fixed_point`).
 
     Returns
     -------
-    AndersonResult
+    SolverResult
 
     Examples
     --------
@@ -677,7 +624,7 @@ def anderson(
     ``reg=0``, ``alpha=damping``, ``w0=0``, ``line_search=None``, ``M=m``).
     """
     solver = AndersonSolver(m=m, kind=kind, damping=damping, reg=reg, tol=tol, max_iter=max_iter,
-                            safeguard=safeguard, energy=energy, cond_max=cond_max)
+                            safeguard=safeguard, energy=energy, cond_max=cond_max, trace_energy=trace_energy)
     with torch.inference_mode():  # cheaper per op than no_grad; the loop is never differentiated
         state = solver.init(g, x0)
         while not solver.terminate(state)[0]:
