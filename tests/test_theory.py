@@ -231,15 +231,44 @@ def test_parallel_holds_in_exact_region_with_self_separated_values(data, prob):
 @settings(max_examples=100)
 @given(st.data(), st.sampled_from(["any", "metastable", "separated"]))
 def test_parallel_holds_with_half_margin_gap_equal_norms(data, regime):
-    """Checked conjecture (THEORY.md T5c): Hopfield case, equal-norm patterns, top score gap
-    (alpha - 1)(z_(1) - z_(2)) >= 1/2  =>  c >= 0."""
-    prob = data.draw(hopfield_problems(regime, alphas=(1.5, 2.0)))
+    """Checked conjecture (THEORY.md T5d), alpha = 1.5 ONLY: Hopfield case, equal-norm patterns, top score
+    gap (alpha - 1)(z_(1) - z_(2)) >= 1/2  =>  c >= 0. False at alpha = 2: test_T5d_counterexample_alpha2."""
+    prob = data.draw(hopfield_problems(regime, alphas=(1.5,)))
     xi, _ = data.draw(basin_queries(prob, inside=data.draw(st.booleans())))
     r = sparse_dense_discrepancy(xi, prob.x, None, prob.beta, prob.alpha)
     if r.n_keys >= 2:
         top = r.z.topk(2, -1).values
         assume(float((prob.alpha - 1) * (top[..., 0] - top[..., 1])) >= 0.5)
     assert float(parallel_margin(xi, prob.x, None, prob.beta, prob.alpha)) >= -TOL
+
+
+# the referee's counterexample (issue 10): sparsemax, gap 0.507 of the exact margin, cos(Delta, s) = -0.068
+T5D_ALPHA2 = (T([0.3219, 0.7208, -0.6138], [0.3279, 0.4459, -0.8328], [0.1520, 0.4540, -0.8780],
+                [0.4507, -0.5417, -0.7096]), T([-1.07, 0.01, 3.24]), 1.1)
+# our adversarial search (THEORY.md T5d): sparsemax, gap 0.550 of the exact margin, cos = -1.8e-4
+T5D_ALPHA2_055 = (T([-0.8223384769456991, 0.08438054681744106, -0.5627071642101402],
+                    [-0.8146581657532149, -0.46803896812427626, 0.34244940836387794],
+                    [-0.6801165273947358, -0.011931401045236436, -0.7330069241375714],
+                    [-0.42846214103027114, 0.3018606829512586, -0.8516456550655064]),
+                  T([2.211497804228324, 1.0465509747392066, 0.9296071975585952]), 1.0)
+
+
+@given(st.sampled_from([T5D_ALPHA2, T5D_ALPHA2_055]), st.floats(0.0, 1e-9))
+@example(T5D_ALPHA2, 0.0)
+@example(T5D_ALPHA2_055, 0.0)
+def test_T5d_counterexample_alpha2(case, eps):
+    """T5d is false at alpha = 2 (sparsemax): equal-norm patterns with top gap >= 1/2 of the exact-retrieval
+    margin and c < 0. The violation is robust: it survives perturbing the query by up to 1e-9 (the margins
+    are -0.068 and -1.8e-4, both far above the float64 noise floor ~1e-13 of a cosine of 3-vectors)."""
+    x, xi, beta = case
+    x = x / x.norm(dim=-1, keepdim=True)
+    q = (xi + eps).reshape(1, -1)
+    r = sparse_dense_discrepancy(q, x, None, beta, 2.0)
+    top = r.z.topk(2, -1).values
+    assert float(top[0, 0] - top[0, 1]) >= 0.5  # (alpha - 1) = 1: half the exact-retrieval margin
+    assert float(parallel_margin(q, x, None, beta, 2.0)) < -1e-4
+    assert float(r.parallel_coef) < 0
+    assert float(parallel_certificate(q, x, None, beta, 2.0)) < 0  # the sound certificate is not fooled
 
 
 @pytest.mark.parametrize(
