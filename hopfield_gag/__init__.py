@@ -9,6 +9,7 @@ Layers (data flows one way; a layer imports only the layers before it):
 ``solvers``           Anderson acceleration; plain iteration is depth 0
 ``theory``            sparse-dense discrepancy, property margins, contraction, symbolic identities
 ``guidance``          ``gag_attention``, the AA(1) readings, the float64 oracle
+``capture``           attention q/k/v of real models into a crash-safe ``ActivationStore``
 ``selfcheck``, CLI    the numerical self-check battery and ``hopfield-gag``
 ====================  ==========================================================================
 
@@ -94,6 +95,9 @@ from .theory import (
     noise_floor,
 )
 
+# ``hopfield_gag.capture`` stays the subpackage (its ``capture`` function: ``from hopfield_gag.capture import capture``)
+from .capture import ActivationStore, import_tensors
+
 __version__ = "0.1.0"
 
 
@@ -103,4 +107,9 @@ def __getattr__(name):
         from .theory import symbolic
 
         return symbolic
+    # the diffusers integration (optional extra): imported on first use
+    if name in ("apply_gag", "install_attention_fn", "list_attention_layers", "GuidedAttention"):
+        from . import adapters
+
+        return getattr(adapters, name)
     raise AttributeError(f"module 'hopfield_gag' has no attribute {name!r}")

@@ -7,6 +7,10 @@ Commands
 --------
 selfcheck   run the numerical self-check battery (:mod:`hopfield_gag.selfcheck`); exit status 1 if any
             check fails.
+capture     record attention q/k/v of a model into an activation store (:mod:`hopfield_gag.capture.cli`).
+store       ``store info DIR`` / ``store verify DIR``: inspect or check an activation store.
+demo        dense vs GAG samples from the shipped DiT, judged, with theory margins on captured activations
+            (:mod:`hopfield_gag.models.demo`); writes ./hopfield-gag-demo/report.md.
 figures     regenerate every figure of ``paper_figures/`` and its index (:func:`hopfield_gag.studies.figures.make_all`).
 """
 from __future__ import annotations
@@ -59,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this check (repeatable)")
     p.add_argument("--list", action="store_true", help="list the registered checks and exit")
     p.set_defaults(handler=_cmd_selfcheck)
+
+    from .capture.cli import add_parsers as _add_capture_parsers
+
+    _add_capture_parsers(sub)  # capture, store info, store verify
+    from .models.demo import add_demo_parser
+
+    add_demo_parser(sub)
 
     p = sub.add_parser("figures", help="regenerate every figure (PNG) and the index README.md in paper_figures/")
     p.add_argument("--fast", action="store_true", help="the test setting (small grids, few seeds)")

@@ -41,7 +41,7 @@ def _seeded(cls, cfg, seed=0):
 def sd15():
     unet = _seeded(UNet2DConditionModel, SD15_UNET)
     g = torch.Generator().manual_seed(1)
-    inputs = dict(sample=torch.randn(2, 4, 16, 16, generator=g), timestep=torch.tensor([10]),
+    inputs = dict(sample=torch.randn(2, 4, 8, 8, generator=g), timestep=torch.tensor([10]),
                   encoder_hidden_states=torch.randn(2, 4, 8, generator=g))
     return unet, inputs
 
@@ -50,7 +50,7 @@ def sd15():
 def sdxl():
     unet = _seeded(UNet2DConditionModel, SDXL_UNET)
     g = torch.Generator().manual_seed(2)
-    inputs = dict(sample=torch.randn(2, 4, 16, 16, generator=g), timestep=torch.tensor([10]),
+    inputs = dict(sample=torch.randn(2, 4, 8, 8, generator=g), timestep=torch.tensor([10]),
                   encoder_hidden_states=torch.randn(2, 7, 64, generator=g),
                   added_cond_kwargs={"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.randn(2, 6, generator=g)})
     return unet, inputs
@@ -201,6 +201,11 @@ def test_applying_twice_is_an_error(sd15):
 def test_layer_selection(sd15):
     unet, _ = sd15
     sel = lambda layers, **kw: install_attention_fn(unet, lambda c: c.dense(), layers, **kw)  # noqa: E731
+    info = {i.name: i for i in list_attention_layers(unet)}
+    a2 = info["down_blocks.0.attentions.0.transformer_blocks.0.attn2"]
+    assert (a2.kind, a2.processor, a2.supported, a2.heads, a2.head_dim, a2.query_dim, a2.key_dim) == \
+        ("cross", "AttnProcessor2_0", True, 2, 2, 4, 8)
+    assert info["mid_block.attentions.0.transformer_blocks.0.attn1"].kind == "self"
     with sel("down_blocks") as h:
         assert h.layers == ["down_blocks.0.attentions.0.transformer_blocks.0.attn1",
                             "down_blocks.0.attentions.0.transformer_blocks.0.attn2"]
@@ -259,7 +264,7 @@ def test_parameters_change_without_reinstall_or_recompile(sd15):
         proc = attn.processor
         cnt = CompileCounter()
         compiled = torch.compile(attn, backend=cnt)
-        x, ehs = torch.randn(2, 256, 4), torch.randn(2, 4, 8)
+        x, ehs = torch.randn(2, 64, 4), torch.randn(2, 4, 8)
         with torch.no_grad():
             a = compiled(x, encoder_hidden_states=ehs)
             frames = cnt.frame_count
@@ -287,3 +292,30 @@ def test_bad_parameters_are_rejected_and_leave_state_unchanged(sd15):
         assert h.fn.lam == 3.0 and h.fn.eta == 15.0
         with pytest.raises(TypeError, match="unknown"):
             h.update(lamda=1.0)
+
+
+def test_step_and_sigma_windows_on_a_bare_model(sd15):
+    """Without a pipeline the step is set by hand (state.set_step or the pipeline callback)."""
+    unet, inputs = sd15
+    ref = _out(unet, inputs)
+    with apply_gag(unet, steps=(0.5, 1.0)) as h:
+        with pytest.raises(RuntimeError, match="needs the denoising step"):
+            _out(unet, inputs)
+        h.state.set_step(0, 4)
+        assert torch.equal(_out(unet, inputs), ref)  # outside the window: stock output
+        h.step_callback(None, 1, None, {})  # end of step 1 -> step 2 of 4 = 0.5: inside
+        assert h.state.step == 2 and not torch.equal(_out(unet, inputs), ref)
+        with pytest.raises(ValueError, match="num_steps"):
+            h.state.set_step(3, 2)
+    with apply_gag(unet, sigmas=(0.5, 2.0)) as h:
+        h.state.sigma = 3.0
+        assert torch.equal(_out(unet, inputs), ref)
+        h.state.sigma = 1.0
+        assert not torch.equal(_out(unet, inputs), ref)
+
+
+def test_a_function_returning_the_wrong_shape_is_named(sd15):
+    unet, inputs = sd15
+    with install_attention_fn(unet, lambda c: c.dense()[..., :1, :], layers="mid_block"):
+        with pytest.raises(ValueError, match="mid_block.*expected a tensor"):
+            _out(unet, inputs)

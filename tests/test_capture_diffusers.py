@@ -188,3 +188,28 @@ def test_pipeline_steps_and_branches(tmp_path):
     assert store.steps == [2, 3] and set(store.branches) == {"uncond", "cond"}
     rec = next(store.records(step=3, branch="cond"))
     assert rec["num_steps"] == 4 and rec["timestep"] == float(sched.timesteps[3]) and rec["q"].shape[0] == 1
+
+
+def test_hooks_route_sees_pre_rope_projections(tmp_path):
+    """What hooks can and cannot see: on the UNet (no q/k norm, no RoPE) the hooked projections are exactly
+    the kernel's q/k/v; on Flux the hooked q is pre-norm/pre-RoPE and image-only, so it differs from the
+    kernel's (which the adapters route records)."""
+    model, inputs = _unet()
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    with capture(model, tmp_path / "a", layers=layer), torch.no_grad():
+        model(**inputs)
+    with capture(model, tmp_path / "h", layers=layer, via="hooks"), torch.no_grad():
+        model(**inputs)
+    a, h = next(iter(ActivationStore(tmp_path / "a"))), next(iter(ActivationStore(tmp_path / "h")))
+    assert h["source"] == "hooks" and all(torch.equal(a[n], h[n]) for n in "qkv")
+
+    model, inputs = _flux()
+    layer = "transformer_blocks.0.attn"
+    with capture(model, tmp_path / "fa", layers=layer), torch.no_grad():
+        model(**inputs)
+    with capture(model, tmp_path / "fh", layers=layer, via="hooks"), torch.no_grad():
+        model(**inputs)
+    a, h = next(iter(ActivationStore(tmp_path / "fa"))), next(iter(ActivationStore(tmp_path / "fh")))
+    img = a["image_queries"]
+    assert h["q"].shape[2] == img.stop - img.start < a["q"].shape[2]  # hooks: image stream only
+    assert not torch.allclose(h["q"], a["q"][:, :, img], atol=1e-3)  # hooks: before q-norm and RoPE

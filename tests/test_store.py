@@ -122,6 +122,9 @@ def test_corrupt_and_missing_shards_are_named_and_others_stay_readable(tmp_path)
     with pytest.raises(ShardError, match="shard-000001"):
         list(store.records())
     (path / store.shards[2]).unlink()
+    with pytest.raises(ShardError, match="2 of 3 shards are bad") as exc:
+        store.verify()
+    assert set(exc.value.bad) == {"shard-000001.safetensors", "shard-000002.safetensors"}
     report = store.verify(raise_on_error=False)
     assert set(report) == {"shard-000001.safetensors", "shard-000002.safetensors"}
     assert "missing" in report["shard-000002.safetensors"]

@@ -15,7 +15,8 @@ current by a diffusers ``ModelHook`` on the denoiser:
 - **branch per batch row**: Flux and Qwen pipelines wrap each call in ``transformer.cache_context("cond" |
   "uncond")``; the hook receives that context (it is a stateful diffusers hook) and marks every row.
   SD/SDXL/SD3 pipelines batch [uncond, cond] when ``pipeline.do_classifier_free_guidance``; the hook marks
-  the first half "uncond" and the second "cond" (and every row "cond" without CFG).
+  the first half "uncond" and the second "cond" (and every row "cond" without CFG). PAG pipelines
+  ([uncond, cond, perturbed]) are not labelled, so ``branches="cond"`` raises there instead of guessing.
 """
 from __future__ import annotations
 
@@ -133,7 +134,10 @@ def _make_hook(state: AttentionState, pipeline):
                 except Exception:  # some pipelines compute it from attributes set later in __call__
                     cfg = False
                 b = sample.shape[0]
-                state.batch_branches = (("uncond",) * (b // 2) + ("cond",) * (b // 2)) if cfg and b % 2 == 0 else ("cond",) * b
+                if getattr(pipeline, "do_perturbed_attention_guidance", False):
+                    state.batch_branches = None  # PAG pipelines batch [uncond, cond, perturbed]: not labelled
+                else:
+                    state.batch_branches = (("uncond",) * (b // 2) + ("cond",) * (b // 2)) if cfg and b % 2 == 0 else ("cond",) * b
             return args, kwargs
 
     return _StateHook()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import queue
 import re
 import threading
@@ -67,7 +66,8 @@ def _core_module(model) -> nn.Module:
 def model_fingerprint(model) -> tuple[str, str]:
     """``(model_id, config_hash)`` of a module or pipeline.
 
-    ``config_hash`` is the SHA-256 of the class name, the diffusers config (when present), every
+    ``model_id`` is the class name; ``config_hash`` is the SHA-256 of the class name, the diffusers config
+    without its private ``_`` keys (when present), every
     parameter's name, shape and dtype, and the first 8 values of each parameter: cheap, and different for
     two trainings of one architecture.
     """
@@ -76,9 +76,9 @@ def model_fingerprint(model) -> tuple[str, str]:
     cfg = getattr(core, "config", None)
     name = type(core).__name__
     if isinstance(cfg, Mapping):
-        h.update(json.dumps({k: v for k, v in cfg.items()}, sort_keys=True, default=str).encode())
-        if cfg.get("_name_or_path"):
-            name = f"{name}:{cfg['_name_or_path']}"
+        # private keys (_name_or_path, _diffusers_version, ...) say where the model came from, not what it is
+        h.update(json.dumps({k: v for k, v in cfg.items() if not str(k).startswith("_")}, sort_keys=True,
+                            default=str).encode())
     with torch.no_grad():
         for pname, p in core.named_parameters():
             h.update(f"{pname}{tuple(p.shape)}{p.dtype}".encode())
@@ -293,7 +293,6 @@ class Capture:
         self._cv = threading.Condition()
         self._error: Optional[BaseException] = None
         self._writer: Optional[threading.Thread] = None
-        self._on_shard: Optional[Callable[[int], None]] = None
 
     def _start(self, store: ActivationStore) -> None:
         # the store exists only once every argument and the layer selection passed their checks
@@ -302,6 +301,14 @@ class Capture:
         self._t0 = time.perf_counter()
         self._writer = threading.Thread(target=self._run_writer, name="hopfield-gag-capture-writer", daemon=True)
         self._writer.start()
+
+    def set_step(self, step: int, num_steps: Optional[int] = None, timestep: Optional[float] = None) -> None:
+        """Step facts for calls that carry none (custom loops over a bare model, the hooks route)."""
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self.step, self.timestep = step, None if timestep is None else float(timestep)
+        if num_steps is not None:
+            self.num_steps = num_steps
 
     # -------------------------------------------------------------------- forward path (calling thread)
     def _on_forward(self, module, args):
@@ -330,7 +337,7 @@ class Capture:
         timestep = timestep if timestep is not None else self.timestep
         if not _step_selected(self._steps, step, num_steps):
             return
-        q, k, v = t["q"], t["k"], t["v"]
+        q = t["q"]
         B, H = q.shape[0], q.shape[1]
         if branches is None and self._cfg_batch:
             if B % 2:
@@ -451,7 +458,7 @@ class Capture:
         return rec
 
     def _run_writer(self):
-        buf, buf_in = [], 0
+        buf, buf_in, buf_out = [], 0, 0  # records, their queued bytes, their bytes after _derive
         try:
             while True:
                 try:
@@ -459,16 +466,18 @@ class Capture:
                 except queue.Empty:
                     if buf and self._waiting:  # the forward waits for memory: flush a partial shard
                         self._flush(buf, buf_in)
-                        buf, buf_in = [], 0
+                        buf, buf_in, buf_out = [], 0, 0
                     continue
                 if item is None:
                     break
                 rec, n = item
-                buf.append(self._derive(rec))
+                rec = self._derive(rec)
+                buf.append(rec)
                 buf_in += n
-                if sum(_nbytes(r) for r in buf) >= self._shard_bytes:
+                buf_out += _nbytes(rec)
+                if buf_out >= self._shard_bytes:
                     self._flush(buf, buf_in)
-                    buf, buf_in = [], 0
+                    buf, buf_in, buf_out = [], 0, 0
             if buf:
                 self._flush(buf, buf_in)
         except BaseException as exc:  # surfaced on the calling thread at the next record / exit
@@ -483,8 +492,6 @@ class Capture:
         with self._cv:
             self._pending -= n_in
             self._cv.notify_all()
-        if self._on_shard is not None:
-            self._on_shard(len(buf))
 
     def close(self, complete: bool) -> None:
         """Drain the queue, stop the writer, mark the store complete (when ``complete``)."""
@@ -512,30 +519,6 @@ def _install_adapters(model, cap: Capture, layer_patterns):
     handle = install_attention_fn(model, cap, layers=layer_patterns)
     cap.layers = list(handle.layers)
     return [handle]
-
-
-def _install_attention_fn_attr(model, cap: Capture, layer_patterns):
-    """Models whose attention modules carry an ``attention_fn`` slot (the shipped models): set it to the
-    recorder and put the previous value back on exit."""
-    core = _core_module(model)
-    mods = dict(core.attention_layers())
-    cap.layers = _select_layers(layer_patterns, list(mods))
-
-    class _Restore:
-        def __init__(self):
-            self.saved = {n: mods[n].attention_fn for n in cap.layers}
-
-        def remove(self):
-            for n, fn in self.saved.items():
-                mods[n].attention_fn = fn
-
-    restore = _Restore()
-    busy = [n for n, fn in restore.saved.items() if fn is not None]
-    if busy:
-        raise RuntimeError(f"layers {busy[:4]} already run an attention function; remove it before capturing")
-    for n in cap.layers:
-        mods[n].attention_fn = cap
-    return [restore]
 
 
 def _install_hooks(model, cap: Capture, layer_patterns, extractor, num_heads):
@@ -613,20 +596,21 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
         :func:`hopfield_gag.sharpening_margin` etc.
     alpha : entmax order of the sparse branch (1.5).
     keep_qkv : False stores only the computed outputs/margins (a study without the full tensors).
-    via : ``"auto"`` (adapters when they support the model, else hooks), ``"adapters"`` or ``"hooks"``.
+    via : ``"auto"`` (adapters for models with attention processors: diffusers and the shipped models;
+        else hooks), ``"adapters"`` or ``"hooks"``.
     extractor : hooks route: an :class:`Extractor` for the modules named by ``layers``.
     num_heads : hooks route: head count when the module does not expose one.
     num_steps : number of steps when calls do not carry it (needed by a fractional ``steps`` window).
     cfg_batch : hooks route: the batch is ``[uncond; cond]`` halves (diffusers SD/SD3 convention).
     shard_bytes : target shard size (default ``min(64 MiB, memory_budget // 4)``).
-    model_id : manifest model id (default: class name and ``_name_or_path``).
+    model_id : manifest model id (default: the class name; the config hash tells models apart).
 
     Yields
     ------
     Capture (``cap.store``, ``cap.layers``, ``cap.summary()`` ...).
     """
-    if via not in ("auto", "adapters", "attention_fn", "hooks"):
-        raise ValueError(f"via must be 'auto', 'adapters', 'attention_fn' or 'hooks', got {via!r}")
+    if via not in ("auto", "adapters", "hooks"):
+        raise ValueError(f"via must be 'auto', 'adapters' or 'hooks', got {via!r}")
     layer_patterns = _compile_layers(layers)
     step_sel = _check_steps(steps)
     if heads is not None:
@@ -672,8 +656,6 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     try:
         if route == "adapters":
             handles = _install_adapters(model, cap, layer_patterns)
-        elif route == "attention_fn":
-            handles = _install_attention_fn_attr(model, cap, layer_patterns)
         else:
             handles = _install_hooks(model, cap, layer_patterns, extractor, num_heads)
         handles.append(_core_module(model).register_forward_pre_hook(cap._on_forward))
@@ -694,11 +676,9 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
 
 
 def _route(model) -> str:
-    """``"adapters"`` for models with diffusers attention processors, ``"attention_fn"`` for models whose
-    attention modules take an attention function (``model.attention_layers()``), else ``"hooks"``."""
+    """``"adapters"`` for models with attention processors (diffusers, and the shipped models through their
+    adapted processors), else ``"hooks"``."""
     core = _core_module(model)
-    if callable(getattr(core, "attention_layers", None)):
-        return "attention_fn"
     if any(hasattr(m, "processor") and callable(getattr(m, "set_processor", None)) for m in core.modules()):
         return "adapters"
     return "hooks"

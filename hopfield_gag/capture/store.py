@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
@@ -67,9 +67,10 @@ class StoreError(Exception):
 class ShardError(StoreError):
     """A shard that is missing, corrupt or inconsistent with the manifest; ``.shard`` names it."""
 
-    def __init__(self, shard: str, message: str):
-        super().__init__(f"shard {shard!r}: {message}")
+    def __init__(self, shard: str, message: str, *, bad: Optional[dict] = None):
+        super().__init__(message if bad else f"shard {shard!r}: {message}")
         self.shard = shard
+        self.bad = bad or {shard: str(self)}  # every bad shard -> its message (verify reports all of them)
 
 
 class StoreMismatchError(StoreError):
@@ -455,10 +456,10 @@ class ActivationStore:
                 bad[entry["name"]] = str(exc)
         if bad and raise_on_error:
             names = sorted(bad)
-            err = ShardError(names[0], "; ".join(bad[n] for n in names) if len(names) > 1 else
-                             bad[names[0]].split(": ", 1)[1])
-            err.bad = bad
-            raise err
+            if len(names) == 1:
+                raise ShardError(names[0], bad[names[0]].split(": ", 1)[1])
+            raise ShardError(names[0], f"{len(names)} of {len(self.shards)} shards are bad (the others are "
+                                       "readable): " + "; ".join(bad[n] for n in names), bad=bad)
         if bad:
             return bad
         return VerifyReport(shards=len(self.manifest["shards"]), records=n_rec, bytes=n_bytes)

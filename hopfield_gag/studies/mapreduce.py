@@ -178,7 +178,10 @@ def _to_numpy(values):
 def _progress(iterable, total, enabled, desc):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are optional (extras 'cluster' / 'notebooks')
+        return iterable
 
     return tqdm(iterable, total=total, desc=desc)
 
