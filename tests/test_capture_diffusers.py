@@ -160,9 +160,8 @@ def test_layer_matching_nothing_is_a_clear_error(tmp_path):
 
 
 def test_pipeline_steps_and_branches(tmp_path):
-    """A pipeline-shaped object (denoiser + scheduler, CFG batch [uncond; cond]) in a DDIM loop: the adapters'
-    state hook gives each call its step index, timestep and branches. (StableDiffusionPipeline itself needs
-    transformers, which is not installed here; its loop is the same: scheduler.timesteps -> unet(x, t, ...).)"""
+    """A custom loop over a pipeline-shaped object (denoiser + scheduler, CFG batch [uncond; cond]): the
+    adapters' state hook gives each call its step index, timestep and branches."""
     from types import SimpleNamespace
 
     from diffusers import DDIMScheduler
@@ -213,3 +212,30 @@ def test_hooks_route_sees_pre_rope_projections(tmp_path):
     img = a["image_queries"]
     assert h["q"].shape[2] == img.stop - img.start < a["q"].shape[2]  # hooks: image stream only
     assert not torch.allclose(h["q"], a["q"][:, :, img], atol=1e-3)  # hooks: before q-norm and RoPE
+
+
+def test_stable_diffusion_pipeline_steps_and_branches(tmp_path):
+    """The real StableDiffusionPipeline loop (no text encoder: precomputed embeddings, CFG batch)."""
+    pytest.importorskip("transformers")  # diffusers refuses to build pipelines without it
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+
+    unet, _ = _unet()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=2)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=DDIMScheduler(clip_sample=False),
+                                   safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(3)
+    kw = dict(prompt_embeds=torch.randn(1, 4, 8, generator=g), negative_prompt_embeds=torch.randn(1, 4, 8, generator=g),
+              num_inference_steps=3, guidance_scale=2.0, height=32, width=32, output_type="latent")
+    ref = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+    with capture(pipe, tmp_path / "s", layers=r".*attn2", steps=(0.3, 1.0)):
+        out = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(out, ref)
+    store = ActivationStore(tmp_path / "s")
+    assert store.steps == [1, 2] and set(store.branches) == {"uncond", "cond"}
+    rec = next(store.records(step=2, branch="uncond"))
+    assert rec["num_steps"] == 3 and rec["timestep"] == float(pipe.scheduler.timesteps[2])
