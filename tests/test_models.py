@@ -163,7 +163,9 @@ def test_strength_zero_is_the_stock_output_on_captured_activations(name, records
     for r in records[name]:
         q, k, v = r["q"], r["k"], r["v"]
         stock = F.scaled_dot_product_attention(q, k, v)
-        assert torch.equal(stock, r["dense"])  # the captured stock output is what SDPA gives on q, k, v
+        # the captured stock output was computed on the full CFG batch, this on one branch's rows: SDPA may
+        # block differently by batch size, so equal to fp32 rounding (softmax over <= 64 keys), not bitwise
+        torch.testing.assert_close(stock, r["dense"], rtol=1e-5, atol=1e-6)
         for method in ("gag", "pladis", "aa"):
             assert torch.equal(hg.gag_attention(q, k, v, method=method, strength=0.0), stock)
 
@@ -195,11 +197,13 @@ def test_gag_cap_bound_on_captured_activations(records, idx, lam, eta, zeta, whi
 def test_gag_cap_bound_is_not_vacuous(records):
     """Regime where the bound is tight: a small eta caps (almost) every token, so |o - s| = lam * eta."""
     r = records["dit"][0]
-    lam, eta = 2.0, 1e-4
+    lam, eta = 2.0, 0.01
     _, parts = hg.gag_attention(r["q"], r["k"], r["v"], method="gag", lam=lam, eta=eta, zeta=1.0, return_parts=True)
     dev = torch.linalg.vector_norm(parts.output - parts.sparse, dim=-1)
-    assert bool(parts.cap_active.any())
-    torch.testing.assert_close(dev[parts.cap_active], torch.full_like(dev[parts.cap_active], lam * eta), rtol=1e-4, atol=0)
+    assert float(parts.cap_active.float().mean()) > 0.5
+    # o - s is a difference of O(|s|) vectors: its norm carries ~ulp(|s|) absolute error
+    atol = 1e-5 * max(1.0, float(torch.linalg.vector_norm(parts.sparse, dim=-1).max()))
+    torch.testing.assert_close(dev[parts.cap_active], torch.full_like(dev[parts.cap_active], lam * eta), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("name", ["dit", "unet"])
