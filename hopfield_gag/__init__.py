@@ -93,6 +93,20 @@ from .theory import (
     GagContractionBound,
     gag_contraction_bound,
     noise_floor,
+    GagIterationVerdict,
+    gag_iteration_verdict,
+    gag_ray_map,
+    ParallelBounds,
+    parallel_bounds,
+    parallel_certificate_sharp,
+    parallel_norm_certificate,
+    EquiangularFit,
+    equiangular_fit,
+    perturbative_parallel_certificate,
+    sign_flip_margin,
+    flipped_tokens,
+    gag_layer_deviation_bound,
+    accumulated_deviation_bound,
 )
 
 # ``hopfield_gag.capture`` stays the subpackage (its ``capture`` function: ``from hopfield_gag.capture import capture``)

@@ -150,3 +150,46 @@ def basin_queries(draw, prob: Hopfield, inside: bool = True):
         r = max(exact_radius(x, i, prob.beta, prob.alpha), 0.0) * draw(st.floats(0.0, 0.95))
         return (x[i] + r * u).unsqueeze(0), i
     return (draw(st.floats(0.0, 3.0)) * u).unsqueeze(0), i
+
+
+@st.composite
+def adversarial_attention(draw):
+    """(q, k, v) in regimes built to break certificates for c >= 0 (THEORY.md T5, certificates):
+
+    * "collinear":   values on one ray with different norms (c < 0 is common);
+    * "duplicates":  near-duplicate keys and values (D tiny, cancellation in Delta);
+    * "tiny_s":      values that nearly cancel under the sparse weights (||s|| near the noise floor);
+    * "noncentred":  values with a large common mean;
+    * "opposed":     values ordered against the scores (v_j = -t z_j u);
+    * "random":      attention_inputs-like;
+    each with an optional boolean mask and scores from mild to saturated.
+    """
+    regime = draw(st.sampled_from(["collinear", "duplicates", "tiny_s", "noncentred", "opposed", "random"]))
+    g = _gen(draw(seeds))
+    lq, lk = draw(st.integers(1, 4)), draw(st.integers(2, 9))
+    d, dv = draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    q = torch.randn(1, lq, d, generator=g, dtype=F64) * draw(log_scales)
+    k = torch.randn(1, lk, d, generator=g, dtype=F64)
+    u = torch.randn(dv, generator=g, dtype=F64)
+    u = u / u.norm()
+    if regime == "collinear":
+        v = torch.rand(1, lk, 1, generator=g, dtype=F64) * 4 * u
+    elif regime == "duplicates":
+        k = k[:, :1] + 1e-3 * draw(st.floats(0.0, 1.0)) * torch.randn(1, lk, d, generator=g, dtype=F64)
+        v = torch.randn(1, 1, dv, generator=g, dtype=F64) + 1e-3 * torch.randn(1, lk, dv, generator=g, dtype=F64)
+    elif regime == "tiny_s":
+        sign = torch.where(torch.arange(lk) % 2 == 0, 1.0, -1.0).to(F64)
+        v = sign[None, :, None] * u + 10.0 ** draw(st.floats(-14, -2)) * torch.randn(1, lk, dv, generator=g, dtype=F64)
+    elif regime == "noncentred":
+        v = torch.randn(1, lk, dv, generator=g, dtype=F64) + draw(st.floats(-50, 50)) * u
+    elif regime == "opposed":
+        z = (q @ k.transpose(-1, -2))[:, :1]  # (1, 1, lk)
+        v = -z.transpose(-1, -2) * u + 0.1 * torch.randn(1, lk, dv, generator=g, dtype=F64)
+    else:
+        v = torch.randn(1, lk, dv, generator=g, dtype=F64) + draw(st.floats(-2, 2))
+    scale = draw(log_scales) / math.sqrt(d)
+    mask = None
+    if draw(st.booleans()):
+        mask = torch.rand(1, lq, lk, generator=g) > 0.4
+        mask[..., 0] = True
+    return regime, Attention(q, k, v, scale, mask)

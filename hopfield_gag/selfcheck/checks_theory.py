@@ -77,3 +77,22 @@ def _symbolic_identities(gen):
 
     results = symbolic.all_identities()
     return len(results), (0.0 if all(r.holds for r in results) else -1.0)
+
+
+@register_check("parallel_certificate_sharp")
+def _parallel_certificate_sharp(gen):
+    """The sharp certificate for c >= 0 is a sound lower bound on <Delta, s_hat> (THEORY.md T5a/T5e/T5f)."""
+    cases, worst = 0, math.inf
+    for mean in (0.0, 1.0, 5.0):  # centred and non-centred values (c < 0 occurs for the latter)
+        q, k, v = _attention_problem(gen, lk=12)
+        v = v + mean * _randn(gen, 1, 1, 1, v.shape[-1])
+        b = T.parallel_bounds(q, k, v)
+        # lower bound: exact - sharp >= 0 (the allowance covers rounding; 1e-12 relative on top for the
+        # comparison itself); certified tokens must have exact >= 0
+        size = 1e-12 * (1 + b.exact.abs())
+        worst = min(worst, _min(b.exact - b.sharp.clamp_min(-1e300) + size))
+        cert = b.sharp >= 0
+        if bool(cert.any()):
+            worst = min(worst, _min(b.exact[cert] + size[cert]))
+        cases += b.exact.numel()
+    return cases, worst
