@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -139,6 +140,7 @@ def check_qkv(
     length: str = "Lk",
     item: str = "key",
     q_vector: bool = False,
+    finite: bool = True,
 ) -> torch.Size:
     """Validate attention inputs q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (``None``: v = k).
 
@@ -180,23 +182,27 @@ def check_qkv(
             + ("" if v is None else f", {vn} {tuple(v.shape[:-2])}")
             + " must broadcast"
         ) from None
-    check_finite(qn, q)
-    check_finite(kn, k)
-    if v is not None:
-        check_finite(vn, v)
+    if finite:
+        check_finite(qn, q)
+        check_finite(kn, k)
+        if v is not None:
+            check_finite(vn, v)
     return batch
 
 
 def check_tensor_pair(
-    a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *, same_dtype: bool = True, same_shape: bool = False
+    a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], *, same_dtype: bool = True, same_shape: bool = False,
+    finite: bool = True,
 ) -> None:
-    """Validate two tensors (..., n) combined elementwise: floating, finite, the same last dim, and either
-    the same shape (``same_shape``) or broadcastable leading dims; one dtype unless ``same_dtype=False``."""
+    """Validate two tensors (..., n) combined elementwise: floating, finite (unless ``finite=False``: that
+    check reads device data), the same last dim, and either the same shape (``same_shape``) or broadcastable
+    leading dims; one dtype unless ``same_dtype=False``."""
     na, nb = names
     check_tensor(na, a, min_dim=1)
     check_tensor(nb, b, min_dim=1)
-    check_finite(na, a)
-    check_finite(nb, b)
+    if finite:
+        check_finite(na, a)
+        check_finite(nb, b)
     if same_dtype and a.dtype != b.dtype:
         raise ValueError(f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}")
     if same_shape:
@@ -215,3 +221,30 @@ def check_output_pair(dense: torch.Tensor, sparse: torch.Tensor) -> None:
     """Validate a pair of attention outputs (..., dv): floating, finite, one dtype, the same last dim and
     broadcastable leading dims (the extrapolation formulas are elementwise)."""
     check_tensor_pair(dense, sparse, ("dense", "sparse"))
+
+
+def checks_enabled(checks: bool | None = None) -> bool:
+    """Whether value checks that read device data back to the host (finiteness, masked rows) run.
+
+    ``checks`` given: that; otherwise the environment variable ``HOPFIELD_GAG_CHECKS`` (``0``, ``false``,
+    ``no`` or ``off`` turn them off; default on). Shape, dtype and option checks never read device data and
+    always run.
+    """
+    if checks is not None:
+        return bool(checks)
+    return os.environ.get("HOPFIELD_GAG_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def nonfinite_any(*tensors: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: does any of ``tensors`` hold NaN or +-inf? No host synchronization (the caller
+    reads it once, together with whatever else it checks)."""
+    bad = [~torch.isfinite(t).all() for t in tensors if t.numel()]
+    if not bad:
+        return torch.zeros((), dtype=torch.bool, device=tensors[0].device if tensors else None)
+    return torch.stack(bad).any()
+
+
+def check_qkv_structure(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> torch.Size:
+    """:func:`check_qkv` without the finiteness checks (which read device data): dtypes, devices, shapes.
+    Returns the broadcast batch shape."""
+    return check_qkv(q, k, v, finite=False)

@@ -1,6 +1,7 @@
 """Oracle and invariant tests of hopfield_gag.attention.gag_attention."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from hopfield_gag import theory
 from hopfield_gag import GAGAttention, gag_attention, reference_gag_attention
+from hopfield_gag.guidance.attention import _combine
+from hopfield_gag.ops import fused
 
 METHODS = ["dense", "sparse", "pladis", "gag", "aa"]
 
@@ -255,3 +258,91 @@ def test_bad_tensors_raise():
     mask[2] = False
     with pytest.raises(ValueError, match="fully masked"):
         gag_attention(q, k, v, mask=mask)
+
+
+# ------------------------------------------------------------------------------------ fused CPU path
+
+
+@contextlib.contextmanager
+def fused_path(enabled: bool):
+    """Run gag_attention with the fused CPU kernels on or off (off = the portable torch path)."""
+    original = fused.available
+    fused.available = original if enabled else (lambda device, dtype: False)
+    try:
+        yield
+    finally:
+        fused.available = original
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=shapes,
+    method=st.sampled_from(["sparse", "pladis", "gag", "aa"]),
+    lam=st.floats(0.0, 12.0),
+    eta=st.floats(0.05, 20.0),
+    zeta=st.floats(0.0, 1.0),
+    strength=st.floats(0.0, 2.0),
+    alpha=st.sampled_from([1.5, 2.0, 1.25]),
+    masked=st.booleans(),
+    fused_on=st.booleans(),
+)
+@settings(max_examples=40)
+def test_both_cpu_paths_match_loop_oracle(seed, shape, method, lam, eta, zeta, strength, alpha, masked, fused_on):
+    b, h, lq, lk, d, dv = shape
+    q, k, v = make_qkv(seed, b, h, lq, lk, d, dv)
+    mask = None
+    if masked:
+        mask = torch.rand(b, 1, lq, lk, generator=torch.Generator().manual_seed(seed + 1)) > 0.4
+        mask[..., 0] = True
+    kw = dict(mask=mask, method=method, lam=lam, eta=eta, zeta=zeta, strength=strength, alpha=alpha)
+    with fused_path(fused_on):
+        out = gag_attention(q, k, v, **kw)
+    # float64 both ways; reassociated sums (GEMM, the kernel's combination weights): ~ eps (1 + lam) |o|
+    torch.testing.assert_close(out, reference_gag_attention(q, k, v, **kw), rtol=1e-10, atol=1e-10 * (1 + lam))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("method", ["sparse", "pladis", "gag", "aa"])
+def test_fused_matches_torch_path_in_low_precision(dtype, tol, method):
+    # both compute in fp32 and round once to the dtype: they differ by at most ~1 rounding of the output
+    # (the dtype's unit roundoff: 2^-11 fp16, 2^-8 bf16) plus fp32 reassociation (~1e-6 relative)
+    q, k, v = make_qkv(21, 2, 3, 40, 33, 16, 8, dtype=dtype)
+    for kw in (dict(), dict(zeta=0.4, eta=0.5, strength=0.6), dict(alpha=2.0, chunk_size=9)):
+        with torch.no_grad():
+            with fused_path(True):
+                a = gag_attention(q, k, v, method=method, **kw)
+            with fused_path(False):
+                b = gag_attention(q, k, v, method=method, **kw)
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol * float(b.abs().max().double()))
+
+
+@pytest.mark.parametrize("method", ["sparse", "pladis", "gag"])
+@pytest.mark.parametrize("zeta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("strength", [1.0, 0.35])
+def test_kernel_combine_matches_combine(method, zeta, strength):
+    if not fused.available(torch.device("cpu"), torch.float64):
+        pytest.skip("no C compiler here: there is no kernel combine to compare")
+    g = torch.Generator().manual_seed(22)
+    d = torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64)
+    s = torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64) * torch.rand(3, 2, 7, 1, generator=g, dtype=torch.float64) * 4
+    s[0, 0, 0] = 0.0  # the zero convention: c = 0 where s = 0
+    s[1, 1, 2] = d[1, 1, 2]  # Delta = 0
+    o = _combine(method, d, s, 3.0, 1.5, zeta)[0]
+    want = o if strength == 1.0 else torch.lerp(d, o, strength)
+    out = torch.full((3, 2, 9, 5), math.nan, dtype=torch.float64)
+    fused.combine_rows(torch.stack([d, s], dim=-3), out[..., 1:8, :], method, 3.0, 1.5, zeta, strength)
+    torch.testing.assert_close(out[..., 1:8, :], want, rtol=1e-13, atol=1e-13)
+    assert torch.isnan(out[..., 0, :]).all() and torch.isnan(out[..., 8, :]).all()  # rows outside untouched
+
+
+def test_fused_path_is_used_without_grad_and_not_with_grad(monkeypatch):
+    calls = []
+    original = fused.dual_normalize
+    monkeypatch.setattr(fused, "dual_normalize", lambda *a: calls.append(1) or original(*a))
+    q, k, v = make_qkv(23, 1, 1, 4, 5, 3, 3, dtype=torch.float32)
+    gag_attention(q, k, v)
+    assert len(calls) == int(fused.available(q.device, q.dtype))
+    gag_attention(q.requires_grad_(), k, v).sum().backward()  # the differentiable path
+    assert len(calls) == int(fused.available(q.device, q.dtype))
+    assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -310,7 +310,12 @@ def test_every_caller_goes_through_combine(monkeypatch):
     q, k, v = _qkv(0, 1, 1, 3, 4, 2, 2)
     d, s = _pair(0, 3, 2)
     users = [
-        lambda: H.gag_attention(q, k, v, method="pladis"),
+        # the portable torch path (autograd, return_parts, compile, non-CPU devices); the eager CPU path of
+        # the paper's rules runs the C twin of combine (ops.fused.combine_rows, tested against _combine)
+        lambda: H.gag_attention(q, k, v, method="pladis", return_parts=True),
+        # the C twin knows only the paper's parallel rule: "positive" must take the combine path
+        lambda: H.gag_attention(q, k, v, method="gag", parallel="positive"),
+        lambda: H.gag_attention(q, k, v, method="aa"),
         lambda: H.extrapolation_as_aa(d, s, "gag"),
         lambda: H.extrapolation_as_aa(d, s, "pladis"),
         lambda: H.gag_output(d, s, 1.0, 1.0),

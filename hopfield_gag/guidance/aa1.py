@@ -207,7 +207,9 @@ def extrapolation_as_aa(
     )
 
 
-def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+def aa1_mixing(
+    f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None, *, check_values: bool = True
+) -> tuple[Tensor, Tensor]:
     r"""AA(1)'s least-squares mixing coefficient from two residuals.
 
     .. math::
@@ -228,6 +230,9 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
         Residuals :math:`f_{k-1}` and :math:`f_k`.
     rel_eps : float, optional
         Relative floor of the difference; default :math:`64\,\epsilon` of the compute dtype.
+    check_values : bool
+        Check finiteness (host synchronizations); ``False`` for callers whose residuals come from already
+        validated inputs (``gag_attention``'s ``aa`` method).
 
     Returns
     -------
@@ -235,7 +240,7 @@ def aa1_mixing(f_prev: Tensor, f_curr: Tensor, rel_eps: Optional[float] = None) 
         Compute dtype (fp32 for half inputs).
     degenerate : Tensor (...) bool
     """
-    check_tensor_pair(f_prev, f_curr, ("f_prev", "f_curr"), same_dtype=False, same_shape=True)
+    check_tensor_pair(f_prev, f_curr, ("f_prev", "f_curr"), same_dtype=False, same_shape=True, finite=check_values)
     cd = compute_dtype(torch.promote_types(f_prev.dtype, f_curr.dtype))
     if rel_eps is not None:
         rel_eps = check_scalar("rel_eps", rel_eps, ge=0.0)

@@ -28,15 +28,20 @@ Finally ``strength`` :math:`t` returns :math:`d + t(o - d)`; :math:`t = 0` retur
 the GAG rule itself at :math:`\lambda = 0` is pure sparse attention, not dense).
 
 Implementation: queries are processed in chunks (peak extra memory bounded by a budget); per chunk the
-scores are computed once, normalized densely (``torch.softmax``) and sparsely (the exact sort-free entmax of
-:mod:`hopfield_gag.normalizers`, which also rejects NaN/+inf scores and fully masked rows), multiplied by
-``v`` (and by ``k`` for ``aa``), and combined per (token, head) in fp32 or higher. Half-precision inputs are
-computed in fp32 and the output is cast back. Everything is differentiable.
+scores are computed once, normalized densely (``torch.softmax``) and sparsely (the exact sort-free entmax op
+``hopfield_gag::entmax`` of :mod:`hopfield_gag.ops.normalizers`, which flags NaN/+inf scores and fully masked
+rows without a host synchronization), multiplied by ``v`` (and by ``k`` for ``aa``), and combined per
+(token, head) in fp32 or higher. Half-precision inputs are computed in fp32 and the output is cast back.
+This portable path is differentiable, sync-free with ``checks=False`` and traceable by
+``torch.compile(fullgraph=True)``; it is what non-CPU devices and autograd use.
 
-The two probability maps are multiplied by ``v`` in two matmuls, not one batched matmul over their stack:
-on CPU the stacking copy costs more than it saves (measured at (2,8,1024,77)/(2,8,1024,1024): 1.59/47.4 ms
-stacked vs 1.13/16.4 ms separately), and writing both maps into one preallocated buffer would need
-``out=`` variants, which do not support autograd.
+Eager CPU calls without autograd take a fused path (:mod:`hopfield_gag.ops.fused`): one C pass writes the
+softmax and the entmax rows of a chunk into one (2, rows, Lk) buffer, a single GEMM multiplies it by ``v``,
+and the per-token combination runs in C, writing the output in place. (Stacking the two maps with
+``torch.stack`` instead costs more than it saves; writing them into one buffer needs the kernel.)
+
+Value checks (non-finite q/k/v, fully masked rows) read device data exactly once per call, at the end;
+``checks=False`` or ``HOPFIELD_GAG_CHECKS=0`` skips them.
 """
 from __future__ import annotations
 
@@ -47,8 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import normalizers
-from .._validation import check_choice, check_int, check_qkv, check_scalar, compute_dtype, default_scale
+from ..ops import fused, normalizers
+from .._validation import (
+    check_choice, check_finite, check_int, check_qkv_structure, check_scalar, checks_enabled, compute_dtype,
+    default_scale, nonfinite_any,
+)
 from ..ops.combine import COMBINE_METHODS, PARALLEL_RULES, combine
 
 __all__ = ["gag_attention", "GAGParts", "METHODS", "GAGAttention"]
@@ -92,8 +100,9 @@ class GAGParts:
 
 
 def _check_inputs(q, k, v, mask):
-    """Validate q, k, v (``_validation.check_qkv``) and the mask's type and shape; return (B, H, Lq, Lk)."""
-    batch = check_qkv(q, k, v)
+    """Validate q, k, v (``_validation.check_qkv_structure``: everything but their values) and the mask's type
+    and shape; return (B, H, Lq, Lk). The value checks are :func:`_check_values`, one host read per call."""
+    batch = check_qkv_structure(q, k, v)
     scores_shape = (*batch, q.shape[-2], k.shape[-2])
     if mask is not None:
         # the full check (values, device) runs where the mask is applied to each chunk of scores
@@ -130,6 +139,30 @@ def _auto_chunk(scores_shape, itemsize: int, budget: int) -> int:
     return int(max(1, min(scores_shape[-2], budget // per_query_row)))
 
 
+def _check_values(q, k, v, mask, flags) -> None:
+    """The value checks of :func:`gag_attention`, with one host synchronization on the good path.
+
+    ``flags`` is the OR of the entmax op's status words over the chunks (bit 1: a NaN/+inf score, bit 2: a
+    row with every key masked), or ``None`` when no scores were computed. A non-finite query always shows
+    in its row of scores (NaN, +inf, or a row of -inf), so q is read only on the error path; k and v are
+    read here (they are small next to the scores at cross-attention shapes). An additive mask holding NaN
+    or +inf likewise shows in the scores. Only when something is wrong do the checks below, which name the
+    culprit, run.
+    """
+    bad = nonfinite_any(q, k, v) if flags is None else (flags != 0) | nonfinite_any(k, v)
+    if not bool(bad):  # the one host synchronization
+        return
+    check_finite("q", q)
+    check_finite("k", k)
+    check_finite("v", v)
+    if mask is not None and mask.dtype != torch.bool:
+        if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
+            raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
+    if flags is not None:
+        normalizers._raise_for_flags(flags, name="the scores (B, H, Lq, Lk)")
+    raise ValueError("gag_attention: non-finite values in the inputs")  # unreachable unless a check is missing
+
+
 # ---------------------------------------------------------------------------------------------------- combine
 
 
@@ -142,6 +175,58 @@ def _combine(method, d, s, lam, eta, zeta, q_key=None, kd=None, ks=None, aa_rang
 
 
 # ---------------------------------------------------------------------------------------------------- op
+
+
+def _fused_cpu_applies(q, k, v, mask, method, return_parts, strength) -> bool:
+    """The fused CPU kernels (:mod:`hopfield_gag.ops.fused`) serve eager, inference-only CPU calls; autograd,
+    ``return_parts``, ``torch.compile`` and other devices take the portable torch path."""
+    if return_parts or method == "dense" or strength == 0.0 or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask)):
+        return False
+    return fused.available(q.device, compute_dtype(q.dtype))
+
+
+def _gag_attention_fused_cpu(q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size,
+                             memory_budget, scores_shape):
+    """The same computation as the torch path, per chunk of queries: scores by one GEMM, both maps by one
+    pass of the C kernel into a (2, rows, Lk) buffer, one GEMM of that buffer with V, and the per-token
+    combination in C (``aa``: ``_combine``) written straight into the output. Returns (output, flags)."""
+    cd = compute_dtype(q.dtype)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+    kT = kc.transpose(-1, -2)
+    dv = v.shape[-1]
+    lq = q.shape[-2]
+    read = torch.cat([vc, kc.expand(*kc.shape[:-2], *kc.shape[-2:])], dim=-1) if method == "aa" else vc
+    batch = scores_shape[:-2]
+    out = torch.empty(*batch, lq, dv, dtype=cd)
+    step = chunk_size or _auto_chunk(scores_shape, torch.finfo(cd).bits // 8, memory_budget)
+    flags = 0
+    for start in range(0, lq, step):
+        stop = min(start + step, lq)
+        rows = stop - start
+        q_chunk = qc[..., start:stop, :]
+        z = torch.matmul(q_chunk * beta, kT) if q.shape[-1] <= k.shape[-2] else torch.matmul(q_chunk, kT).mul_(beta)
+        if mask is not None:
+            m = mask[..., start:stop, :] if mask.dim() >= 2 and mask.shape[-2] == lq else mask
+            z = normalizers.apply_mask(z, m, name="the scores (B, H, Lq, Lk)", check=False)
+        maps, f = fused.dual_normalize(z, alpha)
+        if f & normalizers._FLAG_MAXIT:
+            # the kernel's entmax rows are only estimates: the op falls back to its exact default
+            maps[..., 1, :, :], f_op = normalizers.entmax_op(z, alpha)
+            f = (f & ~normalizers._FLAG_MAXIT) | int(f_op)
+        flags |= f
+        r = torch.matmul(maps.view(*maps.shape[:-3], 2 * rows, maps.shape[-1]), read)
+        r = r.view(*r.shape[:-2], 2, rows, r.shape[-1])
+        target = out[..., start:stop, :]
+        if method == "aa":
+            d, s = r[..., 0, :, :dv], r[..., 1, :, :dv]
+            o = _combine(method, d, s, lam, eta, zeta, q_chunk, r[..., 0, :, dv:], r[..., 1, :, dv:], aa_range)[0]
+            target.copy_(o if strength == 1.0 else torch.lerp(d, o, strength))
+        else:
+            fused.combine_rows(r, target, method, lam, eta, zeta, strength)
+    return out.to(q.dtype), flags
+
 
 
 def gag_attention(
@@ -162,6 +247,7 @@ def gag_attention(
     aa_range: tuple[float, float] = (0.0, 3.0),
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     parallel: str = "paper",
+    checks: bool | None = None,
 ):
     r"""Geometry-aware attention guidance and its special cases (module docstring for the formulas).
 
@@ -199,6 +285,11 @@ def gag_attention(
         ``gag``'s parallel rule: the paper's :math:`\Delta_\parallel = c\,s` (default), or the one-sided
         :math:`\max(c, 0)\,s` that amplifies :math:`\Delta_\parallel` only where it points along :math:`s`
         (:mod:`hopfield_gag.ops.combine`).
+    checks : bool, optional
+        Run the value checks (non-finite q/k/v, a fully masked query row). They cost exactly one host
+        synchronization per call; ``False`` makes the call synchronization-free (CUDA graphs,
+        ``torch.compile(fullgraph=True)``) and bad values then give NaN. Default: on, unless the environment
+        sets ``HOPFIELD_GAG_CHECKS=0``. Shape, dtype and option checks always run (they read no data).
 
     Returns
     -------
@@ -211,13 +302,25 @@ def gag_attention(
         ``eta <= 0``, ``zeta`` outside [0, 1], ``alpha <= 1``, ``strength < 0``, an unknown method or
         ``parallel`` rule.
     """
+    checks = checks_enabled(checks)
     scores_shape = _check_inputs(q, k, v, mask)
     lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
         method, lam, eta, zeta, alpha, strength, chunk_size, scale, q.shape[-1], aa_range, parallel
     )
+    # (device-specific fused paths dispatch here: every argument is checked, no value has been read)
+    # the C combine implements the paper's parallel rule only; parallel="positive" takes the torch path
+    if (parallel == "paper" or method != "gag") and _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
+        out, flags = _gag_attention_fused_cpu(
+            q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget, scores_shape
+        )
+        if checks:
+            _check_values(q, k, v, mask, flags)
+        return out
 
     if not return_parts and (method == "dense" or strength == 0.0):
         # the stock op itself: strength 0 (or the dense method) is the exact off switch
+        if checks:
+            _check_values(q, k, v, mask, None)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
     cd = compute_dtype(q.dtype)
@@ -230,6 +333,7 @@ def gag_attention(
     step = chunk_size or _auto_chunk(scores_shape, torch.finfo(cd).bits // 8, memory_budget)
 
     outs, parts = [], []
+    flags = None  # OR of the entmax op's status words; read once, by _check_values
     for start in range(0, lq, step):
         stop = min(start + step, lq)
         q_chunk = qc[..., start:stop, :]
@@ -237,9 +341,10 @@ def gag_attention(
         z = torch.matmul(q_chunk * beta, kT) if q.shape[-1] <= k.shape[-2] else torch.matmul(q_chunk, kT).mul_(beta)
         if mask is not None:
             m = mask[..., start:stop, :] if mask.dim() >= 2 and mask.shape[-2] == lq else mask
-            z = normalizers.apply_mask(z, m, name="the scores (B, H, Lq, Lk)")
-        # the entmax kernel validates the scores (NaN/+inf, fully masked rows) for both branches
-        p_sparse = normalizers.entmax(z, alpha)
+            z = normalizers.apply_mask(z, m, name="the scores (B, H, Lq, Lk)", check=False)
+        # the entmax op flags NaN/+inf scores and fully masked rows for both branches, without a sync
+        p_sparse, f = normalizers.entmax_op(z, alpha)
+        flags = f if flags is None else flags | f
         p_dense = torch.softmax(z, dim=-1)
         r_dense, r_sparse = torch.matmul(p_dense, read), torch.matmul(p_sparse, read)
         d, s = r_dense[..., :dv], r_sparse[..., :dv]
@@ -251,6 +356,8 @@ def gag_attention(
         if return_parts:
             parts.append((d, s, s - d, c, cap, tok, o))
     out = torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
+    if checks:
+        _check_values(q, k, v, mask, flags)
     if strength == 0.0 or method == "dense":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     else:

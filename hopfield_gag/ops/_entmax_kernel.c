@@ -24,7 +24,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define MAXIT 300
+/* Iteration limit of the threshold searches. Settable (hg_set_max_iter) only so that tests can force the
+   "limit hit" path; the searches converge in a handful of iterations on real rows. */
+static int g_maxit = 300;
+#define MAXIT g_maxit
+
+void hg_set_max_iter(int m) { g_maxit = m > 0 ? m : 300; }
+int hg_get_max_iter(void) { return g_maxit; }
 
 typedef struct {
     double alpha, a, r, inv_a;
@@ -188,8 +194,10 @@ static double threshold15(double **cand, double **spare, int64_t *m_io, const pa
             bad |= !(v < INFINITY); /* NaN or +inf */                                          \
             zmax = v > zmax ? v : zmax;                                                        \
         }                                                                                      \
-        if (bad) return 1;                                                                     \
-        if (zmax == -INFINITY) return 2;                                                       \
+        if (bad || zmax == -INFINITY) { /* no distribution: a NaN row, flagged for the caller */ \
+            for (int64_t i = 0; i < n; ++i) p[i] = (T)NAN;                                     \
+            return bad ? 1 : 2;                                                                \
+        }                                                                                      \
         const double a = P->a, r = P->r, lo = -P->inv_a;                                       \
         int64_t m = 0;                                                                         \
         for (int64_t i = 0; i < n; ++i) {                                                      \
@@ -241,7 +249,7 @@ DEFINE_ROW(row_f32, float)
 DEFINE_ROW(row_f64, double)
 
 /* Returns a bit mask over all rows: 1 = a NaN or +inf entry, 2 = a row with no finite entry (fully
-   masked), 4 = a row that hit MAXIT (its output uses the bracket estimate), 8 = out of memory. */
+   masked; such rows are written as NaN), 4 = a row that hit MAXIT (its output uses the bracket estimate), 8 = out of memory. */
 #define DEFINE_ENTRY(NAME, ROW, T)                                                             \
     int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int nthreads) {      \
         params P;                                                                              \
@@ -253,13 +261,15 @@ DEFINE_ROW(row_f64, double)
         P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
         int64_t flags = 0;                                                                     \
         /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
-           OpenMP thread costs more than the work */                                           \
+           OpenMP thread costs more than the work. Rows are dealt in small dynamic chunks: on a   \
+           shared machine a descheduled thread then stalls the region by one chunk, not by half  \
+           of the rows. */                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
             double *buf = (double *)malloc((size_t)n * 2 * sizeof(double)); /* + a spare */   \
             if (buf == NULL) flags |= 8;                                                       \
-            _Pragma("omp for schedule(static)")                                                \
+            _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
                 if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, &P, buf);           \
             free(buf);                                                                         \
@@ -269,3 +279,149 @@ DEFINE_ROW(row_f64, double)
 
 DEFINE_ENTRY(entmax_rows_f32, row_f32, float)
 DEFINE_ENTRY(entmax_rows_f64, row_f64, double)
+
+/* ------------------------------------------------------------------------------------------------------
+ * Fused attention pieces (hopfield_gag.ops.fused): both probability maps of a chunk of score rows written
+ * into one buffer, so that a single GEMM multiplies them by V, and the per-token combination of the two
+ * retrievals. The combination is the kernel-level twin of hopfield_gag.guidance.attention._combine
+ * (tests compare the two on every method).
+ * ------------------------------------------------------------------------------------------------------ */
+
+/* e^x for x <= 0 in fp32, branch-free and vectorizable: x = k ln2 + r with |r| <= ln2/2, a degree-7
+   Taylor polynomial for e^r (truncation r^8/8! < 6e-9, below fp32 rounding), 2^k through the exponent
+   bits. x below -87 (where e^x leaves the normal range) gives 0, as does -inf. */
+static inline float exp_nonpos_f32(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float kf = floorf(xc * 1.44269504088896341f + 0.5f);
+    const float r = (xc - kf * 0.693145751953125f) - kf * 1.42860682030941723e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } u;
+    u.i = ((int32_t)kf + 127) << 23;
+    return x < -87.0f ? 0.0f : p * u.f;
+}
+
+static inline void softmax_row_f32(const float *z, float *p, int64_t n) {
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) {
+        const float e = exp_nonpos_f32(z[i] - m);
+        p[i] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+}
+
+static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
+    double m = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double e = exp(z[i] - m);
+        p[i] = e;
+        sum += e;
+    }
+    const double inv = 1.0 / sum;
+    for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+}
+
+/* rows = G * group score rows of length n (row r = (g, i)); writes softmax row r to
+   out[((2g) group + i) n] and entmax row r to out[((2g + 1) group + i) n], i.e. out is (G, 2, group, n).
+   Flags as entmax_rows; a row without a distribution is NaN in both maps. */
+#define DEFINE_DUAL(NAME, ROW, SOFTMAX, T)                                                     \
+    int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
+                 int nthreads) {                                                               \
+        params P;                                                                              \
+        P.alpha = alpha;                                                                       \
+        P.a = alpha - 1.0;                                                                     \
+        P.r = 1.0 / P.a;                                                                       \
+        P.inv_a = 1.0 / P.a;                                                                   \
+        P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;                                          \
+        P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
+        int64_t flags = 0;                                                                     \
+        _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
+        {                                                                                      \
+            double *buf = (double *)malloc((size_t)n * 2 * sizeof(double));                    \
+            if (buf == NULL) flags |= 8;                                                       \
+            _Pragma("omp for schedule(dynamic, 64)")                                                \
+            for (int64_t row = 0; row < rows; ++row) {                                         \
+                if (buf == NULL) continue;                                                     \
+                const int64_t g = row / group, i = row % group;                                \
+                T *ps = out + ((2 * g) * group + i) * n;                                       \
+                T *pe = out + ((2 * g + 1) * group + i) * n;                                   \
+                const int st = ROW(z + row * n, pe, n, &P, buf);                               \
+                flags |= st;                                                                   \
+                if (st & 3) {                                                                  \
+                    for (int64_t j = 0; j < n; ++j) ps[j] = (T)NAN;                            \
+                } else {                                                                       \
+                    SOFTMAX(z + row * n, ps, n);                                               \
+                }                                                                              \
+            }                                                                                  \
+            free(buf);                                                                         \
+        }                                                                                      \
+        return flags;                                                                          \
+    }
+
+DEFINE_DUAL(dual_rows_f32, row_f32, softmax_row_f32, float)
+DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
+
+/* Per-token combination. R is (G, 2, group, dv): d = R[g, 0, i], s = R[g, 1, i]. Writes o for token
+   (g, i) to out + g * out_gstride + i * dv. method: 0 sparse, 1 pladis, 2 gag. Then strength t:
+   o <- d + t (o - d). Accumulation in double; the same formulas and zero conventions as _combine:
+   c = (|s|^2 - <d, s>) / |s|^2 (0 where |s| = 0), g = zeta (s - d) + (1 - zeta) c s, capped at eta. */
+#define DEFINE_COMBINE(NAME, T)                                                                \
+    void NAME(const T *R, T *out, int64_t G, int64_t group, int64_t dv, int64_t out_gstride,   \
+              int method, double lam, double eta, double zeta, double strength, int nthreads) {\
+        const int64_t rows = G * group;                                                        \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 256) if(rows * dv >= 65536)")\
+        for (int64_t row = 0; row < rows; ++row) {                                             \
+            const int64_t g = row / group, i = row % group;                                    \
+            const T *d = R + ((2 * g) * group + i) * dv;                                       \
+            const T *s = R + ((2 * g + 1) * group + i) * dv;                                   \
+            T *o = out + g * out_gstride + i * dv;                                             \
+            double wd = 0.0, ws = 1.0; /* o = wd d + ws s before strength */                   \
+            if (method == 1) {                                                                 \
+                wd = 1.0 - lam; ws = lam;                                                      \
+            } else if (method == 2) {                                                          \
+                double ss = 0.0, ds = 0.0;                                                     \
+                _Pragma("omp simd reduction(+ : ss, ds)")                                      \
+                for (int64_t j = 0; j < dv; ++j) {                                             \
+                    ss += (double)s[j] * s[j];                                                 \
+                    ds += (double)d[j] * s[j];                                                 \
+                }                                                                              \
+                const double c = ss > 0 ? (ss - ds) / ss : 0.0;                                \
+                /* g = a s + b d with a = zeta + (1 - zeta) c, b = -zeta */                    \
+                const double ga = zeta + (1.0 - zeta) * c, gb = -zeta;                         \
+                double gn2 = 0.0; /* |g|^2 from g itself: no cancellation when g << s */        \
+                if (zeta != 0.0) {                                                             \
+                    _Pragma("omp simd reduction(+ : gn2)")                                     \
+                    for (int64_t j = 0; j < dv; ++j) {                                         \
+                        const double gj = ga * s[j] + gb * d[j];                               \
+                        gn2 += gj * gj;                                                        \
+                    }                                                                          \
+                }                                                                              \
+                const double gn = zeta == 0.0 ? fabs(c) * sqrt(ss) : sqrt(gn2);                \
+                const double tok = gn > eta ? lam * (eta / gn) : lam;                          \
+                ws = 1.0 + tok * ga;                                                           \
+                wd = tok * gb;                                                                 \
+            }                                                                                  \
+            /* strength: d + t (wd d + ws s - d) */                                            \
+            const double fd = 1.0 + strength * (wd - 1.0), fs = strength * ws;                 \
+            _Pragma("omp simd")                                                                \
+            for (int64_t j = 0; j < dv; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                \
+        }                                                                                      \
+    }
+
+DEFINE_COMBINE(combine_rows_f32, float)
+DEFINE_COMBINE(combine_rows_f64, double)

@@ -1,4 +1,5 @@
-"""Build-once loader for the row-wise entmax C kernel (``_entmax_kernel.c``).
+"""Build-once loader for the row-wise entmax C kernel (``_entmax_kernel.c``), which also holds the fused
+attention pieces of :mod:`.fused` (both maps of a chunk in one pass; the per-token combination).
 
 Why a C kernel: the sort-free threshold search needs ~30 elementwise passes over the score tensor in
 eager PyTorch, each materializing a temporary; per row in C the same work stays in L1 cache. The kernel is
@@ -9,6 +10,7 @@ fall back to the vectorized PyTorch implementation of the same algorithm.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -91,5 +93,35 @@ def load():
                 ctypes.c_double,
                 ctypes.c_int,
             ]
+        for name, ctype in (("dual_rows_f32", ctypes.c_float), ("dual_rows_f64", ctypes.c_double)):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_int64, ctypes.c_double, ctypes.c_int]
+        for name, ctype in (("combine_rows_f32", ctypes.c_float), ("combine_rows_f64", ctypes.c_double)):
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+                           ctypes.c_double, ctypes.c_double, ctypes.c_int]
+        lib.hg_set_max_iter.argtypes = [ctypes.c_int]
+        lib.hg_set_max_iter.restype = None
+        lib.hg_get_max_iter.argtypes = []
+        lib.hg_get_max_iter.restype = ctypes.c_int
         _lib = lib
         return _lib
+
+
+@contextlib.contextmanager
+def iteration_limit(n: int):
+    """Test-only hook: cap the kernel's threshold iterations at ``n`` inside the block (process-wide), so
+    tests can reach the "limit hit" path that real rows never reach (they converge in a few iterations)."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError("the entmax C kernel is not available")
+    old = lib.hg_get_max_iter()
+    lib.hg_set_max_iter(int(n))
+    try:
+        yield
+    finally:
+        lib.hg_set_max_iter(old)
