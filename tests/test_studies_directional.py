@@ -70,7 +70,10 @@ def test_sign_question_bookkeeping(tiny):
     frequent than c < 0; the gain column is 1 + lam c."""
     _, _, rows, _ = tiny
     for r in rows:
-        assert r["cert_violations"] == 0 and (math.isnan(r["cert_soundness"]) or r["cert_soundness"] == 1.0)
+        for prefix in ("cert", "sharp"):
+            assert r[f"{prefix}_violations"] == 0
+            assert math.isnan(r[f"{prefix}_soundness"]) or r[f"{prefix}_soundness"] == 1.0
+        assert r["sharp_coverage"] >= r["cert_coverage"]  # the sharp certificate dominates the transport one
         assert r["frac_flipped"] <= r["frac_c_neg"] + 1e-12
         assert r["gain_q50"] == pytest.approx(1 + 10.0 * r["c_q50"])
         assert 1 <= r["support_mean"] <= 6

@@ -13,11 +13,12 @@ optional mask) and every query token and head, the study evaluates the library's
 
 and, from :func:`hopfield_gag.sparse_dense_discrepancy` and :func:`hopfield_gag.gag_attention`
 (``return_parts=True``): the parallel coefficient :math:`c`, the entmax support size, whether the GAG norm
-cap is active, and whether GAG *flips* the output (:math:`\langle o_{\rm GAG}, s\rangle < 0`; with
-:math:`\zeta = 0` and the cap inactive :math:`o = (1 + \lambda c)s`, so this is :math:`c < -1/\lambda`).
-The sign question's certificate :func:`hopfield_gag.parallel_certificate` (:math:`\ge 0` proves
-:math:`c \ge 0`) is scored by *coverage* (fraction of tokens it certifies) and *soundness* (fraction of
-certified tokens with :math:`c \ge 0`; any value below 1 is a bug).
+cap is active, and whether GAG *flips* the output (:func:`hopfield_gag.flipped_tokens`: the output's
+component along :math:`s` is negative; with :math:`\zeta = 0` and the cap inactive :math:`o = (1 + \lambda c)s`,
+so this is :math:`c < -1/\lambda`). The sign question's certificates, :func:`hopfield_gag.parallel_certificate`
+(transport, ``cert_*``) and :func:`hopfield_gag.parallel_certificate_sharp` (``sharp_*``), each
+:math:`\ge 0` proving :math:`c \ge 0`, are scored by *coverage* (fraction of tokens certified) and
+*soundness* (fraction of certified tokens with :math:`c \ge 0`; any value below 1 is a bug).
 
 The study is a map over shards (:mod:`.mapreduce`): each shard is read alone with
 :func:`hopfield_gag.capture.read_shard_file`, queries are processed in chunks (bounded memory), and the
@@ -31,7 +32,7 @@ evaluated), ``P_q10, P_q50, P_q90`` (margin quantiles); ``c_q10, c_q50, c_q90`` 
 ``gain_q10, gain_q50, gain_q90`` (:math:`1 + \lambda c` at those quantiles; monotone in c),
 ``frac_c_neg`` (:math:`c < 0`), ``frac_flipped``, ``frac_cap_active``, ``support_mean``, ``support_q50``
 (entmax support size), ``cert_coverage``, ``cert_soundness``, ``cert_violations`` (certified tokens with
-c < 0, a count).
+c < 0, a count) and the same three for the sharp certificate (``sharp_*``).
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ import torch
 from .. import (
     gag_attention,
     descent_margin,
+    flipped_tokens,
     parallel_certificate,
+    parallel_certificate_sharp,
     parallel_margin,
     query_alignment_margin,
     sharpening_margin,
@@ -63,7 +66,8 @@ DIRECTIONAL_COLUMNS = (
     ("layer", "step", "branch", "tokens")
     + tuple(c for p in PROPERTIES for c in (f"frac_{p}", f"{p}_q10", f"{p}_q50", f"{p}_q90"))
     + ("c_q10", "c_q50", "c_q90", "gain_q10", "gain_q50", "gain_q90", "frac_c_neg", "frac_flipped",
-       "frac_cap_active", "support_mean", "support_q50", "cert_coverage", "cert_soundness", "cert_violations")
+       "frac_cap_active", "support_mean", "support_q50", "cert_coverage", "cert_soundness", "cert_violations",
+       "sharp_coverage", "sharp_soundness", "sharp_violations")
 )
 
 
@@ -125,12 +129,13 @@ class _DirectionalMap:
                 stats.add(key, name, m, MARGIN_EDGES)
             parts = gag_attention(qc, k, v, mask=mc, scale=scale, method="gag", lam=cfg.lam, eta=cfg.eta,
                                   zeta=cfg.zeta, alpha=cfg.alpha, return_parts=True)[1]
-            flipped = (parts.output * parts.sparse).sum(-1) < 0
+            flipped = flipped_tokens(qc, k, v, cfg.lam, cfg.eta, cfg.zeta, scale, cfg.alpha, mc)
             stats.add(key, "flipped", flipped.double(), _BOOL)
             stats.add(key, "cap_active", parts.cap_active.double(), _BOOL)
-            cert = parallel_certificate(qc, k, v, scale, cfg.alpha, mc) >= 0
-            stats.add(key, "certified", cert.double(), _BOOL)
-            stats.add(key, "cert_violation", (cert & (c < 0)).double(), _BOOL)
+            for prefix, fn in (("cert", parallel_certificate), ("sharp", parallel_certificate_sharp)):
+                cert = fn(qc, k, v, scale, cfg.alpha, mc) >= 0
+                stats.add(key, f"{prefix}_certified", cert.double(), _BOOL)
+                stats.add(key, f"{prefix}_violation", (cert & (c < 0)).double(), _BOOL)
 
 
 def _reduce(stats: Stats, cfg: DirectionalConfig) -> list[dict]:
@@ -150,19 +155,20 @@ def _reduce(stats: Stats, cfg: DirectionalConfig) -> list[dict]:
         for qn in (10, 50, 90):
             row[f"c_q{qn}"] = c.quantile(qn / 100)
             row[f"gain_q{qn}"] = 1.0 + cfg.lam * row[f"c_q{qn}"]
-        certified = h["certified"]
-        n_cert = int(round(certified.total))
-        violations = int(round(h["cert_violation"].total))
         row.update({
             "frac_c_neg": 1.0 - c.fraction_at_least(0.0),
             "frac_flipped": h["flipped"].mean,
             "frac_cap_active": h["cap_active"].mean,
             "support_mean": h["support"].mean,
             "support_q50": h["support"].quantile(0.5),
-            "cert_coverage": certified.mean,
-            "cert_soundness": (n_cert - violations) / n_cert if n_cert else math.nan,
-            "cert_violations": violations,
         })
+        for prefix in ("cert", "sharp"):
+            certified = h[f"{prefix}_certified"]
+            n_cert = int(round(certified.total))
+            violations = int(round(h[f"{prefix}_violation"].total))
+            row[f"{prefix}_coverage"] = certified.mean
+            row[f"{prefix}_soundness"] = (n_cert - violations) / n_cert if n_cert else math.nan
+            row[f"{prefix}_violations"] = violations
         rows.append(row)
     return rows
 
@@ -235,8 +241,8 @@ def plot_directional(rows, out_dir) -> list[Path]:
 
     bars([f"frac_{p}" for p in PROPERTIES], PROPERTIES, "fraction of tokens where each property holds",
          "directional_properties.png", "fraction")
-    bars(["frac_c_neg", "frac_flipped", "frac_cap_active", "cert_coverage"],
-         ["c < 0", "GAG flips output", "cap active", "certificate covers"],
+    bars(["frac_c_neg", "frac_flipped", "frac_cap_active", "cert_coverage", "sharp_coverage"],
+         ["c < 0", "GAG flips output", "cap active", "transport certificate covers", "sharp certificate covers"],
          "the sign question per layer (GAG lam, eta at paper defaults)", "directional_sign.png", "fraction")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
