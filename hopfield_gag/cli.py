@@ -11,6 +11,7 @@ capture     record attention q/k/v of a model into an activation store (:mod:`ho
 store       ``store info DIR`` / ``store verify DIR``: inspect or check an activation store.
 demo        dense vs GAG samples from the shipped DiT, judged, with theory margins on captured activations
             (:mod:`hopfield_gag.models.demo`); writes ./hopfield-gag-demo/report.md.
+figures     regenerate every figure of ``paper_figures/`` and its index (:func:`hopfield_gag.studies.figures.make_all`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
             return 2
         checks = {name: checks[name] for name in args.only}
     return selfcheck.run_selfcheck(checks, seed=args.seed)
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from .studies.figures import make_all
+
+    for path in make_all(args.out, fast=args.fast, only=args.only):
+        print(path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.demo import add_demo_parser
 
     add_demo_parser(sub)
+
+    p = sub.add_parser("figures", help="regenerate every figure (PNG) and the index README.md in paper_figures/")
+    p.add_argument("--fast", action="store_true", help="the test setting (small grids, few seeds)")
+    p.add_argument("--out", default="paper_figures", help="output directory (default paper_figures)")
+    p.add_argument("--only", action="append", metavar="FUNCTION", help="only this figure function (repeatable)")
+    p.set_defaults(handler=_cmd_figures)
     return parser
 
 

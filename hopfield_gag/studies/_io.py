@@ -1,0 +1,25 @@
+"""CSV output shared by the studies (one writer, documented column order)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def write_csv(rows, columns, out_dir, name) -> Path:
+    """Write ``rows`` (dicts) with exactly ``columns`` (in order) to ``out_dir/name``; returns the path."""
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in columns})
+    return path
+
+
+def format_table(rows, columns) -> str:
+    """A markdown table of ``rows`` (floats to 4 significant digits)."""
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
