@@ -319,3 +319,49 @@ def test_a_function_returning_the_wrong_shape_is_named(sd15):
     with install_attention_fn(unet, lambda c: c.dense()[..., :1, :], layers="mid_block"):
         with pytest.raises(ValueError, match="mid_block.*expected a tensor"):
             _out(unet, inputs)
+
+
+def test_one_sided_rule_reaches_gag_attention(sd15, monkeypatch):
+    """parallel="positive" is passed through to gag_attention: every guided call's output equals
+    gag_attention(..., parallel="positive") on the recorded inputs, and differs from the paper's rule where
+    some token has c < 0; a bad value is rejected by name."""
+    from hopfield_gag import gag_attention
+
+    unet, inputs = sd15
+    seen = []
+
+    def spy(call):
+        seen.append((call.q, call.k, call.v, call.mask, call.scale))
+        return call.dense()
+
+    with install_attention_fn(unet, spy):
+        _out(unet, inputs)
+    assert seen
+    # values made non-centred so that c < 0 occurs (THEORY.md T5: c >= 0 can fail for non-centred values)
+    q, k, v, mask, scale = seen[0]
+    v_shift = v + 3.0 * v.abs().amax()
+    paper = gag_attention(q, k, v_shift, mask=mask, scale=scale, lam=10.0)
+    positive = gag_attention(q, k, v_shift, mask=mask, scale=scale, lam=10.0, parallel="positive")
+    _, parts = gag_attention(q, k, v_shift, mask=mask, scale=scale, lam=10.0, return_parts=True)
+    assert bool((parts.parallel_coef < 0).any()) == (not torch.equal(paper, positive))
+
+    import hopfield_gag.adapters.gag as adapter_gag
+
+    rules = []
+    real = adapter_gag.gag_attention
+
+    def recording(*args, **kw):
+        rules.append(kw.get("parallel"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(adapter_gag, "gag_attention", recording)
+    with apply_gag(unet, lam=10.0, parallel="positive") as h:
+        assert h.fn.parallel == "positive"
+        guided = _out(unet, inputs)
+    assert rules and set(rules) == {"positive"} and torch.isfinite(guided).all()
+    rules.clear()
+    with apply_gag(unet, lam=10.0):
+        _out(unet, inputs)
+    assert rules and set(rules) == {"paper"}
+    with pytest.raises(ValueError, match="parallel"):
+        apply_gag(unet, parallel="both")

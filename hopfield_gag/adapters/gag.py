@@ -27,7 +27,7 @@ from .install import AttentionHandle, install_attention_fn
 
 __all__ = ["GuidedAttention", "apply_gag"]
 
-_OPTIONS = ("method", "lam", "eta", "zeta", "alpha", "strength", "chunk_size")
+_OPTIONS = ("method", "lam", "eta", "zeta", "alpha", "strength", "chunk_size", "parallel")
 _DEFAULT_LAM = {"pladis": 2.0}  # PLADIS' own default; gag_attention's (10) otherwise
 
 
@@ -52,8 +52,8 @@ class GuidedAttention:
     Parameters
     ----------
     method : {"gag", "pladis", "sparse", "aa", "dense"}
-    lam, eta, zeta, alpha, strength, chunk_size
-        As in :func:`gag_attention`; ``lam`` defaults to 2.0 for ``pladis`` and 10.0 otherwise.
+    lam, eta, zeta, alpha, strength, chunk_size, parallel
+        As in :func:`gag_attention` (``parallel="positive"``: the one-sided rule, THEORY.md T5); ``lam`` defaults to 2.0 for ``pladis`` and 10.0 otherwise.
     steps : (start, stop) fractions in [0, 1], optional
         Guide steps ``i`` with ``start <= i / num_steps < stop`` (needs the step counter: apply to a pipeline,
         or set ``handle.state``).
@@ -72,7 +72,7 @@ class GuidedAttention:
 
     def __init__(self, method: str = "gag", lam: Optional[float] = None, eta: float = 15.0, zeta: float = 0.0,
                  alpha: float = 1.5, strength: float = 1.0, steps=None, sigmas=None, branches: str = "all",
-                 chunk_size: Optional[int] = None, record: bool = False):
+                 chunk_size: Optional[int] = None, record: bool = False, parallel: str = "paper"):
         self.options = {}
         self.steps = self.sigmas = None
         self.branches = "all"
@@ -80,7 +80,7 @@ class GuidedAttention:
         self.log = []
         self.guided_calls = self.dense_calls = 0
         self.update(method=method, lam=_DEFAULT_LAM.get(method, 10.0) if lam is None else lam, eta=eta, zeta=zeta,
-                    alpha=alpha, strength=strength, chunk_size=chunk_size, steps=steps, sigmas=sigmas,
+                    alpha=alpha, strength=strength, chunk_size=chunk_size, parallel=parallel, steps=steps, sigmas=sigmas,
                     branches=branches)
 
     def update(self, **params) -> None:
@@ -89,7 +89,7 @@ class GuidedAttention:
         if unknown:
             raise TypeError(f"unknown parameter(s) {sorted(unknown)}; expected {_OPTIONS + ('steps', 'sigmas', 'branches', 'record')}")
         opts = dict(self.options, **{k: v for k, v in params.items() if k in _OPTIONS})
-        GAGAttention(**opts)  # validates method, lam, eta, zeta, alpha, strength, chunk_size
+        GAGAttention(**opts)  # validates method, lam, eta, zeta, alpha, strength, chunk_size, parallel
         steps = _check_window("steps", params["steps"], 0.0, 1.0) if "steps" in params else self.steps
         sigmas = _check_window("sigmas", params["sigmas"]) if "sigmas" in params else self.sigmas
         branches = params.get("branches", self.branches)
