@@ -155,7 +155,16 @@ def test_capture_covers_several_timesteps_and_both_branches(name, records):
     recs = records[name]
     assert len({r["step"] for r in recs}) == 4
     assert {r["branch"] for r in recs} == {"cond", "uncond"}
-    assert {r["kind"] for r in recs} == {"cross"}
+    # capture(layers=None) records every adapted attention layer: the cross-attention to the prompt and the
+    # self-attention over image tokens (which has no text keys)
+    assert {r["kind"] for r in recs} == {"cross", "self"}
+    for r in recs:
+        lk = r["k"].shape[-2]
+        text = r["text_keys"]
+        if r["kind"] == "cross":
+            assert text is not None and (text.start or 0) == 0 and text.stop == lk
+        else:
+            assert text is None
 
 
 @pytest.mark.parametrize("name", ["dit", "unet"])
