@@ -117,7 +117,7 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
                                diversity=judge.diversity(images, labels))
         phases.update(1)
 
-    phases.set_postfix_str("capturing cross-attention and evaluating margins")
+    phases.set_postfix_str("capturing attention and evaluating margins")
     cap_dir = out / "activations"
     if cap_dir.exists():
         import shutil
@@ -163,7 +163,7 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
         "",
         "## Theory margins on captured activations",
         "",
-        f"Cross-attention q, k, v of {len(cap_labels)} dense samples ({capture_per_class} per digit) at all {steps} "
+        f"Attention q, k, v (self-attention `attn1`, cross-attention to the prompt `attn2`) of {len(cap_labels)} dense samples ({capture_per_class} per digit) at all {steps} "
         f"steps, both CFG branches, captured by `hopfield_gag.capture.capture` into `activations/` "
         f"({len(store)} records). Margins are per (query token, head), computed by the library "
         f"(`sharpening_margin`, `query_alignment_margin`, `parallel_margin`); a property holds where the margin "
