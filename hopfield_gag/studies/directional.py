@@ -101,9 +101,12 @@ class _DirectionalMap:
     def _record(self, rec, stats: Stats) -> None:
         cfg = self.cfg
         q, k, v = rec["q"], rec["k"], rec["v"]
-        if q.dtype in (torch.float16, torch.bfloat16):  # theory in fp32 or higher
-            q, k, v = q.float(), k.float(), v.float()
+        # theory in float64: the captured tensors are the exact inputs, so a margin below zero is a property
+        # failing, not fp32 rounding of the margin itself (P-sharpen's partial sums still get n*eps below)
+        q, k, v = q.double(), k.double(), v.double()
         mask = rec.get("mask")
+        if mask is not None and mask.is_floating_point():
+            mask = mask.double()
         scale = rec.get("scale")
         key = (str(rec.get("layer")), -1 if rec.get("step") is None else int(rec["step"]),
                str(rec.get("branch")))
@@ -119,7 +122,8 @@ class _DirectionalMap:
             stats.add(key, "c", c, MARGIN_EDGES)
             stats.add(key, "support", (disc.p_sparse > 0).sum(-1).double(), np.arange(-0.5, lk + 1.5))
             margins = {
-                "sharpen": sharpening_margin(qc, k, scale, cfg.alpha, mc),
+                # partial sums of lk float64 probabilities: rounding below lk * eps (as the selfcheck)
+                "sharpen": sharpening_margin(qc, k, scale, cfg.alpha, mc) + lk * torch.finfo(torch.float64).eps,
                 "align_query": query_alignment_margin(qc, k, scale, cfg.alpha, mc),
                 "parallel": parallel_margin(qc, k, v, scale, cfg.alpha, mc),
             }
