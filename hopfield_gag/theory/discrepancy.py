@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_qkv, check_scalar, check_tensor, compute_dtype
+from .._validation import check_int, check_qkv, check_scalar, check_tensor, compute_dtype, default_scale
 from ..hopfield.dynamics import energy_grad
+from ..ops.combine import parallel_coefficient
 from ..ops.normalizers import apply_mask, normalize
 
 __all__ = [
@@ -79,9 +80,7 @@ def _cosine(a: Tensor, b: Tensor, floor_a: Tensor, floor_b: Tensor) -> Tensor:
 
 
 def _check_scale(scale, d: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(d)
-    return check_scalar("scale", scale, gt=0.0)
+    return default_scale(scale, d)
 
 
 def _check_alpha(alpha, name: str = "alpha", ge: float = 1.0) -> float:
@@ -205,9 +204,7 @@ def sparse_dense_discrepancy(
     dense = p_d @ vc
     sparse = p_s @ vc
     delta = sparse - dense
-    ss = (sparse * sparse).sum(-1)
-    c = torch.where(ss > 0, (delta * sparse).sum(-1) / torch.where(ss > 0, ss, torch.ones_like(ss)),
-                    torch.zeros_like(ss))
+    c = parallel_coefficient(dense, sparse)  # the one home of c and its small-norm rule (ops/combine.py)
     d_par = c.unsqueeze(-1) * sparse
     vmax = torch.linalg.vector_norm(vc, dim=-1).amax(-1, keepdim=True)
     return SparseDenseDiscrepancy(
@@ -507,8 +504,7 @@ def consistency_margin(
     -------
     Tensor (..., Lq) (``reduce="min"``: the worst step) or (..., Lq, steps).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    steps = check_int("steps", steps, ge=1)
     if reduce not in ("min", None):
         raise ValueError(f"reduce must be 'min' or None, got {reduce!r}")
     _check_qkv(q, k, None)
