@@ -248,3 +248,18 @@ def check_qkv_structure(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None
     """:func:`check_qkv` without the finiteness checks (which read device data): dtypes, devices, shapes.
     Returns the broadcast batch shape."""
     return check_qkv(q, k, v, finite=False)
+
+
+def check_mask_shape(mask, scores_shape) -> None:
+    """``mask`` is None or a tensor broadcastable to the scores ``(B, H, Lq, Lk)`` (its values are checked where
+    it is applied to the scores)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    try:
+        ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {tuple(scores_shape)}")

@@ -54,10 +54,9 @@ from torch import Tensor
 
 from ..ops import fused, normalizers, triton_attention
 from .._validation import (
-    check_choice, check_finite, check_int, check_qkv_structure, check_scalar, checks_enabled, compute_dtype,
-    default_scale, nonfinite_any,
+    check_finite, check_mask_shape, check_qkv_structure, checks_enabled, compute_dtype, nonfinite_any,
 )
-from ..ops.combine import COMBINE_METHODS, PARALLEL_RULES, combine
+from ..ops.combine import COMBINE_METHODS, check_options, combine
 
 __all__ = ["gag_attention", "GAGParts", "METHODS", "GAGAttention"]
 
@@ -104,34 +103,11 @@ def _check_inputs(q, k, v, mask):
     and shape; return (B, H, Lq, Lk). The value checks are :func:`_check_values`, one host read per call."""
     batch = check_qkv_structure(q, k, v)
     scores_shape = (*batch, q.shape[-2], k.shape[-2])
-    if mask is not None:
-        # the full check (values, device) runs where the mask is applied to each chunk of scores
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        try:
-            ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
+    check_mask_shape(mask, scores_shape)
     return scores_shape
 
 
-def _check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range, parallel="paper"):
-    """Validate the options; ``d=None`` (no inputs yet, ``GAGAttention``) leaves a ``None`` scale unresolved."""
-    check_choice("method", method, METHODS)
-    check_choice("parallel", parallel, PARALLEL_RULES)
-    lam = check_scalar("lam", lam, ge=0.0)
-    eta = check_scalar("eta", eta, gt=0.0)
-    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
-    alpha = check_scalar("alpha", alpha, gt=1.0)
-    strength = check_scalar("strength", strength, ge=0.0)
-    check_int("chunk_size", chunk_size, ge=1, allow_none=True)
-    scale = None if d is None and scale is None else default_scale(scale, d)
-    lo, hi = (check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1]))
-    if not lo < hi:
-        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
-    return lam, eta, zeta, alpha, strength, scale, (lo, hi)
+_check_options = check_options  # (the options' one home: ops/combine.py)
 
 
 def _auto_chunk(scores_shape, itemsize: int, budget: int) -> int:

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_scalar, compute_dtype
+from .._validation import check_choice, check_int, check_scalar, compute_dtype, default_scale
 
 __all__ = [
     "COMBINE_METHODS",
@@ -76,6 +76,26 @@ __all__ = [
 
 COMBINE_METHODS = ("dense", "sparse", "pladis", "gag", "aa")
 PARALLEL_RULES = ("paper", "positive")
+
+
+def check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range, parallel="paper"):
+    """Validate the options of a guided attention call (``gag_attention``, the Triton path, the oracle,
+    ``GAGAttention``): method and parallel rule, lam >= 0, eta > 0, zeta in [0, 1], alpha > 1, strength >= 0,
+    chunk_size a positive int or None, scale > 0 (None: 1/sqrt(d); ``d=None`` leaves it unresolved),
+    aa_range = (lo, hi) with lo < hi. Returns (lam, eta, zeta, alpha, strength, scale, (lo, hi))."""
+    check_choice("method", method, COMBINE_METHODS)
+    check_choice("parallel", parallel, PARALLEL_RULES)
+    lam = check_scalar("lam", lam, ge=0.0)
+    eta = check_scalar("eta", eta, gt=0.0)
+    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    alpha = check_scalar("alpha", alpha, gt=1.0)
+    strength = check_scalar("strength", strength, ge=0.0)
+    check_int("chunk_size", chunk_size, ge=1, allow_none=True)
+    scale = None if d is None and scale is None else default_scale(scale, d)
+    lo, hi = check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1])
+    if not lo < hi:
+        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
+    return lam, eta, zeta, alpha, strength, scale, (lo, hi)
 _AA_REL_EPS = 64.0  # AA(1) degenerate-pair floor, in units of the compute dtype's eps
 
 

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_choice, check_finite, check_qkv, check_scalar, default_scale, nonfinite_any
-from .combine import COMBINE_METHODS, PARALLEL_RULES
+from .._validation import check_finite, check_mask_shape, check_qkv, nonfinite_any
+from .combine import check_options
 
 __all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
 
@@ -132,31 +132,14 @@ def _as_4d(x: Tensor, batch: tuple, rows: int, cols: int) -> Tensor:
 
 
 def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range, parallel):
-    """The argument checks of :func:`gag_attention` (same order, bounds and messages;
-    tests/test_triton_attention.py keeps them in step), from ``_validation`` (``ops`` sits below ``guidance``)."""
+    """The argument checks of :func:`gag_attention` (the same functions: ``_validation`` and
+    :func:`hopfield_gag.ops.combine.check_options`), plus the finiteness of q, k, v."""
     batch = check_qkv(q, k, v)
     scores_shape = (*batch, q.shape[-2], k.shape[-2])
-    if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        try:
-            ok = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {scores_shape}")
-    check_choice("method", method, COMBINE_METHODS)
-    check_choice("parallel", parallel, PARALLEL_RULES)
-    options = (
-        check_scalar("lam", lam, ge=0.0), check_scalar("eta", eta, gt=0.0),
-        check_scalar("zeta", zeta, ge=0.0, le=1.0), check_scalar("alpha", alpha, gt=1.0),
-        check_scalar("strength", strength, ge=0.0),
-    )
-    beta = default_scale(scale, q.shape[-1])
-    lo, hi = check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1])
-    if not lo < hi:
-        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
-    return scores_shape, beta, (*options, (lo, hi))
+    check_mask_shape(mask, scores_shape)
+    lam, eta, zeta, alpha, strength, beta, aa_range = check_options(
+        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range, parallel)
+    return scores_shape, beta, (lam, eta, zeta, alpha, strength, aa_range)
 
 
 def triton_gag_attention(
