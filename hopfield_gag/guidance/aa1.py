@@ -282,7 +282,7 @@ def aa_scale_from_retrievals(
     query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = 0.0, hi: float = 3.0
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The AA-adaptive PLADIS scale from the key-space retrievals of the same state (shared by
-    :func:`aa_adaptive_scale` and ``hopfield_gag.attention``'s ``method="aa"``).
+    :func:`aa_adaptive_scale` and ``gag_attention``'s ``method="aa"``).
 
     .. math::
 

@@ -6,7 +6,7 @@ of ``keys`` / ``patterns`` with shape ``(..., N, d)``, values have shape ``(...,
 (query) ``xi`` has shape ``(..., d)``. Leading dimensions broadcast. :math:`\beta > 0` is the inverse
 temperature, :math:`\alpha \ge 1` selects the normalizer (1 = softmax / dense, 2 = sparsemax,
 :math:`\alpha > 1` = :math:`\alpha`-entmax); every normalization goes through
-:func:`hopfield_gag.normalizers.normalize`. :math:`M = \max_i \lVert x_i\rVert`.
+:func:`hopfield_gag.ops.normalizers.normalize`. :math:`M = \max_i \lVert x_i\rVert`.
 
 Retrieval (update) map, one attention step:
 

@@ -1,5 +1,5 @@
 /*
- * Row-wise exact alpha-entmax on contiguous rows (the CPU fast path of hopfield_gag.normalizers).
+ * Row-wise exact alpha-entmax on contiguous rows (the CPU fast path of hopfield_gag.ops.normalizers).
  *
  * For each row z (length n) it finds the threshold t (in z units) with
  *     sum_i ( (alpha-1) (z_i - t) )_+ ^ r = 1,      r = 1 / (alpha - 1),

@@ -72,7 +72,7 @@ def _gag_attention_vs_oracle(gen):
 
 @register_check("symbolic_identities")
 def _symbolic_identities(gen):
-    """The 13 exact identities of hopfield_gag.symbolic hold symbolically (sympy) and numerically."""
+    """The 13 exact identities of hopfield_gag.theory.symbolic hold symbolically (sympy) and numerically."""
     from ..theory import symbolic  # sympy is slow to import: only when this check runs
 
     results = symbolic.all_identities()

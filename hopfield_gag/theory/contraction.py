@@ -55,7 +55,7 @@ def gag_output(
         \quad g = c\,s + \zeta(\Delta - c\,s),\quad
         o = s + \lambda\, g \min\!\big(1, \eta/\lVert g\rVert\big).
 
-    Special cases (exact, :mod:`hopfield_gag.symbolic`): ``lam = 0`` gives :math:`s`; ``zeta = 1``
+    Special cases (exact, :mod:`hopfield_gag.theory.symbolic`): ``lam = 0`` gives :math:`s`; ``zeta = 1``
     uncapped gives PLADIS :math:`d + (1 + \lambda)(s - d)`; ``zeta = 0`` uncapped gives
     :math:`(1 + \lambda c)s`. Always :math:`\lVert o - s\rVert \le \lambda\eta`.
 

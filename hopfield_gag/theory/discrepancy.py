@@ -11,7 +11,7 @@ Notation (batched over ``(..., heads, queries)``; ``Lq`` queries, ``Lk`` keys):
 * scale :math:`\beta` (default :math:`1/\sqrt d`), scores :math:`z = \beta\, q k^\top` (plus an additive
   mask; removed entries are :math:`-\infty`);
 * dense weights :math:`p_d = \mathrm{softmax}(z)`, sparse weights :math:`p_s = \alpha\text{-entmax}(z)`
-  (default :math:`\alpha = 1.5`), both from :func:`hopfield_gag.normalizers.normalize`;
+  (default :math:`\alpha = 1.5`), both from :func:`hopfield_gag.ops.normalizers.normalize`;
 * dense output :math:`d = p_d v = T_d(\xi)`, sparse output :math:`s = p_s v = T_s(\xi)` (the retrieval
   direction), discrepancy :math:`\Delta = s - d`;
 * parallel coefficient :math:`c = \langle\Delta, s\rangle/\lVert s\rVert^2` (0 if :math:`s = 0`),

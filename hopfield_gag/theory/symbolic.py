@@ -509,7 +509,7 @@ def dense_energy_gradient(dim: int = 2, n_patterns: int = 3) -> SymbolicIdentity
 
 def softmax_two_key() -> SymbolicIdentity:
     r""":math:`\mathrm{softmax}([t, 0])_1 = 1/(1 + e^{-t})` (the logistic sigmoid); numeric check against
-    :func:`hopfield_gag.normalizers.softmax`."""
+    :func:`hopfield_gag.ops.normalizers.softmax`."""
     t = sp.Symbol("t", real=True)
     lhs = sp.exp(t) / (sp.exp(t) + sp.exp(0))
     rhs = 1 / (1 + sp.exp(-t))
@@ -535,7 +535,7 @@ def entmax15_two_key() -> SymbolicIdentity:
     keys in the support, :math:`a = t/2 - \tau`, :math:`b = -\tau`, :math:`a - b = t/2`,
     :math:`a^2 + b^2 = 1`. Symbolic: :math:`a^2 + b^2 = 1` with :math:`a = (t + \sqrt{8-t^2})/4`,
     :math:`b = a - t/2 = (\sqrt{8-t^2} - t)/4 \ge 0` for :math:`|t| \le 2`, and :math:`b = 0` at
-    :math:`t = 2`. Numeric: :func:`hopfield_gag.normalizers.entmax` on a grid of :math:`t \in [-3, 3]`.
+    :math:`t = 2`. Numeric: :func:`hopfield_gag.ops.normalizers.entmax` on a grid of :math:`t \in [-3, 3]`.
     """
     t = sp.Symbol("t", real=True)
     a = (t + sp.sqrt(8 - t**2)) / 4
