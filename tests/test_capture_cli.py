@@ -6,7 +6,6 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-pytest.importorskip("hopfield_gag.adapters.install")
 
 from diffusers import FluxTransformer2DModel, UNet2DConditionModel  # noqa: E402
 
@@ -81,7 +80,7 @@ def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
 def test_capture_shipped_model_route(tmp_path, capsys, monkeypatch):
     """--model dit-digits goes through hopfield_gag.models (load_model + sample). The shipped weights may not
     be built yet, so load_model is replaced by the same architecture with fresh weights."""
-    models = pytest.importorskip("hopfield_gag.models")
+    import hopfield_gag.models as models
     from hopfield_gag.models.registry import build
 
     monkeypatch.setattr(models, "load_model", lambda name: build(name).eval())

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("hopfield_gag.adapters.install")
 
 from diffusers import (  # noqa: E402
     FluxTransformer2DModel,
