@@ -138,35 +138,33 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
 }
 
 
-/* alpha = 1.5: one scalar pass per iteration computes the statistics at t, counts the candidates above
-   the previous closed-form root (verifying it exactly, one pass late) and compacts into the spare
-   buffer (kept only if t is confirmed as a lower bound). On return *cand, *m_io hold the candidates. */
-static double threshold15(double **cand, double **spare, int64_t *m_io, const params *P, int *status) {
+/* alpha = 1.5: one SIMD pass per iteration computes the statistics at t over the candidates (entries
+   below t are masked, not moved: the candidates are few after the gather) and counts the candidates
+   above the previous closed-form root (verifying it exactly, one pass late). When t is confirmed as a
+   lower bound and at most half of the candidates lie above it, they are compacted (long rows). */
+static double threshold15(double *buf, int64_t *m_io, const params *P, int *status) {
     const double inv_a = P->inv_a, C = inv_a * inv_a;
-    double *buf = *cand, *alt = *spare;
     int64_t m = *m_io;
     double lo = -inv_a, hi = P->hi0, t = lo, tc_prev = INFINITY, tau = NAN;
     int64_t s0_prev = -1;
     for (int it = 0; it < MAXIT; ++it) {
-        double s1 = 0, s2 = 0;
-        int64_t j = 0, cnt = 0;
+        double s1 = 0, s2 = 0, jd = 0, cntd = 0; /* counts in double: exact below 2^53, and one SIMD type */
+#pragma omp simd reduction(+ : s1, s2, jd, cntd)
         for (int64_t i = 0; i < m; ++i) {
             const double u = buf[i];
             const double y = u - t;
-            const int keep = y > 0;
-            const double yk = keep ? y : 0.0;
+            const double yk = y > 0 ? y : 0.0;
             s1 += yk;
             s2 += yk * yk;
-            cnt += u > tc_prev;
-            alt[j] = u;
-            j += keep;
+            jd += y > 0 ? 1.0 : 0.0;
+            cntd += u > tc_prev ? 1.0 : 0.0;
         }
+        const int64_t j = (int64_t)jd, cnt = (int64_t)cntd;
         if (cnt == s0_prev) { tau = tc_prev; break; } /* the previous closed form kept its support */
         const double s0 = (double)j, N = sqrt(s2);
-        if (N >= inv_a) { /* t is a lower bound: the compacted set holds the support */
+        if (N >= inv_a) { /* t is a lower bound: the entries above it hold the support */
             lo = t;
-            double *tmp = buf; buf = alt; alt = tmp;
-            m = j;
+            if (2 * j <= m) m = compact(buf, m, lo, 0.0);
         } else {
             hi = t;
         }
@@ -181,9 +179,54 @@ static double threshold15(double **cand, double **spare, int64_t *m_io, const pa
         t = tn;
     }
     if (isnan(tau)) { *status |= 4; tau = t; }
-    *cand = buf; *spare = alt; *m_io = m;
+    *m_io = m;
     return tau;
 }
+
+/* The candidate gather: the entries z_i > bound of a row, in order, into out (room for n + 8 entries);
+   returns their count. fp32 with AVX2: 8 entries per step, compacted by a permutation from a 256-entry
+   table (a scalar store-and-advance loop costs ~4 cycles per entry, half of a short row's time). */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static uint64_t g_perm[256]; /* mask -> the indices of its set bits, one byte each, in order */
+__attribute__((constructor)) static void init_perm(void) {
+    for (int mask = 0; mask < 256; ++mask) {
+        uint64_t v = 0;
+        int k = 0;
+        for (int b = 0; b < 8; ++b)
+            if (mask >> b & 1) v |= (uint64_t)b << (8 * k++);
+        g_perm[mask] = v;
+    }
+}
+static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out) {
+    const __m256 vb = _mm256_set1_ps(bound);
+    int64_t m = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(z + i);
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vb, _CMP_GT_OQ));
+        const __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
+        _mm256_storeu_ps(out + m, _mm256_permutevar8x32_ps(x, idx));
+        m += __builtin_popcount(mask);
+    }
+    for (; i < n; ++i) {
+        out[m] = z[i];
+        m += z[i] > bound;
+    }
+    return m;
+}
+#else
+static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        out[m] = z[i];
+        m += z[i] > bound;
+    }
+    return m;
+}
+#endif
+
+/* Scratch (doubles) that a row of length n needs: the candidates, and room for the fp32 gather. */
+#define ROW_SCRATCH(n) ((size_t)(n) * 2 + 16)
 
 /* One row: a SIMD max pass (NaN/+inf flagged), a branch-free gather of the candidates u = z - max with
    u > -1/(alpha-1), the threshold on them, the normalizing sum over them (the support is among them),
@@ -204,16 +247,24 @@ static double threshold15(double **cand, double **spare, int64_t *m_io, const pa
         }                                                                                      \
         const double a = P->a, r = P->r, lo = -P->inv_a;                                       \
         int64_t m = 0;                                                                         \
-        for (int64_t i = 0; i < n; ++i) {                                                      \
-            const double u = (double)z[i] - zmax;                                              \
-            buf[m] = u;                                                                        \
-            m += u > lo;                                                                       \
+        if (sizeof(T) == sizeof(float)) {                                                      \
+            /* gather in fp32 with a bound rounded down (a superset of u > lo), then shift in     \
+               double, where z - max is exact; entries at or below lo are masked later */         \
+            float *fz = (float *)(buf + n + 4);                                                \
+            const float fb = nextafterf((float)(zmax + lo), -INFINITY);                        \
+            const int64_t mf = gather_above_f32((const float *)(const void *)z, n, fb, fz);     \
+            for (int64_t i = 0; i < mf; ++i) buf[i] = (double)fz[i] - zmax;                    \
+            m = mf;                                                                            \
+        } else {                                                                               \
+            for (int64_t i = 0; i < n; ++i) {                                                  \
+                const double u = (double)z[i] - zmax;                                          \
+                buf[m] = u;                                                                    \
+                m += u > lo;                                                                   \
+            }                                                                                  \
         }                                                                                      \
         int status = 0;                                                                        \
-        double *cand = buf, *spare = buf + n;                                                  \
-        const double tau = P->kind == 2 ? threshold15(&cand, &spare, &m, P, &status)           \
+        const double tau = P->kind == 2 ? threshold15(buf, &m, P, &status)                     \
                                         : threshold(buf, &m, P, &status);                      \
-        buf = cand;                                                                            \
         double sum = 0;                                                                        \
         if (P->kind == 0) {                                                                    \
             for (int64_t i = 0; i < m; ++i) {                                                  \
@@ -271,7 +322,7 @@ DEFINE_ROW(row_f64, double)
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
-            double *buf = (double *)malloc((size_t)n * 2 * sizeof(double)); /* + a spare */   \
+            double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));             \
             if (buf == NULL) flags |= 8;                                                       \
             _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
@@ -356,7 +407,7 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
-            double *buf = (double *)malloc((size_t)n * 2 * sizeof(double));                    \
+            double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));                  \
             if (buf == NULL) flags |= 8;                                                       \
             _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row) {                                         \
