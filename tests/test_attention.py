@@ -336,13 +336,17 @@ def test_kernel_combine_matches_combine(method, zeta, strength):
     assert torch.isnan(out[..., 0, :]).all() and torch.isnan(out[..., 8, :]).all()  # rows outside untouched
 
 
-def test_fused_path_is_used_without_grad_and_not_with_grad(monkeypatch):
+@pytest.mark.parametrize("dtype,entry", [(torch.float32, "attention_forward"), (torch.float16, "attention_forward"),
+                                         (torch.float64, "dual_normalize")])
+def test_fused_path_is_used_without_grad_and_not_with_grad(monkeypatch, dtype, entry):
+    # fp32 compute (fp32 and half inputs): the one-call kernel; fp64: the chunked kernels; grad: neither
     calls = []
-    original = fused.dual_normalize
-    monkeypatch.setattr(fused, "dual_normalize", lambda *a: calls.append(1) or original(*a))
-    q, k, v = make_qkv(23, 1, 1, 4, 5, 3, 3, dtype=torch.float32)
+    original = getattr(fused, entry)
+    monkeypatch.setattr(fused, entry, lambda *a: calls.append(1) or original(*a))
+    q, k, v = make_qkv(23, 1, 1, 4, 5, 3, 3, dtype=dtype)
+    want = int(fused.available(q.device, torch.promote_types(dtype, torch.float32)))
     gag_attention(q, k, v)
-    assert len(calls) == int(fused.available(q.device, q.dtype))
+    assert len(calls) == want
     gag_attention(q.requires_grad_(), k, v).sum().backward()  # the differentiable path
-    assert len(calls) == int(fused.available(q.device, q.dtype))
+    assert len(calls) == want
     assert q.grad is not None and torch.isfinite(q.grad).all()

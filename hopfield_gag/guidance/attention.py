@@ -291,9 +291,19 @@ def gag_attention(
         return (res[0], GAGParts(*res[1])) if return_parts else res
     # the C combine implements the paper's parallel rule only; parallel="positive" takes the torch path
     if (parallel == "paper" or method != "gag") and _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
-        out, flags = _gag_attention_fused_cpu(
-            q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget, scores_shape
-        )
+        flags = normalizers._FLAG_MAXIT
+        if fused.attention_applies(q, method):
+            # fp32 compute: the whole forward in one C call, blocks of queries kept in cache (ops/fused.py)
+            out, flags = fused.attention_forward(q, k, v, mask, scores_shape[:-2], beta, alpha, method, lam, eta,
+                                                 zeta, strength)
+            out = out.to(q.dtype)
+        if flags & normalizers._FLAG_MAXIT:
+            # fp64, aa, or (never seen on real rows) an entmax row at the iteration limit: the chunked path,
+            # whose normalizer falls back to the op's provably exact default
+            out, flags = _gag_attention_fused_cpu(
+                q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget,
+                scores_shape
+            )
         if checks:
             _check_values(q, k, v, mask, flags)
         return out

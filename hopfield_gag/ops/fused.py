@@ -3,6 +3,10 @@
 * :func:`dual_normalize` writes the softmax and the exact alpha-entmax of each score row of a chunk into one
   (..., 2, rows, Lk) buffer, so that a single GEMM multiplies both probability maps by V (one pass over
   the scores; the row stays in L1 cache between the two normalizations).
+* :func:`attention_forward` is the whole guided attention forward in one C call (fp32): per block of
+  queries of one head, the scores by a register-tiled micro-kernel, both normalizations on rows still in
+  L1, the entmax retrieval as a gather over its support, the softmax retrieval by the same micro-kernel,
+  and the per-token combination. No score-sized temporary exists (memory O(threads x block x Lk)).
 * :func:`combine_rows` applies the per-token combination (``sparse``, ``pladis``, ``gag``; then
   ``strength``) to the (..., 2, rows, Dv) product and writes the output rows in place. It is a
   kernel-level second implementation of ``guidance.attention._combine``; the tests compare the two.
@@ -20,7 +24,8 @@ from torch import Tensor
 
 from . import _kernel
 
-__all__ = ["available", "dual_normalize", "combine_rows", "COMBINE_METHODS"]
+__all__ = ["available", "attention_applies", "attention_forward", "dual_normalize", "combine_rows",
+           "COMBINE_METHODS"]
 
 COMBINE_METHODS = {"sparse": 0, "pladis": 1, "gag": 2}
 
@@ -84,3 +89,64 @@ def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, ze
     r = r.contiguous()  # kept alive by the name while the kernel reads it
     fn(_ptr(r), _ptr(out), groups, rows, dv, gstride, COMBINE_METHODS[method], float(lam), float(eta),
        float(zeta), float(strength), torch.get_num_threads())
+
+
+def attention_applies(q: Tensor, method: str) -> bool:
+    """True when :func:`attention_forward` serves the call: CPU, fp32 compute (fp16/bf16/fp32 inputs), a
+    built kernel, ``method`` in sparse/pladis/gag (``aa`` needs key-space retrievals; fp64 keeps the
+    chunked path, :func:`dual_normalize` + one GEMM + :func:`combine_rows`)."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and method in COMBINE_METHODS and _kernel.load() is not None)
+
+
+def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
+    """An additive fp32 mask as the kernel reads it: (data, per-group offsets (G,) int64, row stride), with
+    unit column stride and broadcast dims kept as zero strides (nothing score-sized is materialized)."""
+    m = mask if mask.dtype != torch.bool else torch.zeros((), dtype=torch.float32).masked_fill(~mask, float("-inf"))
+    m = m.to(torch.float32)
+    if m.shape[-1] != lk:
+        m = m.expand(*m.shape[:-1], lk)
+    m = m.contiguous()  # at the mask's own (broadcastable) shape
+    full = m.expand(*batch, lq, lk)
+    offs = torch.zeros(batch, dtype=torch.int64)
+    for dim, (size, stride) in enumerate(zip(batch, full.stride()[:-2])):
+        shape = [1] * len(batch)
+        shape[dim] = size
+        offs = offs + torch.arange(size, dtype=torch.int64).view(shape) * stride
+    return m, offs.reshape(-1).contiguous(), full.stride(-2)
+
+
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch: torch.Size, beta: float,
+                      alpha: float, method: str, lam: float, eta: float, zeta: float,
+                      strength: float) -> tuple[Tensor, int]:
+    r"""The guided attention forward in one fused C call, fp32 (inputs of half types are computed in fp32).
+
+    ``q`` (..., Lq, D), ``k`` (..., Lk, D), ``v`` (..., Lk, Dv) with leading dims broadcasting to ``batch``;
+    ``mask`` None, boolean (True = attend) or additive, broadcastable to (*batch, Lq, Lk). Per token:
+    :math:`d = \mathrm{softmax}(\beta q K^\top + m) V`, :math:`s = \alpha\text{-entmax}(\cdot) V`, and the
+    method's combination of :func:`combine_rows` with ``strength``. Returns ``(out, flags)``: ``out``
+    (*batch, Lq, Dv) fp32, and the status word of :func:`dual_normalize` (bit 4: recompute elsewhere).
+    """
+    lib = _kernel.load()
+    lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    f32 = torch.float32
+    qg = q.to(f32).expand(*batch, lq, d).reshape(-1, lq, d).contiguous()
+    kg = k.to(f32).expand(*batch, lk, d).reshape(-1, lk, d).contiguous()
+    vg = v.to(f32).expand(*batch, lk, dv).reshape(-1, lk, dv).contiguous()
+    groups = qg.shape[0]
+    out = torch.empty(*batch, lq, dv, dtype=f32)
+    if out.numel() == 0:
+        return out, 0
+    fp = ctypes.POINTER(ctypes.c_float)
+    if mask is None:
+        m_ptr, off_ptr, msi, keep = None, None, 0, ()
+    else:
+        m, offs, msi = _mask_operand(mask, batch, lq, lk)
+        m_ptr, off_ptr, keep = _ptr(m), ctypes.cast(offs.data_ptr(), ctypes.POINTER(ctypes.c_int64)), (m, offs)
+    flags = lib.gag_forward_f32(_ptr(qg), _ptr(kg), _ptr(vg), m_ptr, off_ptr, msi, _ptr(out), groups, lq, lk, d,
+                                dv, float(beta), float(alpha), COMBINE_METHODS[method], float(lam), float(eta),
+                                float(zeta), float(strength), torch.get_num_threads())
+    del keep
+    if flags & 8:
+        raise MemoryError("gag_attention: the fused CPU kernel could not allocate its scratch")
+    return out, int(flags)

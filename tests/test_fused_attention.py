@@ -1,0 +1,165 @@
+"""The one-call fused CPU forward (hopfield_gag.ops.fused.attention_forward, fp32 compute) against float64.
+
+Tolerance (fp32, u = 2^-24): each score carries a rounding error of at most ~D u |beta q||k| (a length-D
+dot product), each retrieval ~Lk u max|v| (a length-Lk sum, or the support's), and the guidance rules
+amplify the sparse-dense difference by at most (1 + lam). The allowance 8 u (1 + lam) (D + Lk) max(1, max|v|)
+is that first-order bound with a factor of 8; a wrong support, a dropped key or a mis-indexed row moves the
+output by O(max|v|), thousands of times more.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from hopfield_gag import gag_attention, reference_gag_attention
+from hopfield_gag.guidance import attention as attention_mod
+from hopfield_gag.ops import _kernel, fused
+
+pytestmark = pytest.mark.skipif(_kernel.load() is None, reason="no C compiler here: the fused kernel does not exist")
+
+U32 = 2.0**-24
+
+
+def allowance(lam, d, lk, v):
+    return 8 * U32 * (1 + lam) * (d + lk) * max(1.0, float(v.abs().max()))
+
+
+def make(seed, b, h, lq, lk, d, dv, qscale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, lq, d, generator=g) * qscale
+    k = torch.randn(b, h, lk, d, generator=g) * qscale
+    v = torch.randn(b, h, lk, dv, generator=g)
+    return q, k, v
+
+
+def make_mask(kind, seed, b, h, lq, lk):
+    """Masks of every broadcast shape the adapters produce; column 0 always attends (no empty row)."""
+    g = torch.Generator().manual_seed(seed)
+    if kind is None:
+        return None
+    if kind == "bool_b1qk":
+        m = torch.rand(b, 1, lq, lk, generator=g) > 0.4
+    elif kind == "bool_b11k":
+        m = torch.rand(b, 1, 1, lk, generator=g) > 0.4
+    elif kind == "add_qk":
+        m = torch.where(torch.rand(lq, lk, generator=g) > 0.3, torch.randn(lq, lk, generator=g), float("-inf"))
+    else:  # "add_1h1k": one additive row per head, broadcast over batch and queries
+        m = torch.randn(1, h, 1, lk, generator=g)
+    m[..., 0] = True if m.dtype == torch.bool else 0.0
+    return m
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 70), st.integers(1, 40),
+                    st.integers(1, 20), st.integers(1, 40)),
+    method=st.sampled_from(["sparse", "pladis", "gag"]),
+    lam=st.floats(0.0, 12.0),
+    eta=st.floats(0.05, 20.0),
+    zeta=st.floats(0.0, 1.0),
+    strength=st.floats(0.05, 2.0),
+    alpha=st.sampled_from([1.5, 2.0, 1.25]),
+    mask_kind=st.sampled_from([None, "bool_b1qk", "bool_b11k", "add_qk", "add_1h1k"]),
+    qscale=st.floats(0.1, 4.0),
+)
+@settings(max_examples=40)
+@example(seed=1, shape=(1, 1, 1, 1, 1, 1), method="gag", lam=10.0, eta=15.0, zeta=0.0, strength=1.0, alpha=1.5,
+         mask_kind=None, qscale=1.0)  # Lq = Lk = 1: s = d
+@example(seed=2, shape=(2, 3, 49, 17, 16, 17), method="gag", lam=10.0, eta=15.0, zeta=0.5, strength=1.0,
+         alpha=1.5, mask_kind="bool_b11k", qscale=2.0)  # a second row block, a partial micro-tile, Dv padding
+def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, zeta, strength, alpha, mask_kind,
+                                                qscale):
+    b, h, lq, lk, d, dv = shape
+    q, k, v = make(seed, b, h, lq, lk, d, dv, qscale)
+    mask = make_mask(mask_kind, seed + 1, b, h, lq, lk)
+    kw = dict(method=method, lam=lam, eta=eta, zeta=zeta, strength=strength, alpha=alpha)
+    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([b, h]), d**-0.5, alpha, method, lam, eta, zeta,
+                                         strength)
+    assert flags == 0 and out.dtype == torch.float32
+    want = reference_gag_attention(q.double(), k.double(), v.double(), mask=mask, **kw)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(lam, d, lk, v))
+    with torch.no_grad():  # and gag_attention dispatches to it with the same result
+        assert torch.equal(gag_attention(q, k, v, mask=mask, **kw), out)
+
+
+@pytest.mark.parametrize("lk", [77, 300, 1024, 2100])  # row blocks of 48, 48, 12 and 6 queries
+@pytest.mark.parametrize("dv", [64, 40])
+def test_long_keys_and_padded_values_match_float64(lk, dv):
+    q, k, v = make(lk + dv, 1, 2, 50, lk, 64, dv, qscale=1.5)
+    for method, lam in (("gag", 10.0), ("pladis", 2.0)):
+        out, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.125, 1.5, method, lam, 15.0, 0.0,
+                                             1.0)
+        assert flags == 0
+        # the float64 chunked path (itself tested against the loop oracle in test_attention.py)
+        want = gag_attention(q.double(), k.double(), v.double(), method=method, lam=lam)
+        torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(lam, 64, lk, v))
+
+
+def test_broadcast_batch_dims_and_half_inputs():
+    q, k, v = make(3, 2, 4, 33, 21, 8, 8)
+    k1, v1 = k[:1, :1], v[:1, :1]  # one key/value set shared by every batch and head
+    want = reference_gag_attention(q.double(), k1.double(), v1.double())
+    with torch.no_grad():
+        out = gag_attention(q, k1, v1)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(10.0, 8, 21, v1))
+    for dtype, tol in ((torch.float16, 2.0**-11), (torch.bfloat16, 2.0**-8)):
+        qh, kh, vh = q.to(dtype), k1.to(dtype), v1.to(dtype)
+        with torch.no_grad():
+            out = gag_attention(qh, kh, vh)
+        assert out.dtype == dtype
+        want = reference_gag_attention(qh.double(), kh.double(), vh.double())
+        # computed in fp32, rounded once to the dtype: one unit roundoff of |o| on top of the fp32 allowance
+        torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol + allowance(10.0, 8, 21, v1))
+
+
+def test_rows_without_a_distribution_are_nan_and_flagged_alone():
+    q, k, v = make(4, 1, 2, 20, 9, 8, 8)
+    mask = torch.ones(20, 9, dtype=torch.bool)
+    mask[7] = False  # query 7 attends to nothing
+    q[0, 1, 3, 2] = float("nan")
+    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([1, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)
+    assert flags & 1 and flags & 2
+    bad = torch.zeros(1, 2, 20, dtype=torch.bool)
+    bad[..., 7] = True
+    bad[0, 1, 3] = True
+    assert torch.isnan(out[bad]).all() and torch.isfinite(out[~bad]).all()
+    q2 = q.clone()
+    q2[0, 1, 3, 2] = 0.0
+    good = reference_gag_attention(q2.double(), k.double(), v.double(), mask=mask.clone().fill_(True))
+    torch.testing.assert_close(out[~bad].double(), good[~bad], rtol=0, atol=allowance(10.0, 8, 9, v))
+    with pytest.raises(ValueError, match="fully masked"):
+        gag_attention(q2, k, v, mask=mask)
+    with pytest.raises(ValueError, match="q must be finite"):
+        gag_attention(q, k, v)
+
+
+def test_iteration_limit_sends_the_call_to_the_exact_path(monkeypatch):
+    q, k, v = make(5, 1, 2, 30, 300, 16, 16, qscale=3.0)
+    calls = []
+    chunked = attention_mod._gag_attention_fused_cpu
+    monkeypatch.setattr(attention_mod, "_gag_attention_fused_cpu", lambda *a: calls.append(1) or chunked(*a))
+    with torch.no_grad():
+        want = gag_attention(q, k, v)
+        assert calls == []
+        with _kernel.iteration_limit(1):
+            _, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.25, 1.5, "gag", 10.0, 15.0, 0.0,
+                                               1.0)
+            assert flags & 4  # the limit was hit inside the one-call kernel ...
+            out = gag_attention(q, k, v)
+    assert calls == [1]  # ... so the call went to the chunked path, whose op falls back to an exact method
+    torch.testing.assert_close(out, want, rtol=0, atol=allowance(10.0, 16, 300, v))
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    q, k, v = make(6, 2, 4, 200, 77, 64, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[0]
+        torch.set_num_threads(2)
+        two = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # each row is computed by one thread, the same way, whichever thread it is
