@@ -163,3 +163,17 @@ def test_result_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)  # each row is computed by one thread, the same way, whichever thread it is
+
+
+@pytest.mark.parametrize("where", ["k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_keys_and_values_are_flagged_by_the_packing_pass(where, bad):
+    q, k, v = make(7, 2, 2, 10, 19, 8, 12)  # Dv = 12: v is padded, and still checked
+    t = {"k": k, "v": v}[where]
+    t[1, 0, 18, 3] = bad
+    _, flags = fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)
+    assert flags & fused.FLAG_KV_NONFINITE
+    with pytest.raises(ValueError, match=f"{where} must be finite"):
+        gag_attention(q, k, v)
+    t[1, 0, 18, 3] = 0.0
+    assert fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[1] == 0

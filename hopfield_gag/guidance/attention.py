@@ -115,7 +115,7 @@ def _auto_chunk(scores_shape, itemsize: int, budget: int) -> int:
     return int(max(1, min(scores_shape[-2], budget // per_query_row)))
 
 
-def _check_values(q, k, v, mask, flags) -> None:
+def _check_values(q, k, v, mask, flags, kv_in_flags: bool = False) -> None:
     """The value checks of :func:`gag_attention`, with one host synchronization on the good path.
 
     ``flags`` is the OR of the entmax op's status words over the chunks (bit 1: a NaN/+inf score, bit 2: a
@@ -123,11 +123,16 @@ def _check_values(q, k, v, mask, flags) -> None:
     in its row of scores (NaN, +inf, or a row of -inf), so q is read only on the error path; k and v are
     read here (they are small next to the scores at cross-attention shapes). An additive mask holding NaN
     or +inf likewise shows in the scores. Only when something is wrong do the checks below, which name the
-    culprit, run.
+    culprit, run. ``kv_in_flags``: ``flags`` is a host int that also covers k and v (the one-call CPU kernel
+    checks them while packing, bit 16), so the good path reads nothing.
     """
-    bad = nonfinite_any(q, k, v) if flags is None else (flags != 0) | nonfinite_any(k, v)
-    if not bool(bad):  # the one host synchronization
-        return
+    if kv_in_flags:
+        if flags == 0:
+            return
+    else:
+        bad = nonfinite_any(q, k, v) if flags is None else (flags != 0) | nonfinite_any(k, v)
+        if not bool(bad):  # the one host synchronization
+            return
     check_finite("q", q)
     check_finite("k", k)
     check_finite("v", v)
@@ -291,12 +296,12 @@ def gag_attention(
         return (res[0], GAGParts(*res[1])) if return_parts else res
     # the C combine implements the paper's parallel rule only; parallel="positive" takes the torch path
     if (parallel == "paper" or method != "gag") and _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
-        flags = normalizers._FLAG_MAXIT
+        flags, kv_in_flags = normalizers._FLAG_MAXIT, False
         if fused.attention_applies(q, method):
             # fp32 compute: the whole forward in one C call, blocks of queries kept in cache (ops/fused.py)
             out, flags = fused.attention_forward(q, k, v, mask, scores_shape[:-2], beta, alpha, method, lam, eta,
                                                  zeta, strength)
-            out = out.to(q.dtype)
+            out, kv_in_flags = out.to(q.dtype), True
         if flags & normalizers._FLAG_MAXIT:
             # fp64, aa, or (never seen on real rows) an entmax row at the iteration limit: the chunked path,
             # whose normalizer falls back to the op's provably exact default
@@ -304,8 +309,9 @@ def gag_attention(
                 q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget,
                 scores_shape
             )
+            kv_in_flags = False
         if checks:
-            _check_values(q, k, v, mask, flags)
+            _check_values(q, k, v, mask, flags, kv_in_flags)
         return out
 
     if not return_parts and (method == "dense" or strength == 0.0):

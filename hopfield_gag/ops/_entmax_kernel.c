@@ -233,14 +233,16 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
    and one SIMD write pass. */
 #define DEFINE_ROW(NAME, T)                                                                    \
     static int NAME(const T *z, T *p, int64_t n, const params *P, double *buf) {              \
-        double zmax = -INFINITY;                                                               \
+        /* in the storage type: the max is exact, and fp32 lanes pair with int32 flag lanes */     \
+        T tmax = -INFINITY;                                                                    \
         int bad = 0;                                                                           \
-        _Pragma("omp simd reduction(max : zmax) reduction(| : bad)")                           \
+        _Pragma("omp simd reduction(max : tmax) reduction(| : bad)")                           \
         for (int64_t i = 0; i < n; ++i) {                                                      \
-            const double v = (double)z[i];                                                     \
-            bad |= !(v < INFINITY); /* NaN or +inf */                                          \
-            zmax = v > zmax ? v : zmax;                                                        \
+            const T v = z[i];                                                                  \
+            bad |= !(v < (T)INFINITY); /* NaN or +inf */                                       \
+            tmax = v > tmax ? v : tmax;                                                        \
         }                                                                                      \
+        const double zmax = (double)tmax;                                                      \
         if (bad || zmax == -INFINITY) { /* no distribution: a NaN row, flagged for the caller */ \
             for (int64_t i = 0; i < n; ++i) p[i] = (T)NAN;                                     \
             return bad ? 1 : 2;                                                                \
@@ -598,7 +600,8 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 /* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous; out (G, Lq, Dv) contiguous. mask: NULL, or an
    additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column stride).
    method: 0 sparse, 1 pladis, 2 gag (combine_one). Flags as entmax_rows (rows without a distribution are
-   NaN in the output; bit 4: a row hit the iteration limit, the caller must recompute). */
+   NaN in the output; bit 4: a row hit the iteration limit, the caller must recompute), and bit 16: k or v
+   holds a NaN or an infinity. */
 int64_t gag_forward_f32(const float *q, const float *k, const float *v, const float *mask, const int64_t *moff,
                         int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
                         double beta, double alpha, int method, double lam, double eta, double zeta,
@@ -620,21 +623,34 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
     float *Kp = (float *)malloc((size_t)G * npan * D * FUSED_NR * sizeof(float));
     float *Vp = Dv == DvP ? NULL : (float *)malloc((size_t)G * Lk * DvP * sizeof(float));
     if (Kp == NULL || (Dv != DvP && Vp == NULL)) { free(Kp); free(Vp); return 8; }
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(par)")
+    /* the packing pass also checks k and v for NaN/inf (x - x is 0 exactly for finite x): with the
+       score flags this makes the caller's value checks free of any extra pass over the inputs */
+    int kv_bad = 0;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(par) reduction(| : kv_bad)")
     for (int64_t gp = 0; gp < G * npan; ++gp) {
         const int64_t g = gp / npan, j0 = (gp % npan) * FUSED_NR;
         float *dst = Kp + gp * D * FUSED_NR;
         for (int64_t jj = 0; jj < FUSED_NR; ++jj) {
             const int64_t j = j0 + jj;
             const float *src = k + (g * Lk + j) * D;
-            if (j < Lk) for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = src[d];
-            else for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;
+            if (j < Lk) {
+                for (int64_t d = 0; d < D; ++d) {
+                    dst[d * FUSED_NR + jj] = src[d];
+                    kv_bad |= !(src[d] - src[d] == 0.0f);
+                }
+            } else {
+                for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;
+            }
         }
-        if (Vp != NULL && gp % npan == 0) {
-            for (int64_t j = 0; j < Lk; ++j) {
-                float *vd = Vp + (g * Lk + j) * DvP;
-                const float *vs = v + (g * Lk + j) * Dv;
-                for (int64_t c = 0; c < DvP; ++c) vd[c] = c < Dv ? vs[c] : 0.0f;
+        if (gp % npan == 0) {
+            const float *vs = v + g * Lk * Dv;
+            int bad = 0;
+            _Pragma("omp simd reduction(| : bad)")
+            for (int64_t i = 0; i < Lk * Dv; ++i) bad |= !(vs[i] - vs[i] == 0.0f);
+            kv_bad |= bad;
+            if (Vp != NULL) {
+                for (int64_t j = 0; j < Lk; ++j)
+                    for (int64_t c = 0; c < DvP; ++c) Vp[(g * Lk + j) * DvP + c] = c < Dv ? vs[j * Dv + c] : 0.0f;
             }
         }
     }
@@ -706,5 +722,5 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
     }
     free(Kp);
     free(Vp);
-    return flags;
+    return flags | (kv_bad ? 16 : 0);
 }

@@ -109,8 +109,7 @@ def load():
                            ctypes.c_double, ctypes.c_double, ctypes.c_int]
         fn = lib.gag_forward_f32
         fn.restype = ctypes.c_int64
-        fn.argtypes = [ctypes.POINTER(ctypes.c_float)] * 4 + [ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
-                       ctypes.POINTER(ctypes.c_float)] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
                        ctypes.c_int] + [ctypes.c_double] * 4 + [ctypes.c_int]
         lib.hg_set_max_iter.argtypes = [ctypes.c_int]
         lib.hg_set_max_iter.restype = None

@@ -28,6 +28,7 @@ __all__ = ["available", "attention_applies", "attention_forward", "dual_normaliz
            "COMBINE_METHODS"]
 
 COMBINE_METHODS = {"sparse": 0, "pladis": 1, "gag": 2}
+FLAG_KV_NONFINITE = 16  # attention_forward's status bit: k or v holds NaN or an infinity
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -125,7 +126,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     ``mask`` None, boolean (True = attend) or additive, broadcastable to (*batch, Lq, Lk). Per token:
     :math:`d = \mathrm{softmax}(\beta q K^\top + m) V`, :math:`s = \alpha\text{-entmax}(\cdot) V`, and the
     method's combination of :func:`combine_rows` with ``strength``. Returns ``(out, flags)``: ``out``
-    (*batch, Lq, Dv) fp32, and the status word of :func:`dual_normalize` (bit 4: recompute elsewhere).
+    (*batch, Lq, Dv) fp32, and the status word of :func:`dual_normalize` (bit 4: recompute elsewhere) with
+    :data:`FLAG_KV_NONFINITE` (16) set when k or v holds NaN or an infinity.
     """
     lib = _kernel.load()
     lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
@@ -137,15 +139,15 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     out = torch.empty(*batch, lq, dv, dtype=f32)
     if out.numel() == 0:
         return out, 0
-    fp = ctypes.POINTER(ctypes.c_float)
     if mask is None:
         m_ptr, off_ptr, msi, keep = None, None, 0, ()
     else:
         m, offs, msi = _mask_operand(mask, batch, lq, lk)
-        m_ptr, off_ptr, keep = _ptr(m), ctypes.cast(offs.data_ptr(), ctypes.POINTER(ctypes.c_int64)), (m, offs)
-    flags = lib.gag_forward_f32(_ptr(qg), _ptr(kg), _ptr(vg), m_ptr, off_ptr, msi, _ptr(out), groups, lq, lk, d,
-                                dv, float(beta), float(alpha), COMBINE_METHODS[method], float(lam), float(eta),
-                                float(zeta), float(strength), torch.get_num_threads())
+        m_ptr, off_ptr, keep = m.data_ptr(), offs.data_ptr(), (m, offs)
+    # raw addresses (void* arguments): the tensors stay alive in this frame for the call
+    flags = lib.gag_forward_f32(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
+                                groups, lq, lk, d, dv, float(beta), float(alpha), COMBINE_METHODS[method],
+                                float(lam), float(eta), float(zeta), float(strength), torch.get_num_threads())
     del keep
     if flags & 8:
         raise MemoryError("gag_attention: the fused CPU kernel could not allocate its scratch")
