@@ -320,7 +320,8 @@ def test_fused_matches_torch_path_in_low_precision(dtype, tol, method):
 @pytest.mark.parametrize("method", ["sparse", "pladis", "gag"])
 @pytest.mark.parametrize("zeta", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("strength", [1.0, 0.35])
-def test_kernel_combine_matches_combine(method, zeta, strength):
+@pytest.mark.parametrize("parallel", ["paper", "positive"])
+def test_kernel_combine_matches_combine(method, zeta, strength, parallel):
     if not fused.available(torch.device("cpu"), torch.float64):
         pytest.skip("no C compiler here: there is no kernel combine to compare")
     g = torch.Generator().manual_seed(22)
@@ -328,10 +329,10 @@ def test_kernel_combine_matches_combine(method, zeta, strength):
     s = torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64) * torch.rand(3, 2, 7, 1, generator=g, dtype=torch.float64) * 4
     s[0, 0, 0] = 0.0  # the zero convention: c = 0 where s = 0
     s[1, 1, 2] = d[1, 1, 2]  # Delta = 0
-    o = _combine(method, d, s, 3.0, 1.5, zeta)[0]
+    o = _combine(method, d, s, 3.0, 1.5, zeta, parallel=parallel)[0]
     want = o if strength == 1.0 else torch.lerp(d, o, strength)
     out = torch.full((3, 2, 9, 5), math.nan, dtype=torch.float64)
-    fused.combine_rows(torch.stack([d, s], dim=-3), out[..., 1:8, :], method, 3.0, 1.5, zeta, strength)
+    fused.combine_rows(torch.stack([d, s], dim=-3), out[..., 1:8, :], method, 3.0, 1.5, zeta, strength, parallel)
     torch.testing.assert_close(out[..., 1:8, :], want, rtol=1e-13, atol=1e-13)
     assert torch.isnan(out[..., 0, :]).all() and torch.isnan(out[..., 8, :]).all()  # rows outside untouched
 

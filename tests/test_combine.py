@@ -279,7 +279,8 @@ def test_gag_attention_positive_exercises_negative_c_and_module():
     assert not torch.equal(out, paper)
     torch.testing.assert_close(out, H.reference_gag_attention(q, k, v, parallel="positive"), rtol=1e-10, atol=1e-9)
     mod = H.GAGAttention(parallel="positive")
-    assert torch.equal(mod(q, k, v), out)
+    # the module is the function (return_parts takes the torch path, the plain call the fused kernel)
+    assert torch.equal(mod(q, k, v), H.gag_attention(q, k, v, parallel="positive"))
     assert "parallel='positive'" in mod.extra_repr()
     for bad in (lambda: H.gag_attention(q, k, v, parallel="one-sided"),
                 lambda: H.GAGAttention(parallel="one-sided"),
@@ -313,8 +314,8 @@ def test_every_caller_goes_through_combine(monkeypatch):
         # the portable torch path (autograd, return_parts, compile, non-CPU devices); the eager CPU path of
         # the paper's rules runs the C twin of combine (ops.fused.combine_rows, tested against _combine)
         lambda: H.gag_attention(q, k, v, method="pladis", return_parts=True),
-        # the C twin knows only the paper's parallel rule: "positive" must take the combine path
-        lambda: H.gag_attention(q, k, v, method="gag", parallel="positive"),
+        # autograd takes the combine path, with either parallel rule
+        lambda: H.gag_attention(q.detach().requires_grad_(), k, v, method="gag", parallel="positive"),
         lambda: H.gag_attention(q, k, v, method="aa"),
         lambda: H.extrapolation_as_aa(d, s, "gag"),
         lambda: H.extrapolation_as_aa(d, s, "pladis"),

@@ -63,20 +63,22 @@ def make_mask(kind, seed, b, h, lq, lk):
     alpha=st.sampled_from([1.5, 2.0, 1.25]),
     mask_kind=st.sampled_from([None, "bool_b1qk", "bool_b11k", "add_qk", "add_1h1k"]),
     qscale=st.floats(0.1, 4.0),
+    parallel=st.sampled_from(["paper", "positive"]),
 )
 @settings(max_examples=40)
 @example(seed=1, shape=(1, 1, 1, 1, 1, 1), method="gag", lam=10.0, eta=15.0, zeta=0.0, strength=1.0, alpha=1.5,
-         mask_kind=None, qscale=1.0)  # Lq = Lk = 1: s = d
+         mask_kind=None, qscale=1.0, parallel="paper")  # Lq = Lk = 1: s = d
 @example(seed=2, shape=(2, 3, 49, 17, 16, 17), method="gag", lam=10.0, eta=15.0, zeta=0.5, strength=1.0,
-         alpha=1.5, mask_kind="bool_b11k", qscale=2.0)  # a second row block, a partial micro-tile, Dv padding
+         alpha=1.5, mask_kind="bool_b11k", qscale=2.0, parallel="positive")  # a second row block, a partial
+# micro-tile, Dv padding
 def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, zeta, strength, alpha, mask_kind,
-                                                qscale):
+                                                qscale, parallel):
     b, h, lq, lk, d, dv = shape
     q, k, v = make(seed, b, h, lq, lk, d, dv, qscale)
     mask = make_mask(mask_kind, seed + 1, b, h, lq, lk)
-    kw = dict(method=method, lam=lam, eta=eta, zeta=zeta, strength=strength, alpha=alpha)
+    kw = dict(method=method, lam=lam, eta=eta, zeta=zeta, strength=strength, alpha=alpha, parallel=parallel)
     out, flags = fused.attention_forward(q, k, v, mask, torch.Size([b, h]), d**-0.5, alpha, method, lam, eta, zeta,
-                                         strength)
+                                         strength, parallel)
     assert flags == 0 and out.dtype == torch.float32
     want = reference_gag_attention(q.double(), k.double(), v.double(), mask=mask, **kw)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(lam, d, lk, v))

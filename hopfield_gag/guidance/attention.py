@@ -169,7 +169,7 @@ def _fused_cpu_applies(q, k, v, mask, method, return_parts, strength) -> bool:
 
 
 def _gag_attention_fused_cpu(q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size,
-                             memory_budget, scores_shape):
+                             memory_budget, scores_shape, parallel="paper"):
     """The same computation as the torch path, per chunk of queries: scores by one GEMM, both maps by one
     pass of the C kernel into a (2, rows, Lk) buffer, one GEMM of that buffer with V, and the per-token
     combination in C (``aa``: ``_combine``) written straight into the output. Returns (output, flags)."""
@@ -205,7 +205,7 @@ def _gag_attention_fused_cpu(q, k, v, mask, method, lam, eta, zeta, alpha, stren
             o = _combine(method, d, s, lam, eta, zeta, q_chunk, r[..., 0, :, dv:], r[..., 1, :, dv:], aa_range)[0]
             target.copy_(o if strength == 1.0 else torch.lerp(d, o, strength))
         else:
-            fused.combine_rows(r, target, method, lam, eta, zeta, strength)
+            fused.combine_rows(r, target, method, lam, eta, zeta, strength, parallel)
     return out.to(q.dtype), flags
 
 
@@ -294,20 +294,19 @@ def gag_attention(
         res = triton_attention.fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta,
                                              alpha, strength, return_parts, aa_range, parallel=parallel)
         return (res[0], GAGParts(*res[1])) if return_parts else res
-    # the C combine implements the paper's parallel rule only; parallel="positive" takes the torch path
-    if (parallel == "paper" or method != "gag") and _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
+    if _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
         flags, kv_in_flags = normalizers._FLAG_MAXIT, False
         if fused.attention_applies(q, method):
             # fp32 compute: the whole forward in one C call, blocks of queries kept in cache (ops/fused.py)
             out, flags = fused.attention_forward(q, k, v, mask, scores_shape[:-2], beta, alpha, method, lam, eta,
-                                                 zeta, strength)
+                                                 zeta, strength, parallel)
             out, kv_in_flags = out.to(q.dtype), True
         if flags & normalizers._FLAG_MAXIT:
             # fp64, aa, or (never seen on real rows) an entmax row at the iteration limit: the chunked path,
             # whose normalizer falls back to the op's provably exact default
             out, flags = _gag_attention_fused_cpu(
                 q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget,
-                scores_shape
+                scores_shape, parallel
             )
             kv_in_flags = False
         if checks:

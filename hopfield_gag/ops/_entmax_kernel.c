@@ -435,16 +435,17 @@ DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
 
 /* The per-token combination (one home in C; the kernel-level twin of hopfield_gag.ops.combine.combine,
    which the tests compare it with on every method): writes o = d + t (o_m - d), o_m the method's output:
-   0 sparse s; 1 pladis d + lam (s - d); 2 gag s + lam min(1, eta/|g|) g, g = zeta (s - d) + (1 - zeta) c s,
-   c = (|s|^2 - <d, s>) / |s|^2, 0 where |s|^2 <= tiny (the storage dtype's smallest normal number, the
-   rule of ops/combine.py). Accumulation in double. */
+   0 sparse s; 1 pladis d + lam (s - d); 2 gag s + lam min(1, eta/|g|) g, g = c s + zeta (Delta - c s),
+   Delta = s - d, c = (|s|^2 - <d, s>) / |s|^2, 0 where |s|^2 <= tiny (the storage dtype's smallest normal
+   number, the rule of ops/combine.py); 3 gag with the one-sided parallel part max(c, 0) s.
+   Accumulation in double. */
 #define DEFINE_COMBINE_ONE(NAME, T, TINY)                                                      \
     static inline void NAME(const T *d, const T *s, T *o, int64_t dv, int method, double lam,  \
                             double eta, double zeta, double strength) {                        \
         double wd = 0.0, ws = 1.0; /* o_m = wd d + ws s */                                     \
         if (method == 1) {                                                                     \
             wd = 1.0 - lam; ws = lam;                                                          \
-        } else if (method == 2) {                                                              \
+        } else if (method >= 2) {                                                              \
             double ss = 0.0, ds = 0.0;                                                         \
             _Pragma("omp simd reduction(+ : ss, ds)")                                          \
             for (int64_t j = 0; j < dv; ++j) {                                                 \
@@ -452,8 +453,9 @@ DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
                 ds += (double)d[j] * s[j];                                                     \
             }                                                                                  \
             const double c = ss > (TINY) ? (ss - ds) / ss : 0.0;                               \
-            /* g = a s + b d with a = zeta + (1 - zeta) c, b = -zeta */                        \
-            const double ga = zeta + (1.0 - zeta) * c, gb = -zeta;                             \
+            const double ca = method == 3 && c < 0.0 ? 0.0 : c; /* 3: the one-sided rule */     \
+            /* g = ca s + zeta (Delta - c s) = a s + b d, a = zeta + ca - zeta c, b = -zeta */  \
+            const double ga = zeta + ca - zeta * c, gb = -zeta;                                \
             double gn2 = 0.0; /* |g|^2 from g itself: no cancellation when g << s */           \
             if (zeta != 0.0) {                                                                 \
                 _Pragma("omp simd reduction(+ : gn2)")                                         \
@@ -462,7 +464,7 @@ DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
                     gn2 += gj * gj;                                                            \
                 }                                                                              \
             }                                                                                  \
-            const double gn = zeta == 0.0 ? fabs(c) * sqrt(ss) : sqrt(gn2);                    \
+            const double gn = zeta == 0.0 ? fabs(ca) * sqrt(ss) : sqrt(gn2);                   \
             const double tok = gn > eta ? lam * (eta / gn) : lam;                              \
             ws = 1.0 + tok * ga;                                                               \
             wd = tok * gb;                                                                     \

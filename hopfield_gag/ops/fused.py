@@ -28,6 +28,11 @@ __all__ = ["available", "attention_applies", "attention_forward", "dual_normaliz
            "COMBINE_METHODS"]
 
 COMBINE_METHODS = {"sparse": 0, "pladis": 1, "gag": 2}
+_ONE_SIDED_GAG = 3  # the kernel's code for gag with parallel="positive"
+
+
+def _method_code(method: str, parallel: str) -> int:
+    return _ONE_SIDED_GAG if method == "gag" and parallel == "positive" else COMBINE_METHODS[method]
 FLAG_KV_NONFINITE = 16  # attention_forward's status bit: k or v holds NaN or an infinity
 
 
@@ -61,14 +66,16 @@ def dual_normalize(z: Tensor, alpha: float) -> tuple[Tensor, int]:
     return out, int(flags)
 
 
-def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, zeta: float, strength: float) -> None:
+def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, zeta: float, strength: float,
+                 parallel: str = "paper") -> None:
     r"""Combine the dense and sparse retrievals ``r`` (G..., 2, rows, Dv) (contiguous; ``r[..., 0, :, :]`` =
     :math:`d`, ``r[..., 1, :, :]`` = :math:`s`) into ``out`` (G..., rows, Dv), a view whose last two dims
     are contiguous (e.g. a chunk of rows of the full output), in place.
 
     Per token: ``sparse`` :math:`s`; ``pladis`` :math:`d + \lambda(s - d)`; ``gag``
-    :math:`s + \lambda\min(1, \eta/\lVert g\rVert) g`, :math:`g = \zeta(s - d) + (1-\zeta) c s`,
-    :math:`c = (\lVert s\rVert^2 - \langle d, s\rangle)/\lVert s\rVert^2` (0 where :math:`s = 0`); then
+    :math:`s + \lambda\min(1, \eta/\lVert g\rVert) g`, :math:`g = \tilde c s + \zeta(\Delta - c s)`,
+    :math:`\Delta = s - d`, :math:`c = (\lVert s\rVert^2 - \langle d, s\rangle)/\lVert s\rVert^2` (0 where
+    :math:`s = 0`), :math:`\tilde c = c` (``parallel="paper"``) or :math:`\max(c, 0)` (``"positive"``); then
     :math:`d + t(o - d)` with :math:`t` = ``strength``. Accumulation in double.
     """
     lib = _kernel.load()
@@ -88,7 +95,7 @@ def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, ze
         expect = stride * size
     fn = lib.combine_rows_f32 if r.dtype == torch.float32 else lib.combine_rows_f64
     r = r.contiguous()  # kept alive by the name while the kernel reads it
-    fn(_ptr(r), _ptr(out), groups, rows, dv, gstride, COMBINE_METHODS[method], float(lam), float(eta),
+    fn(_ptr(r), _ptr(out), groups, rows, dv, gstride, _method_code(method, parallel), float(lam), float(eta),
        float(zeta), float(strength), torch.get_num_threads())
 
 
@@ -119,7 +126,7 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch: torch.Size, beta: float,
                       alpha: float, method: str, lam: float, eta: float, zeta: float,
-                      strength: float) -> tuple[Tensor, int]:
+                      strength: float, parallel: str = "paper") -> tuple[Tensor, int]:
     r"""The guided attention forward in one fused C call, fp32 (inputs of half types are computed in fp32).
 
     ``q`` (..., Lq, D), ``k`` (..., Lk, D), ``v`` (..., Lk, Dv) with leading dims broadcasting to ``batch``;
@@ -146,7 +153,7 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
         m_ptr, off_ptr, keep = m.data_ptr(), offs.data_ptr(), (m, offs)
     # raw addresses (void* arguments): the tensors stay alive in this frame for the call
     flags = lib.gag_forward_f32(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
-                                groups, lq, lk, d, dv, float(beta), float(alpha), COMBINE_METHODS[method],
+                                groups, lq, lk, d, dv, float(beta), float(alpha), _method_code(method, parallel),
                                 float(lam), float(eta), float(zeta), float(strength), torch.get_num_threads())
     del keep
     if flags & 8:
