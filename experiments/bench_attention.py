@@ -12,8 +12,9 @@ above the level after the inputs exist (VmHWM, reset before the call; see _bench
 
 Targets (issue 9, CPU, eager): gag <= 2x SDPA and the PLADIS reference >= 5x slower than gag at Lk = 77
 (1024 and 4096 queries); gag <= 4x SDPA at Lk = 1024; peak extra memory < 2 GiB at 4096².
-On CPU, gag_attention takes its fused path (one C pass writes both probability maps of a chunk into one
-buffer, one GEMM multiplies them by V, the per-token combination runs in C); a run prints which.
+On CPU, gag_attention takes its one-call fused kernel (ops/fused.attention_forward: per block of queries the
+scores by a register-tiled micro-kernel, softmax and entmax on rows in L1, the entmax retrieval as a gather
+over its support, the softmax one by the same micro-kernel, the combine); a run prints which path it took.
 
 Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memory] [--device cpu|cuda]
 (--device cuda: the GPU table of the fused Triton kernel, experiments/_bench_cuda.py.)
@@ -89,8 +90,11 @@ def peak_extra_memory(shape):
 def path_used(q, k, v) -> str:
     """Which implementation gag_attention takes for these inputs (fused C kernels or the portable torch path)."""
     from hopfield_gag.guidance.attention import _fused_cpu_applies
+    from hopfield_gag.ops import fused
 
-    return "fused CPU kernels" if _fused_cpu_applies(q, k, v, None, "gag", False, 1.0) else "portable torch path"
+    if not _fused_cpu_applies(q, k, v, None, "gag", False, 1.0):
+        return "portable torch path"
+    return "one-call fused CPU kernel" if fused.attention_applies(q, "gag") else "chunked fused CPU kernels"
 
 
 def main(argv=None):
