@@ -138,6 +138,54 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
 }
 
 
+/* The statistics of one alpha = 1.5 pass over the candidates buf[0..m): sum and sum of squares of
+   (u - t)_+, the count above t, the count above tc. buf holds -inf up to the next multiple of 4 (the
+   gather pads it), so the AVX2 loop has no remainder. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline double hsum4(__m256d v) {
+    const __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+}
+static inline void stats15(const double *buf, int64_t m, double t, double tc, double *s1, double *s2,
+                           double *cnt_t, double *cnt_tc) {
+    const __m256d vt = _mm256_set1_pd(t), vc = _mm256_set1_pd(tc), zero = _mm256_setzero_pd(),
+                  one = _mm256_set1_pd(1.0);
+    __m256d a1 = zero, a2 = zero, aj = zero, ac = zero;
+    for (int64_t i = 0; i < m; i += 4) {
+        const __m256d u = _mm256_loadu_pd(buf + i);
+        const __m256d y = _mm256_sub_pd(u, vt);
+        const __m256d yk = _mm256_max_pd(y, zero);
+        a1 = _mm256_add_pd(a1, yk);
+        a2 = _mm256_fmadd_pd(yk, yk, a2);
+        aj = _mm256_add_pd(aj, _mm256_and_pd(_mm256_cmp_pd(y, zero, _CMP_GT_OQ), one));
+        ac = _mm256_add_pd(ac, _mm256_and_pd(_mm256_cmp_pd(u, vc, _CMP_GT_OQ), one));
+    }
+    *s1 = hsum4(a1); *s2 = hsum4(a2); *cnt_t = hsum4(aj); *cnt_tc = hsum4(ac);
+}
+#else
+static inline void stats15(const double *buf, int64_t m, double t, double tc, double *s1o, double *s2o,
+                           double *cnt_t, double *cnt_tc) {
+    double s1 = 0, s2 = 0, jd = 0, cntd = 0;
+#pragma omp simd reduction(+ : s1, s2, jd, cntd)
+    for (int64_t i = 0; i < m; ++i) {
+        const double u = buf[i];
+        const double y = u - t;
+        const double yk = y > 0 ? y : 0.0;
+        s1 += yk;
+        s2 += yk * yk;
+        jd += y > 0 ? 1.0 : 0.0;
+        cntd += u > tc ? 1.0 : 0.0;
+    }
+    *s1o = s1; *s2o = s2; *cnt_t = jd; *cnt_tc = cntd;
+}
+#endif
+
+/* -inf up to the next multiple of 4 (room: the scratch has n + 16 doubles before the fp32 area) */
+static inline void pad4(double *buf, int64_t m) {
+    for (int64_t i = m; i < ((m + 3) & ~(int64_t)3); ++i) buf[i] = -INFINITY;
+}
+
 /* alpha = 1.5: one SIMD pass per iteration computes the statistics at t over the candidates (entries
    below t are masked, not moved: the candidates are few after the gather) and counts the candidates
    above the previous closed-form root (verifying it exactly, one pass late). When t is confirmed as a
@@ -148,23 +196,14 @@ static double threshold15(double *buf, int64_t *m_io, const params *P, int *stat
     double lo = -inv_a, hi = P->hi0, t = lo, tc_prev = INFINITY, tau = NAN;
     int64_t s0_prev = -1;
     for (int it = 0; it < MAXIT; ++it) {
-        double s1 = 0, s2 = 0, jd = 0, cntd = 0; /* counts in double: exact below 2^53, and one SIMD type */
-#pragma omp simd reduction(+ : s1, s2, jd, cntd)
-        for (int64_t i = 0; i < m; ++i) {
-            const double u = buf[i];
-            const double y = u - t;
-            const double yk = y > 0 ? y : 0.0;
-            s1 += yk;
-            s2 += yk * yk;
-            jd += y > 0 ? 1.0 : 0.0;
-            cntd += u > tc_prev ? 1.0 : 0.0;
-        }
+        double s1, s2, jd, cntd; /* counts in double: exact below 2^53, and one SIMD type */
+        stats15(buf, m, t, tc_prev, &s1, &s2, &jd, &cntd);
         const int64_t j = (int64_t)jd, cnt = (int64_t)cntd;
         if (cnt == s0_prev) { tau = tc_prev; break; } /* the previous closed form kept its support */
         const double s0 = (double)j, N = sqrt(s2);
         if (N >= inv_a) { /* t is a lower bound: the entries above it hold the support */
             lo = t;
-            if (2 * j <= m) m = compact(buf, m, lo, 0.0);
+            if (2 * j <= m) { m = compact(buf, m, lo, 0.0); pad4(buf, m); }
         } else {
             hi = t;
         }
@@ -265,6 +304,7 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
             }                                                                                  \
         }                                                                                      \
         int status = 0;                                                                        \
+        pad4(buf, m);                                                                          \
         const double tau = P->kind == 2 ? threshold15(buf, &m, P, &status)                     \
                                         : threshold(buf, &m, P, &status);                      \
         double sum = 0;                                                                        \

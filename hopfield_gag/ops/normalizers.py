@@ -414,15 +414,22 @@ def entmax_op(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     return _entmax_torch(z, alpha)
 
 
-@entmax_op.register_kernel("cpu")
-def _(z: Tensor, alpha: float):
+def _entmax_cpu(z: Tensor, alpha: float) -> tuple[Tensor, Tensor | int]:
+    """The op's CPU implementation: the C kernel where it applies (a host-int status word), else (and when
+    a row hits the kernel's iteration limit) the provably exact default (a 0-dim tensor status word)."""
     if not _kernel_applies(z):
         return _entmax_torch(z, alpha)
     p, flags = _kernel_entmax(z.contiguous(), alpha)
     if flags & _FLAG_MAXIT:
         # the kernel's iterate is only a bracket estimate: use the provably exact default instead
         return _entmax_torch(z, alpha)
-    return p, torch.tensor(flags, dtype=torch.int64)
+    return p, flags
+
+
+@entmax_op.register_kernel("cpu")
+def _(z: Tensor, alpha: float):
+    p, flags = _entmax_cpu(z, alpha)
+    return p, flags if isinstance(flags, Tensor) else torch.tensor(flags, dtype=torch.int64)
 
 
 @entmax_op.register_fake
@@ -561,7 +568,12 @@ def entmax(x: Tensor, alpha: float = 1.5, dim: int = -1, mask: Tensor | None = N
     z, dim = _prepare(x, dim, mask, check=checks)
     if method != "newton":
         return EntmaxFunction.apply(z, alpha, dim, method).to(x.dtype)
-    p, flags = entmax_op(z.movedim(dim, -1), alpha)
+    zl = z.movedim(dim, -1)
+    if zl.device.type == "cpu" and not torch.compiler.is_compiling() and not (zl.requires_grad and torch.is_grad_enabled()):
+        # eager CPU inference: the op's CPU implementation without the custom-op dispatcher (~0.1 ms a call)
+        p, flags = _entmax_cpu(zl, alpha)
+    else:
+        p, flags = entmax_op(zl, alpha)
     if checks:
         _raise_for_flags(flags)  # the one host read
     return p.movedim(-1, dim).to(x.dtype)
