@@ -255,7 +255,9 @@ def gag_attention(
     strength : float >= 0
         :math:`t` in :math:`d + t(o - d)`; 0 is bit-identical to SDPA, 1 returns :math:`o`.
     chunk_size : int, optional
-        Queries per chunk; ``None`` picks it from ``memory_budget``.
+        Queries per chunk of the chunked paths (torch, fp64 CPU); ``None`` picks it from ``memory_budget``.
+        The fp32 CPU kernel works in blocks of at most 48 queries and allocates nothing score-sized, so
+        neither option applies to it.
     return_parts : bool
         Also return a :class:`GAGParts`.
     aa_range : (float, float)
