@@ -301,7 +301,7 @@ def gag_attention(
         if fused.attention_applies(q, method):
             # fp32 compute: the whole forward in one C call, blocks of queries kept in cache (ops/fused.py)
             out, flags = fused.attention_forward(q, k, v, mask, scores_shape[:-2], beta, alpha, method, lam, eta,
-                                                 zeta, strength, parallel)
+                                                 zeta, strength, parallel, aa_range)
             out, kv_in_flags = out.to(q.dtype), True
         if flags & normalizers._FLAG_MAXIT:
             # fp64, aa, or (never seen on real rows) an entmax row at the iteration limit: the chunked path,

@@ -641,13 +641,36 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 
 /* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous; out (G, Lq, Dv) contiguous. mask: NULL, or an
    additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column stride).
-   method: 0 sparse, 1 pladis, 2 gag (combine_one). Flags as entmax_rows (rows without a distribution are
+   method: 0 sparse, 1 pladis, 2 gag, 3 gag one-sided (combine_one), 4 aa (aa_scale_f32 with [aa_lo, aa_hi],
+   which needs the key-space retrievals: the dense one by the micro-kernel against K, the sparse one by
+   the same support gather). Flags as entmax_rows (rows without a distribution are
    NaN in the output; bit 4: a row hit the iteration limit, the caller must recompute), and bit 16: k or v
    holds a NaN or an infinity. */
+/* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
+   residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
+   |f_curr - f_prev|^2, 0 for a pair at rounding level (|diff|^2 <= (64 eps)^2 (|f_prev|^2 + |f_curr|^2) or
+   not a normal number; eps, tiny of fp32, the compute dtype); lam = clamp(1 - gamma, lo, hi). */
+static inline double aa_scale_f32(const float *q, const float *kd, const float *ks, int64_t d, double lo,
+                                  double hi) {
+    double dd = 0, fd = 0, pp = 0, cc = 0;
+    _Pragma("omp simd reduction(+ : dd, fd, pp, cc)")
+    for (int64_t j = 0; j < d; ++j) {
+        const double fp = (double)kd[j] - q[j], fc = (double)ks[j] - q[j], df = fc - fp;
+        dd += df * df;
+        fd += fc * df;
+        pp += fp * fp;
+        cc += fc * fc;
+    }
+    const double floor = (64.0 * FLT_EPSILON) * (64.0 * FLT_EPSILON) * (pp + cc);
+    const double gamma = (dd <= floor || dd <= FLT_MIN) ? 0.0 : fd / dd;
+    const double l = 1.0 - gamma;
+    return l < lo ? lo : (l > hi ? hi : l);
+}
+
 int64_t gag_forward_f32(const float *q, const float *k, const float *v, const float *mask, const int64_t *moff,
                         int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
                         double beta, double alpha, int method, double lam, double eta, double zeta,
-                        double strength, int nthreads) {
+                        double strength, double aa_lo, double aa_hi, int nthreads) {
     params P;
     P.alpha = alpha;
     P.a = alpha - 1.0;
@@ -697,15 +720,27 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
         }
     }
     const float *Vall = Vp != NULL ? Vp : v;
+    /* aa: K as a second value matrix, rows padded to DP columns */
+    const int aa = method == 4;
+    const int64_t DP = round_up(D, FUSED_NR);
+    float *Kr = NULL;
+    if (aa && D != DP) {
+        Kr = (float *)malloc((size_t)G * Lk * DP * sizeof(float));
+        if (Kr == NULL) { free(Kp); free(Vp); return 8; }
+        for (int64_t r = 0; r < G * Lk; ++r)
+            for (int64_t c = 0; c < DP; ++c) Kr[r * DP + c] = c < D ? k[r * D + c] : 0.0f;
+    }
+    const float *Kall = Kr != NULL ? Kr : k;
     int64_t flags = 0;
     _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags)")
     {
-        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8)));
+        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +
+                                                     (aa ? 2 * RB * DP : 0)));
         double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));
         int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));
         if (Qb == NULL || buf == NULL || idx == NULL) flags |= 8;
         float *S = Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP,
-              *val = prow + LkP + 8;
+              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP;
         _Pragma("omp for schedule(dynamic, 1)")
         for (int64_t task = 0; task < tasks; ++task) {
             if (flags & 8) continue;
@@ -740,6 +775,7 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
                 if (bad[i]) continue;
                 const int64_t nnz = support_f32(prow, Lk, val, idx);
                 gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);
+                if (aa) gather_rows_f32(val, idx, nnz, Kall + g * Lk * DP, DP, DP, Oks + i * DP);
                 softmax_row_f32(z, z, Lk);
             }
             for (int64_t i = 0; i < rows6; ++i) {
@@ -749,10 +785,18 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
             for (int64_t i = 0; i < rows6; i += FUSED_MR)
                 for (int64_t c = 0; c < DvP; c += FUSED_NR)
                     mk_6x16(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);
+            if (aa)
+                for (int64_t i = 0; i < rows6; i += FUSED_MR)
+                    for (int64_t c = 0; c < DP; c += FUSED_NR)
+                        mk_6x16(S + i * LkP, LkP, Kall + g * Lk * DP + c, DP, Lk, Okd + i * DP + c, DP);
             for (int64_t i = 0; i < rows; ++i) {
                 float *o = out + (g * Lq + i0 + i) * Dv;
                 if (bad[i]) {
                     for (int64_t c = 0; c < Dv; ++c) o[c] = NAN;
+                } else if (aa) {
+                    const double l = aa_scale_f32(q + (g * Lq + i0 + i) * D, Okd + i * DP, Oks + i * DP, D,
+                                                  aa_lo, aa_hi);
+                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, 1, l, eta, zeta, strength);
                 } else {
                     combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, method, lam, eta, zeta, strength);
                 }
@@ -764,5 +808,6 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
     }
     free(Kp);
     free(Vp);
+    free(Kr);
     return flags | (kv_bad ? 16 : 0);
 }

@@ -110,7 +110,7 @@ def load():
         fn = lib.gag_forward_f32
         fn.restype = ctypes.c_int64
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
-                       ctypes.c_int] + [ctypes.c_double] * 4 + [ctypes.c_int]
+                       ctypes.c_int] + [ctypes.c_double] * 6 + [ctypes.c_int]
         lib.hg_set_max_iter.argtypes = [ctypes.c_int]
         lib.hg_set_max_iter.restype = None
         lib.hg_get_max_iter.argtypes = []

@@ -29,9 +29,12 @@ __all__ = ["available", "attention_applies", "attention_forward", "dual_normaliz
 
 COMBINE_METHODS = {"sparse": 0, "pladis": 1, "gag": 2}
 _ONE_SIDED_GAG = 3  # the kernel's code for gag with parallel="positive"
+_AA = 4  # attention_forward only: the AA(1)-scaled extrapolation (needs the key-space retrievals)
 
 
 def _method_code(method: str, parallel: str) -> int:
+    if method == "aa":
+        return _AA
     return _ONE_SIDED_GAG if method == "gag" and parallel == "positive" else COMBINE_METHODS[method]
 FLAG_KV_NONFINITE = 16  # attention_forward's status bit: k or v holds NaN or an infinity
 
@@ -101,10 +104,10 @@ def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, ze
 
 def attention_applies(q: Tensor, method: str) -> bool:
     """True when :func:`attention_forward` serves the call: CPU, fp32 compute (fp16/bf16/fp32 inputs), a
-    built kernel, ``method`` in sparse/pladis/gag (``aa`` needs key-space retrievals; fp64 keeps the
-    chunked path, :func:`dual_normalize` + one GEMM + :func:`combine_rows`)."""
+    built kernel, ``method`` in sparse/pladis/gag/aa (fp64 keeps the chunked path, :func:`dual_normalize`
+    + one GEMM + :func:`combine_rows`)."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and method in COMBINE_METHODS and _kernel.load() is not None)
+            and (method in COMBINE_METHODS or method == "aa") and _kernel.load() is not None)
 
 
 def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
@@ -126,13 +129,17 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch: torch.Size, beta: float,
                       alpha: float, method: str, lam: float, eta: float, zeta: float,
-                      strength: float, parallel: str = "paper") -> tuple[Tensor, int]:
+                      strength: float, parallel: str = "paper",
+                      aa_range: tuple[float, float] = (0.0, 3.0)) -> tuple[Tensor, int]:
     r"""The guided attention forward in one fused C call, fp32 (inputs of half types are computed in fp32).
 
     ``q`` (..., Lq, D), ``k`` (..., Lk, D), ``v`` (..., Lk, Dv) with leading dims broadcasting to ``batch``;
     ``mask`` None, boolean (True = attend) or additive, broadcastable to (*batch, Lq, Lk). Per token:
     :math:`d = \mathrm{softmax}(\beta q K^\top + m) V`, :math:`s = \alpha\text{-entmax}(\cdot) V`, and the
-    method's combination of :func:`combine_rows` with ``strength``. Returns ``(out, flags)``: ``out``
+    method's combination of :func:`combine_rows` with ``strength``; ``aa``: :math:`d + \lambda^\star(s - d)`
+    with the AA(1) scale of :func:`hopfield_gag.ops.combine.aa_token_scale` from the key-space retrievals
+    (the dense one by the same micro-kernel against K, the sparse one by the support gather), clamped to
+    ``aa_range``. Returns ``(out, flags)``: ``out``
     (*batch, Lq, Dv) fp32, and the status word of :func:`dual_normalize` (bit 4: recompute elsewhere) with
     :data:`FLAG_KV_NONFINITE` (16) set when k or v holds NaN or an infinity.
     """
@@ -154,7 +161,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     # raw addresses (void* arguments): the tensors stay alive in this frame for the call
     flags = lib.gag_forward_f32(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
                                 groups, lq, lk, d, dv, float(beta), float(alpha), _method_code(method, parallel),
-                                float(lam), float(eta), float(zeta), float(strength), torch.get_num_threads())
+                                float(lam), float(eta), float(zeta), float(strength), float(aa_range[0]),
+                                float(aa_range[1]), torch.get_num_threads())
     del keep
     if flags & 8:
         raise MemoryError("gag_attention: the fused CPU kernel could not allocate its scratch")
