@@ -3,8 +3,9 @@
 fp32 CPU, 2 threads. Shapes (B, H, Lq, Lk, D): (2,8,1024,77,64), (2,8,4096,77,64), (2,8,1024,1024,64).
 Contenders, run once per round, round-robin (load drift hits all alike), medians reported:
   - SDPA: F.scaled_dot_product_attention (the dense baseline);
-  - ours: gag_attention(method="gag") with the paper defaults (lam=10, eta=15, zeta=0) and
-    gag_attention(method="pladis", lam=2);
+  - ours: gag_attention(method="gag") with the paper defaults (lam=10, eta=15, zeta=0),
+    gag_attention(method="pladis", lam=2) and gag_attention(method="aa") (no target; it adds the key-space
+    retrievals);
   - PLADIS reference: SDPA for the dense output plus entmax.entmax15(scores) @ V for the sparse one,
     blended d + 2 (s - d) (what a diffusers processor built on the entmax package does).
 Peak extra memory of ours at (1,8,4096,4096,64) is measured in a fresh subprocess as the peak resident set
@@ -60,6 +61,7 @@ def contenders(q, k, v):
         "SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
         "ours gag": lambda: gag_attention(q, k, v, method="gag"),
         "ours pladis": lambda: gag_attention(q, k, v, method="pladis", lam=2.0),
+        "ours aa": lambda: gag_attention(q, k, v, method="aa"),
         "PLADIS reference": lambda: pladis_reference(q, k, v),
     }
 
