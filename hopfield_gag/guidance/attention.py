@@ -35,13 +35,15 @@ rows without a host synchronization), multiplied by ``v`` (and by ``k`` for ``aa
 This portable path is differentiable, sync-free with ``checks=False`` and traceable by
 ``torch.compile(fullgraph=True)``; it is what non-CPU devices and autograd use.
 
-Eager CPU calls without autograd take a fused path (:mod:`hopfield_gag.ops.fused`): one C pass writes the
-softmax and the entmax rows of a chunk into one (2, rows, Lk) buffer, a single GEMM multiplies it by ``v``,
-and the per-token combination runs in C, writing the output in place. (Stacking the two maps with
-``torch.stack`` instead costs more than it saves; writing them into one buffer needs the kernel.)
+Eager CPU calls without autograd take the fused kernels of :mod:`hopfield_gag.ops.fused`: fp32 compute
+(fp32, fp16, bf16 inputs) runs the whole forward in one C call per block of queries (scores, both
+normalizations, the sparse retrieval as a gather over the entmax support, the dense one, the combine; 1.1-1.7x
+SDPA, README "Speed"); fp64 runs the chunked C path (both maps of a chunk into one (2, rows, Lk) buffer, one
+GEMM with ``v``, the combine in C). CUDA tensors with Lk <= 512 and no grad take the Triton kernel.
 
-Value checks (non-finite q/k/v, fully masked rows) read device data exactly once per call, at the end;
-``checks=False`` or ``HOPFIELD_GAG_CHECKS=0`` skips them.
+Value checks (non-finite q/k/v, fully masked rows) read device data exactly once per call, at the end (on
+the one-call CPU kernel not even that: its status word covers q through the scores and k, v through its
+packing pass); ``checks=False`` or ``HOPFIELD_GAG_CHECKS=0`` skips them.
 """
 from __future__ import annotations
 

@@ -1,19 +1,21 @@
-"""CPU kernels for the fused attention path of :func:`hopfield_gag.gag_attention` (forward only).
+"""CPU kernels for the fused attention paths of :func:`hopfield_gag.gag_attention` (forward only).
 
-* :func:`dual_normalize` writes the softmax and the exact alpha-entmax of each score row of a chunk into one
-  (..., 2, rows, Lk) buffer, so that a single GEMM multiplies both probability maps by V (one pass over
-  the scores; the row stays in L1 cache between the two normalizations).
-* :func:`attention_forward` is the whole guided attention forward in one C call (fp32): per block of
-  queries of one head, the scores by a register-tiled micro-kernel, both normalizations on rows still in
-  L1, the entmax retrieval as a gather over its support, the softmax retrieval by the same micro-kernel,
-  and the per-token combination. No score-sized temporary exists (memory O(threads x block x Lk)).
-* :func:`combine_rows` applies the per-token combination (``sparse``, ``pladis``, ``gag``; then
-  ``strength``) to the (..., 2, rows, Dv) product and writes the output rows in place. It is a
-  kernel-level second implementation of ``guidance.attention._combine``; the tests compare the two.
+* :func:`attention_forward` is the whole guided attention forward in one C call (fp32 compute; fp32, fp16
+  and bf16 inputs; every method): per block of queries of one head, the scores by a register-tiled
+  micro-kernel, both normalizations on rows still in L1, the entmax retrieval as a gather over its
+  support, the softmax retrieval by the same micro-kernel, and the per-token combination. No score-sized
+  temporary exists (memory O(threads x block x Lk)).
+* The chunked path (fp64, and the fallback when an entmax row hits the kernel's iteration limit):
+  :func:`dual_normalize` writes the softmax and the exact alpha-entmax of each score row of a chunk into one
+  (..., 2, rows, Lk) buffer, so that a single GEMM multiplies both probability maps by V, and
+  :func:`combine_rows` applies the per-token combination (``sparse``, ``pladis``, ``gag``; then
+  ``strength``) to the (..., 2, rows, Dv) product, writing the output rows in place.
 
-Both run in the C kernel of :mod:`._kernel` (OpenMP over rows, sharing torch's thread count). They are
-plain functions, not differentiable and not traceable: ``gag_attention`` uses them only in eager CPU
-calls without autograd, and its portable torch path everywhere else.
+The per-token combination is written once in C (``combine_one`` in ``_entmax_kernel.c``), the kernel-level
+twin of :func:`hopfield_gag.ops.combine.combine`; the tests compare the two on every method and parallel
+rule. Everything runs in the C kernel of :mod:`._kernel` (OpenMP over rows or query blocks, sharing torch's
+thread count). These are plain functions, not differentiable and not traceable: ``gag_attention`` uses them
+only in eager CPU calls without autograd, and its portable torch path everywhere else.
 """
 from __future__ import annotations
 
