@@ -199,3 +199,17 @@ def test_ci_builds_the_kernel():
     if not os.environ.get("CI"):
         pytest.skip("not CI: a machine without a compiler legitimately runs the torch paths")
     assert _kernel.load() is not None
+
+
+@needs_kernel
+def test_strided_inputs_give_the_contiguous_result():
+    # diffusers hands over (B, L, H, D).transpose(1, 2): non-contiguous q, k, v
+    q, k, v = make(8, 2, 4, 30, 13, 16, 16)
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qt.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(gag_attention(qt, kt, vt), gag_attention(q, k, v))
+        mask = torch.rand(2, 1, 13) > 0.3  # (B, 1, Lk) broadcast over heads and queries, made non-contiguous
+        mask[..., 0] = True
+        m4 = mask[:, :, None, :].expand(2, 4, 30, 13)
+        assert torch.equal(gag_attention(qt, kt, vt, mask=m4), gag_attention(q, k, v, mask=m4.contiguous()))
