@@ -105,6 +105,9 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     phases.update(1)
 
+    from ..adapters import preload
+
+    preload()  # the adapters' first-use import is not sampling time
     results, timings = {}, {}
     gag = dict(lam=lam, eta=eta, zeta=zeta)
     for method, params in (("dense", {}), ("gag", gag)):
