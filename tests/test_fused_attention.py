@@ -213,3 +213,33 @@ def test_strided_inputs_give_the_contiguous_result():
         mask[..., 0] = True
         m4 = mask[:, :, None, :].expand(2, 4, 30, 13)
         assert torch.equal(gag_attention(qt, kt, vt, mask=m4), gag_attention(q, k, v, mask=m4.contiguous()))
+
+
+@needs_kernel
+def test_portable_build_without_native_simd_agrees(tmp_path, monkeypatch):
+    # the kernel has AVX2 paths (gather, support, statistics) and generic C twins; a machine without AVX2
+    # (or another architecture) builds the twins: build them here without -march=native and compare
+    import ctypes
+
+    from hopfield_gag.ops import normalizers
+
+    flags = tuple(f for f in _kernel._FLAGS if f != "-march=native")
+    target = tmp_path / "entmax_kernel-portable.so"
+    _kernel._compile(target, flags)
+    portable = _kernel._bind(ctypes.CDLL(str(target)))
+    q, k, v = make(9, 2, 3, 61, 45, 24, 20, qscale=2.0)
+    z = torch.randn(300, 77, generator=torch.Generator().manual_seed(9)) * 3
+    z[5, :40] = float("-inf")
+    args = (q, k, v, None, torch.Size([2, 3]), 24**-0.5, 1.5)
+    native = [fused.attention_forward(*args, m, 10.0, 15.0, 0.0, 1.0) for m in ("gag", "aa")]
+    native_p = normalizers._kernel_entmax(z, 1.5)
+    monkeypatch.setattr(_kernel, "_lib", portable)
+    other = [fused.attention_forward(*args, m, 10.0, 15.0, 0.0, 1.0) for m in ("gag", "aa")]
+    other_p = normalizers._kernel_entmax(z, 1.5)
+    for (a, fa), (b, fb) in zip(native, other):
+        assert fa == fb == 0
+        # FMA against separate multiply-add, other summation orders: fp32 rounding, the module's allowance
+        torch.testing.assert_close(a, b, rtol=0, atol=allowance(10.0, 24, 45, v))
+    assert native_p[1] == other_p[1] == 0
+    # entmax: only the double-precision summation order of the threshold statistics differs
+    torch.testing.assert_close(native_p[0], other_p[0], rtol=4 * U32, atol=4 * U32)

@@ -50,14 +50,14 @@ def _machine_tag() -> str:
     return hashlib.sha256((platform.machine() + model + sys.platform).encode()).hexdigest()[:12]
 
 
-def _compile(target: Path) -> None:
+def _compile(target: Path, flags: tuple[str, ...] = _FLAGS) -> None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cc, *_FLAGS, str(_SOURCE), "-o", str(out), "-lm"]
+        cmd = [cc, *flags, str(_SOURCE), "-o", str(out), "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"compiling the entmax kernel failed: {' '.join(cmd)}\n{res.stderr}")
@@ -85,38 +85,43 @@ def load():
         except (OSError, RuntimeError) as exc:
             warnings.warn(f"hopfield_gag: entmax C kernel unavailable, using the PyTorch path ({exc})")
             return None
-        for name, ctype in (("entmax_rows_f32", ctypes.c_float), ("entmax_rows_f64", ctypes.c_double)):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [
-                ctypes.POINTER(ctype),
-                ctypes.POINTER(ctype),
-                ctypes.c_int64,
-                ctypes.c_int64,
-                ctypes.c_double,
-                ctypes.c_int,
-            ]
-        for name, ctype in (("dual_rows_f32", ctypes.c_float), ("dual_rows_f64", ctypes.c_double)):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
-                           ctypes.c_int64, ctypes.c_double, ctypes.c_int]
-        for name, ctype in (("combine_rows_f32", ctypes.c_float), ("combine_rows_f64", ctypes.c_double)):
-            fn = getattr(lib, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
-                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
-                           ctypes.c_double, ctypes.c_double, ctypes.c_int]
-        fn = lib.gag_forward_f32
-        fn.restype = ctypes.c_int64
-        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
-                       ctypes.c_int] + [ctypes.c_double] * 6 + [ctypes.c_int]
-        lib.hg_set_max_iter.argtypes = [ctypes.c_int]
-        lib.hg_set_max_iter.restype = None
-        lib.hg_get_max_iter.argtypes = []
-        lib.hg_get_max_iter.restype = ctypes.c_int
-        _lib = lib
+        _lib = _bind(lib)
         return _lib
+
+
+def _bind(lib):
+    """Declare the argument and result types of the kernel's entry points on a loaded library; returns it."""
+    for name, ctype in (("entmax_rows_f32", ctypes.c_float), ("entmax_rows_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [
+            ctypes.POINTER(ctype),
+            ctypes.POINTER(ctype),
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_double,
+            ctypes.c_int,
+        ]
+    for name, ctype in (("dual_rows_f32", ctypes.c_float), ("dual_rows_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
+                       ctypes.c_int64, ctypes.c_double, ctypes.c_int]
+    for name, ctype in (("combine_rows_f32", ctypes.c_float), ("combine_rows_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
+                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+                       ctypes.c_double, ctypes.c_double, ctypes.c_int]
+    fn = lib.gag_forward_f32
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
+                   ctypes.c_int] + [ctypes.c_double] * 6 + [ctypes.c_int]
+    lib.hg_set_max_iter.argtypes = [ctypes.c_int]
+    lib.hg_set_max_iter.restype = None
+    lib.hg_get_max_iter.argtypes = []
+    lib.hg_get_max_iter.restype = ctypes.c_int
+    return lib
 
 
 @contextlib.contextmanager
