@@ -87,6 +87,8 @@ def check_choice(name: str, value, choices: tuple) -> str:
 
 def default_scale(scale, d: int) -> float:
     """The score scale: ``scale`` checked to be a finite float > 0, or SDPA's default :math:`1/\\sqrt d`."""
+    if scale is None and d < 1:
+        raise ValueError(f"scale: the default 1/sqrt(d) needs a feature dim d >= 1, got d = {d}; pass scale")
     return 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
 
 

@@ -243,3 +243,20 @@ def test_portable_build_without_native_simd_agrees(tmp_path, monkeypatch):
     assert native_p[1] == other_p[1] == 0
     # entmax: only the double-precision summation order of the threshold statistics differs
     torch.testing.assert_close(native_p[0], other_p[0], rtol=4 * U32, atol=4 * U32)
+
+
+@pytest.mark.parametrize("shape", [((1, 2, 0, 4), (1, 2, 5, 4), (1, 2, 5, 3)),  # no query
+                                   ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 0)),  # no value column
+                                   ((0, 2, 3, 4), (0, 2, 5, 4), (0, 2, 5, 3)),  # empty batch
+                                   ((1, 2, 3, 0), (1, 2, 5, 0), (1, 2, 5, 2))])  # d = 0: all scores 0
+def test_empty_and_degenerate_shapes(shape):
+    q, k, v = (torch.randn(*s) for s in shape)
+    with torch.no_grad():
+        out = gag_attention(q, k, v, scale=0.5)
+    assert out.shape == torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5).shape
+    if out.numel():
+        want = reference_gag_attention(q.double(), k.double(), v.double(), scale=0.5)
+        torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(10.0, 0, 5, v))
+    if shape[0][-1] == 0:  # the default scale 1/sqrt(d) does not exist
+        with pytest.raises(ValueError, match="needs a feature dim d >= 1"):
+            gag_attention(q, k, v)

@@ -685,7 +685,8 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
     const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;
     const int par = (double)G * Lq * Lk * (D + Dv) >= 2e6;
     /* K in panels of 16 keys, Kp[g][panel][d][16], zero-padded; V zero-padded to DvP columns if needed */
-    float *Kp = (float *)malloc((size_t)G * npan * D * FUSED_NR * sizeof(float));
+    /* (+ 16: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call) */
+    float *Kp = (float *)malloc(((size_t)G * npan * D * FUSED_NR + 16) * sizeof(float));
     float *Vp = Dv == DvP ? NULL : (float *)malloc((size_t)G * Lk * DvP * sizeof(float));
     if (Kp == NULL || (Dv != DvP && Vp == NULL)) { free(Kp); free(Vp); return 8; }
     /* the packing pass also checks k and v for NaN/inf (x - x is 0 exactly for finite x): with the

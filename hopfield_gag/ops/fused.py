@@ -20,6 +20,7 @@ only in eager CPU calls without autograd, and its portable torch path everywhere
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import Tensor
@@ -148,13 +149,13 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     lib = _kernel.load()
     lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     f32 = torch.float32
-    qg = q.to(f32).expand(*batch, lq, d).reshape(-1, lq, d).contiguous()
-    kg = k.to(f32).expand(*batch, lk, d).reshape(-1, lk, d).contiguous()
-    vg = v.to(f32).expand(*batch, lk, dv).reshape(-1, lk, dv).contiguous()
-    groups = qg.shape[0]
     out = torch.empty(*batch, lq, dv, dtype=f32)
-    if out.numel() == 0:
+    if out.numel() == 0:  # no query, no value column or an empty batch: nothing to compute
         return out, 0
+    groups = math.prod(batch)
+    qg = q.to(f32).expand(*batch, lq, d).reshape(groups, lq, d).contiguous()
+    kg = k.to(f32).expand(*batch, lk, d).reshape(groups, lk, d).contiguous()
+    vg = v.to(f32).expand(*batch, lk, dv).reshape(groups, lk, dv).contiguous()
     if mask is None:
         m_ptr, off_ptr, msi, keep = None, None, 0, ()
     else:
