@@ -299,20 +299,22 @@ def gag_attention(
                                              alpha, strength, return_parts, aa_range, parallel=parallel)
         return (res[0], GAGParts(*res[1])) if return_parts else res
     if _fused_cpu_applies(q, k, v, mask, method, return_parts, strength):
-        flags, kv_in_flags = normalizers._FLAG_MAXIT, False
+        out, kv_in_flags = None, False
         if fused.attention_applies(q, method):
             # fp32 compute: the whole forward in one C call, blocks of queries kept in cache (ops/fused.py)
             out, flags = fused.attention_forward(q, k, v, mask, scores_shape[:-2], beta, alpha, method, lam, eta,
                                                  zeta, strength, parallel, aa_range)
-            out, kv_in_flags = out.to(q.dtype), True
-        if flags & normalizers._FLAG_MAXIT:
-            # fp64, aa, or (never seen on real rows) an entmax row at the iteration limit: the chunked path,
-            # whose normalizer falls back to the op's provably exact default
+            if flags & normalizers._FLAG_MAXIT:
+                out = None  # (never seen on real rows) an entmax row at the iteration limit
+            else:
+                out, kv_in_flags = out.to(q.dtype), True
+        if out is None:
+            # fp64, or the iteration limit above: the chunked path, whose normalizer falls back to the op's
+            # provably exact default
             out, flags = _gag_attention_fused_cpu(
                 q, k, v, mask, method, lam, eta, zeta, alpha, strength, beta, aa_range, chunk_size, memory_budget,
                 scores_shape, parallel
             )
-            kv_in_flags = False
         if checks:
             _check_values(q, k, v, mask, flags, kv_in_flags)
         return out

@@ -42,6 +42,18 @@ typedef struct {
     int kind;   /* 1: alpha = 2, 2: alpha = 1.5, 0: other */
 } params;
 
+/* The threshold-search parameters of alpha-entmax on rows of length n. */
+static params make_params(double alpha, int64_t n) {
+    params P;
+    P.alpha = alpha;
+    P.a = alpha - 1.0;
+    P.r = 1.0 / P.a;
+    P.inv_a = 1.0 / P.a;
+    P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;
+    P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);
+    return P;
+}
+
 /* Keep the entries u = buf[i] - shift with u > bound (branch-free, in place); returns the count. */
 static inline int64_t compact(double *buf, int64_t m, double bound, double shift) {
     int64_t j = 0;
@@ -349,13 +361,7 @@ DEFINE_ROW(row_f64, double)
    masked; such rows are written as NaN), 4 = a row that hit MAXIT (its output uses the bracket estimate), 8 = out of memory. */
 #define DEFINE_ENTRY(NAME, ROW, T)                                                             \
     int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int nthreads) {      \
-        params P;                                                                              \
-        P.alpha = alpha;                                                                       \
-        P.a = alpha - 1.0;                                                                     \
-        P.r = 1.0 / P.a;                                                                       \
-        P.inv_a = 1.0 / P.a;                                                                   \
-        P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;                                          \
-        P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
+        const params P = make_params(alpha, n);                                                \
         int64_t flags = 0;                                                                     \
         /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
            OpenMP thread costs more than the work. Rows are dealt in small dynamic chunks: on a   \
@@ -439,13 +445,7 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
 #define DEFINE_DUAL(NAME, ROW, SOFTMAX, T)                                                     \
     int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
                  int nthreads) {                                                               \
-        params P;                                                                              \
-        P.alpha = alpha;                                                                       \
-        P.a = alpha - 1.0;                                                                     \
-        P.r = 1.0 / P.a;                                                                       \
-        P.inv_a = 1.0 / P.a;                                                                   \
-        P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;                                          \
-        P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);                                    \
+        const params P = make_params(alpha, n);                                                \
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
@@ -671,13 +671,7 @@ int64_t gag_forward_f32(const float *q, const float *k, const float *v, const fl
                         int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
                         double beta, double alpha, int method, double lam, double eta, double zeta,
                         double strength, double aa_lo, double aa_hi, int nthreads) {
-    params P;
-    P.alpha = alpha;
-    P.a = alpha - 1.0;
-    P.r = 1.0 / P.a;
-    P.inv_a = 1.0 / P.a;
-    P.hi0 = -pow(1.0 / (double)Lk, P.a) * P.inv_a;
-    P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);
+    const params P = make_params(alpha, Lk);
     const int64_t LkP = round_up(Lk, FUSED_NR), DvP = round_up(Dv, FUSED_NR), npan = LkP / FUSED_NR;
     /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */
     int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;

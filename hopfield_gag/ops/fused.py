@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _kernel
+from . import _kernel, normalizers
 
 __all__ = ["available", "attention_applies", "attention_forward", "dual_normalize", "combine_rows",
            "COMBINE_METHODS"]
@@ -116,8 +116,10 @@ def attention_applies(q: Tensor, method: str) -> bool:
 def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
     """An additive fp32 mask as the kernel reads it: (data, per-group offsets (G,) int64, row stride), with
     unit column stride and broadcast dims kept as zero strides (nothing score-sized is materialized)."""
-    m = mask if mask.dtype != torch.bool else torch.zeros((), dtype=torch.float32).masked_fill(~mask, float("-inf"))
-    m = m.to(torch.float32)
+    if mask.dtype == torch.bool:  # False -> -inf, the one rule of normalizers.apply_mask
+        m = normalizers.apply_mask(torch.zeros(mask.shape, dtype=torch.float32), mask, name="the mask", check=False)
+    else:
+        m = mask.to(torch.float32)
     if m.shape[-1] != lk:
         m = m.expand(*m.shape[:-1], lk)
     m = m.contiguous()  # at the mask's own (broadcastable) shape
