@@ -60,6 +60,8 @@ from .hopfield import (
     tsallis_entropy,
 )
 from .ops.combine import Combined, combine
+from .ops.codes import Method, Status
+from .ops.params import GagParams
 from .ops import (
     Entmax,
     Normalize,

@@ -92,6 +92,17 @@ def default_scale(scale, d: int) -> float:
     return 1.0 / math.sqrt(d) if scale is None else check_scalar("scale", scale, gt=0.0)
 
 
+def _is_real(value) -> bool:
+    """A real, non-bool number: Python int/float/Fraction/Decimal-like ``numbers.Real``, or a NumPy scalar or
+    one-element array of integer or floating kind."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return getattr(value, "dtype", None) is None or value.dtype.kind in "iuf"
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind is not None and kind in "iuf" and getattr(value, "size", 0) == 1
+
+
 def check_scalar(
     name: str,
     value,
@@ -101,14 +112,22 @@ def check_scalar(
     le: float | None = None,
     lt: float | None = None,
 ) -> float:
-    """Require a finite real number inside the given bounds; return it as ``float``."""
+    """Require a finite real number inside the given bounds; return it as ``float``.
+
+    A real number is a Python/NumPy int or float or a one-element real tensor; ``bool`` (``lam=True``), strings
+    (``lam="10"``), complex numbers and anything else raise ``TypeError`` naming the argument: the one scalar
+    check of every public function."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of dtype {value.dtype}")
         value = value.item()
+    elif not _is_real(value):
+        raise TypeError(f"{name} must be a real number (int or float, not bool or str), got {value!r}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
