@@ -16,16 +16,30 @@ from torch import nn
 __all__ = ["MODELS", "build", "save", "load_model"]
 
 MODELS = ("dit-digits", "unet-digits")
+# architectures that can be built (and trained) even before their weights are shipped
+_ARCHITECTURES = MODELS + ("dit-grid", "dit-grid-undertrained", "dit-grid-student", "unet-grid", "sd3-grid")
 
 
-def _check(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+def _check(name: str, names=MODELS) -> None:
+    if name not in names:
+        raise ValueError(f"unknown model {name!r}; expected one of {names}")
 
 
 def build(name: str, config: dict | None = None) -> nn.Module:
     """A freshly initialised model of the named architecture (``config`` overrides the defaults)."""
-    _check(name)
+    _check(name, _ARCHITECTURES)
+    if name.startswith("dit-grid"):
+        from .grid_dit import GridDiT, GridDiTConfig
+
+        return GridDiT(GridDiTConfig(**(config or {})))
+    if name == "unet-grid":
+        from .grid_unet import GridUNet, GridUNetConfig
+
+        return GridUNet(GridUNetConfig.from_dict(config or {}))
+    if name == "sd3-grid":
+        from .grid_sd3 import GridSD3, GridSD3Config
+
+        return GridSD3(GridSD3Config(**(config or {})))
     if name == "dit-digits":
         from .dit import DiT, DiTConfig
 
@@ -38,15 +52,21 @@ def build(name: str, config: dict | None = None) -> nn.Module:
     return DigitsUNet(UNetConfig(**cfg))
 
 
-def save(name: str, model: nn.Module, meta: dict, directory: Path) -> None:
-    """Write ``<name>.safetensors`` and ``<name>.json`` (``{"config": ..., "training": meta}``)."""
+def _config_dict(config) -> dict:
+    return config.to_dict() if hasattr(config, "to_dict") else asdict(config)
+
+
+def save(name: str, model: nn.Module, meta: dict, directory: Path, half: bool = False) -> None:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (``{"config": ..., "training": meta}``); ``half``
+    stores floating tensors in fp16 (loading casts them back to the model's fp32 parameters)."""
     from safetensors.torch import save_file
 
-    _check(name)
+    _check(name, _ARCHITECTURES)
     directory = Path(directory)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(directory / f"{name}.safetensors"))
-    (directory / f"{name}.json").write_text(json.dumps({"config": asdict(model.config), "training": meta}, indent=2) + "\n")
+    (directory / f"{name}.json").write_text(json.dumps({"config": _config_dict(model.config), "training": meta}, indent=2) + "\n")
 
 
 def load_model(name: str) -> nn.Module:

@@ -1,0 +1,184 @@
+"""Train the ``digit-grid`` models (flow matching on 24x24 compositional canvases) and write weights + cards.
+
+    python experiments/train_grid.py --model dit        # -> hopfield_gag/models/weights/dit-grid.*
+    python experiments/train_grid.py --model unet       # -> unet-grid.*
+    python experiments/train_grid.py --model sd3        # -> sd3-grid.*
+    python experiments/train_grid.py --model student    # reflow + distillation of dit-grid -> dit-grid-student.*
+    python experiments/train_grid.py --model undertrained --from-checkpoint CKPT   # ship a saved DiT checkpoint
+    python experiments/train_grid.py --model canvas-features   # the judge's canvas feature extractor
+    python experiments/train_grid.py --model dit --card-only   # re-evaluate and rewrite a card
+
+Deterministic under --seed and --threads (the canvases, pair order, noise, t and condition dropout come from
+seeded torch generators). Training stops at --steps or when the process CPU time reaches --cpu-minutes (the
+record says which). Loss: mean squared error between predicted and true velocity x1 - eps at
+x_t = (1 - t) eps + t x1, t ~ U(0, 1); 10% of prompts are replaced by the all-padding null prompt (CFG).
+Written weights are the EMA of the parameters. ``--ckpt-every N`` also writes the EMA weights every N steps to
+``--ckpt-dir`` (outside the package), which is where the under-trained checkpoint is chosen from.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hopfield_gag.models import registry  # noqa: E402
+from hopfield_gag.models.grid_data import NULL_TOKEN, GridCanvases  # noqa: E402
+
+WEIGHTS = ROOT / "hopfield_gag" / "models" / "weights"
+NAMES = {"dit": "dit-grid", "unet": "unet-grid", "sd3": "sd3-grid", "student": "dit-grid-student",
+         "undertrained": "dit-grid-undertrained"}
+DEFAULTS = {  # steps, batch, lr
+    "dit": (3000, 64, 1e-3),
+    "unet": (3000, 64, 1e-3),
+    "sd3": (3000, 64, 1e-3),
+    "student": (1500, 64, 3e-4),
+}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - a record without a commit is still useful
+        return "unknown"
+
+
+def _lr_schedule(args):
+    warmup = min(200, max(1, args.steps // 10))
+
+    def lr_at(step):  # linear warm-up, cosine decay to 10% over --steps
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        frac = min(1.0, (step - warmup) / max(1, args.steps - warmup))
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    return lr_at
+
+
+def _save_ckpt(ema, directory: Path, step: int) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in ema.state_dict().items()}, str(directory / f"step{step:05d}.safetensors"))
+
+
+def train(args, name: str, model, batch_fn) -> None:
+    """Generic loop: ``batch_fn(step) -> (x_t, t, tokens, target)``; writes weights, record and curve."""
+    commit = _commit()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    lr_at = _lr_schedule(args)
+    log_path = WEIGHTS / f"{name}.train.jsonl"
+    log = open(log_path, "w")
+    print(f"{name}: {n_params} parameters, up to {args.steps} steps of batch {args.batch}, "
+          f"{args.cpu_minutes} CPU-min, {args.threads} threads", flush=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    window, curve, stopped_by, step = [], [], "steps", 0
+    ckpt_dir = Path(args.ckpt_dir) / name if args.ckpt_every else None
+    for step in range(args.steps):
+        xt, t, tokens, target = batch_fn(step)
+        loss = (model(xt, t, tokens) - target).pow(2).mean()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        window.append(loss.item())
+        if ckpt_dir is not None and (step + 1) % args.ckpt_every == 0:
+            _save_ckpt(ema, ckpt_dir, step + 1)
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            rec = dict(step=step + 1, loss=sum(window) / len(window), lr=lr_at(step), cpu_s=round(cpu, 1), wall_s=round(wall, 1))
+            curve.append(rec)
+            window = []
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+            if cpu > 60 * args.cpu_minutes:
+                stopped_by = f"cpu budget ({args.cpu_minutes} min)"
+                break
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    log.close()
+    if ckpt_dir is not None:
+        _save_ckpt(ema, ckpt_dir, step + 1)
+    meta = dict(
+        name=name, parameters=n_params, steps_done=step + 1, steps=args.steps, stopped_by=stopped_by, batch=args.batch,
+        lr=args.lr, ema=args.ema, p_uncond=args.p_uncond, seed=args.seed, threads=args.threads,
+        cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1), final_loss=curve[-1]["loss"] if curve else None,
+        commit=commit, command="python experiments/train_grid.py " + " ".join(sys.argv[1:]),
+        loadavg_at_end=os.getloadavg(),
+    )
+    registry.save(name, ema, meta, WEIGHTS, half=args.fp16)
+    print(f"saved {name}: cpu {cpu:.0f}s wall {wall:.0f}s loss {meta['final_loss']:.4f}", flush=True)
+
+
+def flow_batches(args):
+    """Seeded flow-matching batches of training canvases (condition dropout to the all-null prompt)."""
+    data = GridCanvases(seed=args.seed, split="train")
+    gen = torch.Generator().manual_seed(args.seed + 1)
+
+    def batch_fn(step):
+        canv, tokens, _ = data.batch(args.batch)
+        x1 = 2.0 * canv - 1.0
+        drop = torch.rand(args.batch, generator=gen) < args.p_uncond
+        tokens = torch.where(drop[:, None], torch.full_like(tokens, NULL_TOKEN), tokens)
+        eps = torch.randn(x1.shape, generator=gen)
+        t = torch.rand(args.batch, generator=gen)
+        xt = (1 - t)[:, None, None, None] * eps + t[:, None, None, None] * x1
+        return xt, t, tokens, x1 - eps
+
+    return batch_fn
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["dit", "unet", "sd3", "student", "undertrained", "canvas-features"], required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--p-uncond", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpu-minutes", type=float, default=40.0, help="stop when the process CPU time exceeds this")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--ckpt-every", type=int, default=0, help="also save the EMA weights every N steps to --ckpt-dir")
+    p.add_argument("--ckpt-dir", default="/work/train_logs/ckpt")
+    p.add_argument("--fp16", action="store_true", help="store the weights in fp16")
+    p.add_argument("--config", default=None, help="JSON architecture overrides")
+    p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    steps, batch, lr = DEFAULTS.get(args.model, (0, 0, 0.0))
+    args.steps = args.steps or steps
+    args.batch = args.batch or batch
+    args.lr = args.lr or lr
+    name = NAMES.get(args.model)
+    if not args.card_only:
+        if args.model in ("dit", "unet", "sd3"):
+            model = registry.build(name, json.loads(args.config) if args.config else None)
+            train(args, name, model, flow_batches(args))
+        else:
+            raise SystemExit(f"--model {args.model}: not implemented yet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
