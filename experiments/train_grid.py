@@ -47,6 +47,8 @@ DEFAULTS = {  # steps, batch, lr
 
 
 def _commit() -> str:
+    if os.environ.get("TRAIN_GRID_COMMIT"):  # a run from an exported snapshot of a commit (no .git there)
+        return os.environ["TRAIN_GRID_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - a record without a commit is still useful
@@ -146,6 +148,21 @@ def flow_batches(args):
     return batch_fn
 
 
+def train_and_save_canvas_features(args) -> int:
+    from safetensors.torch import save_file
+
+    from hopfield_gag.models.grid_judge import train_canvas_features
+
+    cpu0 = time.process_time()
+    net, record = train_canvas_features(seed=args.seed)
+    record.update(cpu_seconds=round(time.process_time() - cpu0, 1), commit=_commit(), threads=args.threads,
+                  command="python experiments/train_grid.py " + " ".join(sys.argv[1:]))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(WEIGHTS / "grid-canvas-features.safetensors"))
+    (WEIGHTS / "grid-canvas-features.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["dit", "unet", "sd3", "student", "undertrained", "canvas-features"], required=True)
@@ -171,6 +188,8 @@ def main(argv=None) -> int:
     args.batch = args.batch or batch
     args.lr = args.lr or lr
     name = NAMES.get(args.model)
+    if args.model == "canvas-features":
+        return train_and_save_canvas_features(args)
     if not args.card_only:
         if args.model in ("dit", "unet", "sd3"):
             model = registry.build(name, json.loads(args.config) if args.config else None)
