@@ -6,6 +6,10 @@
   load measures contention, not code. (The load average cannot tell: it counts the benchmark itself.)
 * :func:`round_robin_medians` times callables once per round, in turn, so a drift in machine load hits all
   of them alike, and returns median milliseconds.
+* :func:`alone_medians` times each callable alone and warm: a warm-up call, then its rounds back to back, one
+  callable after the other (the order is a parameter: run both to see what order costs).
+* :class:`Burner` adds a known foreign load (busy processes) for measuring how a kernel degrades under load.
+* :func:`print_targets` prints the verdict lines (MET / MISSED) every script ends with.
 * :func:`peak_rss_above_baseline` runs a callable and returns the peak resident memory above the level
   before it, from ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. (``ru_maxrss`` is
   inherited across fork and kept across ``execve``, so in a child process it starts at the parent's peak.)
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -25,7 +31,9 @@ def _cpu_jiffies():
 
 
 class Contention:
-    """Context manager; after exit, ``.foreign`` is the fraction of CPU capacity used by other processes."""
+    """Context manager; after exit, ``.foreign`` is the fraction of CPU capacity used by other processes.
+
+    Use it with ``with`` (exception-safe): ``with Contention() as load: ...; print(load.report())``."""
 
     def __enter__(self):
         self._busy0, self._total0 = _cpu_jiffies()
@@ -45,6 +53,9 @@ class Contention:
         total = max(total1 - self._total0, 1)
         self.foreign = max(0.0, (busy1 - self._busy0 - ours) / total)
         return False
+
+    def percent(self) -> str:
+        return f"{100 * self.foreign:.0f}%"
 
     def report(self, threshold: float = 0.05) -> str:
         line = f"other processes used {100 * self.foreign:.1f}% of the CPUs during the run"
@@ -92,3 +103,59 @@ def round_robin_medians(fns: dict, rounds: int, rounds_for: dict | None = None, 
             fn()
             times[name].append(timer() - t0)
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def alone_medians(fns: dict, rounds: int, clock: str = "wall") -> dict:
+    """Median time in ms of each callable timed alone and warm: one warm-up call, then ``rounds`` calls back
+    to back, before the next callable starts (in the dict's order). Nothing else runs between its calls, so
+    caches, the allocator's free lists and the thread pool are in the state the callable itself leaves."""
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = timer()
+            fn()
+            ts.append(timer() - t0)
+        out[name] = statistics.median(ts) * 1e3
+    return out
+
+
+class Burner:
+    """Context manager: ``n`` busy-looping child processes (a known foreign load) for the duration of the block.
+
+    Enter it *outside* :class:`Contention` so that the burners count as foreign load (their CPU time is
+    charged to us only once they are reaped, at this block's exit)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._procs = []
+
+    def __enter__(self):
+        for _ in range(self.n):
+            self._procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        time.sleep(0.2)  # let them start spinning
+        return self
+
+    def __exit__(self, *exc):
+        for p in self._procs:
+            p.kill()
+        for p in self._procs:
+            p.wait()
+        self._procs = []
+        return False
+
+
+def print_targets(verdicts, threads: int | None = None, clock: str = "wall", stated_threads=(1, 2)) -> bool:
+    """Print ``targets`` and one line per verdict ``(what, measured, ok)``; ``measured`` a number or a string.
+    A run at a thread count or clock the targets are not stated for is marked a proxy run. Returns True when
+    every target was met."""
+    proxy = (threads is not None and threads not in stated_threads) or clock != "wall"
+    print("targets" + (f"  (proxy run: {threads} thread(s), {clock} clock; the targets are stated for "
+                       f"{'/'.join(map(str, stated_threads))} thread(s), wall clock)" if proxy else ""))
+    width = max((len(w) for w, _, _ in verdicts), default=0)
+    for what, value, ok in verdicts:
+        shown = f"{value:7.2f}" if isinstance(value, (int, float)) else str(value)
+        print(f"  {what:{width}s}  measured {shown}   {'MET' if ok else 'MISSED'}")
+    return all(ok for _, _, ok in verdicts)

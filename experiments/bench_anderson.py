@@ -40,13 +40,18 @@ import math
 import os
 import time
 
+import sys
+
 import numpy as np
 import scipy
 import scipy.optimize
 import torch
 
-from hopfield_gag import hopfield
-from hopfield_gag import AndersonStatus, anderson
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _benchutil import Contention, print_targets  # noqa: E402
+
+from hopfield_gag import hopfield  # noqa: E402
+from hopfield_gag import AndersonStatus, anderson  # noqa: E402
 
 TOL = 1e-8
 TARGET_J = 0.95
@@ -113,54 +118,53 @@ def run(args):
     print("-" * len(head))
     rows = []
     seed = 0
-    for d in ds:
-        for N in Ns:
-            for alpha in (1.0, 1.5):
-                seed += 1
-                keys, beta, Q = make_problem(d, N, alpha, seed, B)
+    with Contention() as contention:
+        for d in ds:
+            for N in Ns:
+                for alpha in (1.0, 1.5):
+                    seed += 1
+                    keys, beta, Q = make_problem(d, N, alpha, seed, B)
 
-                def g(x, keys=keys, beta=beta, alpha=alpha):
-                    return hopfield.retrieval_map(x, keys, beta=beta, alpha=alpha)
+                    def g(x, keys=keys, beta=beta, alpha=alpha):
+                        return hopfield.retrieval_map(x, keys, beta=beta, alpha=alpha)
 
-                g(Q)  # warm-up (allocations, kernel load)
-                t_plain, plain = best_time(lambda: anderson(g, Q, m=0, tol=TOL, max_iter=MAX_ITER), 1)
-                aa = {m: anderson(g, Q, m=m, tol=TOL, max_iter=MAX_ITER) for m in (1, 3, 5)}
-                # repeats interleave the solvers so that load from other processes hits them alike
-                t_aa5 = t_sc = t_aa1q = t_sc1q = math.inf
-                for _ in range(R):
-                    t_aa5 = min(t_aa5, best_time(lambda: anderson(g, Q, m=5, tol=TOL, max_iter=MAX_ITER), 1)[0])
-                    t, (x_sc, calls_sc, ok_sc) = best_time(lambda: scipy_batch(g, Q), 1)
-                    t_sc = min(t_sc, t)
-                    t_aa1q = min(t_aa1q, best_time(lambda: anderson(g, Q[:1], m=5, tol=TOL, max_iter=MAX_ITER), 1)[0])
-                    t_sc1q = min(t_sc1q, best_time(lambda: scipy_solve(g, Q[0].numpy().copy()), 1)[0])
-                # cost of one batched map call vs B single-query calls: bounds the batch speed-up once the
-                # map dominates (hopfield.retrieval_map is what both solvers call)
-                t_map_b = best_time(lambda: [g(Q) for _ in range(10)], R)[0] / 10
-                t_map_1 = best_time(lambda: [g(Q[0]) for _ in range(10)], R)[0] / 10
-                J = hopfield.retrieval_jacobian(plain.solution[0], keys, beta=beta, alpha=alpha)
-                jn = float(torch.linalg.matrix_norm(J, ord=2))
-                ev = {m: float(aa[m].element_map_evaluations.double().mean()) for m in (1, 3, 5)}
-                ev_plain = float(plain.element_map_evaluations.double().mean())
-                ev_sc = float(calls_sc.mean())
-                ok = all(r.status is AndersonStatus.CONVERGED for r in (plain, *aa.values())) and ok_sc
-                dx = max(float((aa[m].solution - plain.solution).norm(dim=-1).max()) for m in (1, 3, 5))
-                dx = max(dx, float(np.linalg.norm(x_sc - plain.solution.numpy(), axis=-1).max()))
-                row = dict(d=d, N=N, alpha=alpha, beta=beta, J=jn, ev_plain=ev_plain, ev=ev, ev_sc=ev_sc,
-                           t_plain=t_plain, t_aa5=t_aa5, t_sc=t_sc, t_aa1q=t_aa1q, t_sc1q=t_sc1q, dx=dx, ok=ok,
-                           map_gain=B * t_map_1 / t_map_b)
-                rows.append(row)
-                print(f"{d:>4} {N:>5} {alpha:>5.1f} {beta:>8.3f} {jn:>6.3f} | {ev_plain:>18.1f} {ev[1]:>5.1f} "
-                      f"{ev[3]:>5.1f} {ev[5]:>5.1f} {ev_sc:>6.1f} | {ev_plain / ev[5]:>8.1f}x | "
-                      f"{t_plain:>7.3f}s {t_aa5:>7.3f}s {t_sc:>7.3f}s | {t_sc / t_aa5:>8.1f}x "
-                      f"{t_sc1q / t_aa1q:>5.1f}x {row['map_gain']:>6.1f}x | {dx:>7.1e}"
-                      f"{'' if ok else '  NOT CONVERGED'}", flush=True)
+                    g(Q)  # warm-up (allocations, kernel load)
+                    t_plain, plain = best_time(lambda: anderson(g, Q, m=0, tol=TOL, max_iter=MAX_ITER), 1)
+                    aa = {m: anderson(g, Q, m=m, tol=TOL, max_iter=MAX_ITER) for m in (1, 3, 5)}
+                    # repeats interleave the solvers so that load from other processes hits them alike
+                    t_aa5 = t_sc = t_aa1q = t_sc1q = math.inf
+                    for _ in range(R):
+                        t_aa5 = min(t_aa5, best_time(lambda: anderson(g, Q, m=5, tol=TOL, max_iter=MAX_ITER), 1)[0])
+                        t, (x_sc, calls_sc, ok_sc) = best_time(lambda: scipy_batch(g, Q), 1)
+                        t_sc = min(t_sc, t)
+                        t_aa1q = min(t_aa1q, best_time(lambda: anderson(g, Q[:1], m=5, tol=TOL, max_iter=MAX_ITER), 1)[0])
+                        t_sc1q = min(t_sc1q, best_time(lambda: scipy_solve(g, Q[0].numpy().copy()), 1)[0])
+                    # cost of one batched map call vs B single-query calls: bounds the batch speed-up once the
+                    # map dominates (hopfield.retrieval_map is what both solvers call)
+                    t_map_b = best_time(lambda: [g(Q) for _ in range(10)], R)[0] / 10
+                    t_map_1 = best_time(lambda: [g(Q[0]) for _ in range(10)], R)[0] / 10
+                    J = hopfield.retrieval_jacobian(plain.solution[0], keys, beta=beta, alpha=alpha)
+                    jn = float(torch.linalg.matrix_norm(J, ord=2))
+                    ev = {m: float(aa[m].element_map_evaluations.double().mean()) for m in (1, 3, 5)}
+                    ev_plain = float(plain.element_map_evaluations.double().mean())
+                    ev_sc = float(calls_sc.mean())
+                    ok = all(r.status is AndersonStatus.CONVERGED for r in (plain, *aa.values())) and ok_sc
+                    dx = max(float((aa[m].solution - plain.solution).norm(dim=-1).max()) for m in (1, 3, 5))
+                    dx = max(dx, float(np.linalg.norm(x_sc - plain.solution.numpy(), axis=-1).max()))
+                    row = dict(d=d, N=N, alpha=alpha, beta=beta, J=jn, ev_plain=ev_plain, ev=ev, ev_sc=ev_sc,
+                               t_plain=t_plain, t_aa5=t_aa5, t_sc=t_sc, t_aa1q=t_aa1q, t_sc1q=t_sc1q, dx=dx, ok=ok,
+                               map_gain=B * t_map_1 / t_map_b)
+                    rows.append(row)
+                    print(f"{d:>4} {N:>5} {alpha:>5.1f} {beta:>8.3f} {jn:>6.3f} | {ev_plain:>18.1f} {ev[1]:>5.1f} "
+                          f"{ev[3]:>5.1f} {ev[5]:>5.1f} {ev_sc:>6.1f} | {ev_plain / ev[5]:>8.1f}x | "
+                          f"{t_plain:>7.3f}s {t_aa5:>7.3f}s {t_sc:>7.3f}s | {t_sc / t_aa5:>8.1f}x "
+                          f"{t_sc1q / t_aa1q:>5.1f}x {row['map_gain']:>6.1f}x | {dx:>7.1e}"
+                          f"{'' if ok else '  NOT CONVERGED'}", flush=True)
 
-    load = os.getloadavg()[0]
-    print(f"load avg at end {load:.1f}")
-    if load > (os.cpu_count() or 1):
-        print(f"WARNING: load average {load:.1f} > {os.cpu_count()} cores: other processes competed for the CPU "
-              "during this run; with 2 intra-op threads, torch's parallel regions stall under oversubscription, so "
-              "the wall times (not the evaluation counts) are unreliable. Re-run on an idle machine.")
+    print(f"load avg at end {os.getloadavg()[0]:.1f}")
+    # foreign CPU use: with 2 intra-op threads, torch's parallel regions stall under oversubscription, so a busy
+    # machine makes the wall times (not the evaluation counts) unreliable
+    print(contention.report())
     slow = [r for r in rows if r["J"] >= 0.9]
     ev_ok = [r for r in slow if r["ev_plain"] / r["ev"][5] >= 3.0]
     t_ok = [r for r in rows if r["t_sc"] / r["t_aa5"] >= 10.0]
@@ -168,15 +172,15 @@ def run(args):
     ev_ratios = [r["ev_plain"] / r["ev"][5] for r in slow]
     t_ratios = [r["t_sc"] / r["t_aa5"] for r in rows]
     t1_ratios = [r["t_sc1q"] / r["t_aa1q"] for r in rows]
-    print("\nTargets")
-    print(f"  AA(5) >= 3x fewer map evaluations than plain where ||J||_2 >= 0.9: {len(ev_ok)}/{len(slow)} problems "
-          f"(ratios {min(ev_ratios):.1f}x .. {max(ev_ratios):.1f}x) -> {'MET' if len(ev_ok) == len(slow) else 'MISSED'}")
-    print(f"  our AA(5) >= 10x faster than scipy.optimize.anderson, batch of {B} queries: {len(t_ok)}/{len(rows)} "
-          f"problems (ratios {min(t_ratios):.1f}x .. {max(t_ratios):.1f}x) -> "
-          f"{'MET' if len(t_ok) == len(rows) else 'MISSED'}")
-    print(f"  same, single query (no batching): {len(t1_ok)}/{len(rows)} problems "
-          f"(ratios {min(t1_ratios):.1f}x .. {max(t1_ratios):.1f}x) -> "
-          f"{'MET' if len(t1_ok) == len(rows) else 'MISSED'}")
+    print()
+    print_targets([
+        (f"AA(5) >= 3x fewer map evaluations than plain where ||J||_2 >= 0.9 ({len(ev_ok)}/{len(slow)} problems)",
+         f"{min(ev_ratios):.1f}x .. {max(ev_ratios):.1f}x", len(ev_ok) == len(slow)),
+        (f"our AA(5) >= 10x faster than scipy.optimize.anderson, batch of {B} queries ({len(t_ok)}/{len(rows)} problems)",
+         f"{min(t_ratios):.1f}x .. {max(t_ratios):.1f}x", len(t_ok) == len(rows)),
+        (f"same, single query (no batching) ({len(t1_ok)}/{len(rows)} problems)",
+         f"{min(t1_ratios):.1f}x .. {max(t1_ratios):.1f}x", len(t1_ok) == len(rows)),
+    ], args.threads, stated_threads=(2,))
     missed = [r for r in rows if r["t_sc"] / r["t_aa5"] < 10.0]
     if missed:
         bound = [r for r in missed if r["map_gain"] < 10.0]

@@ -1,30 +1,39 @@
-"""Benchmark: gag_attention against SDPA and a PLADIS reference built the usual way.
+"""Benchmark: gag_attention against SDPA at the shapes and dtypes people run (CPU).
 
-fp32 CPU, 2 threads. Shapes (B, H, Lq, Lk, D): (2,8,1024,77,64), (2,8,4096,77,64), (2,8,1024,1024,64).
-Contenders, run once per round, round-robin (load drift hits all alike), medians reported:
-  - SDPA: F.scaled_dot_product_attention (the dense baseline);
-  - ours: gag_attention(method="gag") with the paper defaults (lam=10, eta=15, zeta=0),
-    gag_attention(method="pladis", lam=2) and gag_attention(method="aa") (no target; it adds the key-space
-    retrievals);
-  - PLADIS reference: SDPA for the dense output plus entmax.entmax15(scores) @ V for the sparse one,
-    blended d + 2 (s - d) (what a diffusers processor built on the entmax package does).
-Peak extra memory of ours at (1,8,4096,4096,64) is measured in a fresh subprocess as the peak resident set
-above the level after the inputs exist (VmHWM, reset before the call; see _benchutil).
+Shapes (B, H, Lq, Lk, D):
+  ``--shapes realistic`` (default; issue 22): (2,8,1024,77,64) SD1.5 inner levels, (2,8,4096,77,40) SD1.5's first
+  level, (2,8,1024,77,80), (2,10,4096,77,64) and (2,20,1024,77,64) SDXL, (1,24,4096,512,128) Flux's text
+  partition; dtypes fp32, bf16, fp16; 1 and 2 threads.
+  ``--shapes classic`` (issue 9): (2,8,1024,77,64), (2,8,4096,77,64), (2,8,1024,1024,64) in fp32 with the PLADIS
+  reference built the usual way (SDPA for the dense output plus entmax.entmax15(scores) @ V for the sparse one,
+  blended d + 2 (s - d)) and the peak extra memory at (1,8,4096,4096,64), measured in a fresh subprocess as the
+  peak resident set above the level after the inputs exist (VmHWM, reset before the call; see _benchutil).
+Contenders, each called once per round, round-robin (a drift in the machine's load hits all alike), medians:
+SDPA (F.scaled_dot_product_attention in the inputs' dtype: torch's own low-precision path for bf16/fp16), and
+gag_attention with method="gag" (paper defaults lam=10, eta=15, zeta=0), "pladis" (lam=2), "gag" with
+parallel="positive" (one-sided) and "aa". Every row prints the foreign CPU load it ran under (_benchutil.Contention:
+CPU used by other processes, as a share of the machine). ``--runs N`` repeats the sweep and prints ranges.
 
-Targets (issue 9, CPU, eager): gag <= 2x SDPA and the PLADIS reference >= 5x slower than gag at Lk = 77
-(1024 and 4096 queries); gag <= 4x SDPA at Lk = 1024; peak extra memory < 2 GiB at 4096².
-On CPU, gag_attention takes its one-call fused kernel (ops/fused.attention_forward: per block of queries the
-scores by a register-tiled micro-kernel, softmax and entmax on rows in L1, the entmax retrieval as a gather
-over its support, the softmax one by the same micro-kernel, the combine); a run prints which path it took.
+Targets (issue 22; benchmark, not timed tests): gag, pladis and one-sided <= 1.5x SDPA and aa <= 1.8x, at every
+realistic shape, dtype and thread count (1 and 2). ``--under-load N`` measures every row twice, quiet and with N
+busy processes started by the benchmark, and checks that ours degrades no more than SDPA does: ratio under load
+<= 1.15 x ratio quiet (1.15: the run-to-run spread of a ratio on this shared machine).
+Classic targets (issue 9): gag <= 2x SDPA and PLADIS reference >= 5x slower than gag at Lk = 77; gag <= 4x at
+Lk = 1024; peak extra memory < 2 GiB at 4096^2.
 
-Usage: python experiments/bench_attention.py [--rounds N] [--quick] [--skip-memory] [--device cpu|cuda]
+On CPU, gag_attention takes its one-call fused kernel (ops/fused.attention_forward); each row names the path.
+
+Usage: python experiments/bench_attention.py [--shapes realistic|classic] [--dtypes fp32,bf16,fp16]
+       [--threads 1,2] [--runs N] [--rounds N] [--quick] [--under-load N] [--skip-memory] [--device cpu|cuda]
 (--device cuda: the GPU table of the fused Triton kernel, experiments/_bench_cuda.py.)
 """
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import json
+import os
+import statistics
 import subprocess
 import sys
 
@@ -33,21 +42,33 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # measure the package of this checkout, not whichever copy is installed
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _benchutil import Contention, round_robin_medians  # noqa: E402
-import torch.nn.functional as F
+from _benchutil import Burner, Contention, print_targets, round_robin_medians  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-import entmax as entmax_pkg
-from hopfield_gag import gag_attention
+import entmax as entmax_pkg  # noqa: E402
+from hopfield_gag import gag_attention  # noqa: E402
+from hopfield_gag.ops import fused  # noqa: E402
 
-SHAPES = [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 8, 1024, 1024, 64)]
+SHAPE_SETS = {
+    "realistic": [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 40), (2, 8, 1024, 77, 80), (2, 10, 4096, 77, 64),
+                  (2, 20, 1024, 77, 64), (1, 24, 4096, 512, 128)],
+    "classic": [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 8, 1024, 1024, 64)],
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+METHODS = {  # name -> (gag_attention keywords, target ratio to SDPA)
+    "gag": (dict(method="gag"), 1.5),
+    "pladis": (dict(method="pladis", lam=2.0), 1.5),
+    "one-sided": (dict(method="gag", parallel="positive"), 1.5),
+    "aa": (dict(method="aa"), 1.8),
+}
+LOAD_TOLERANCE = 1.15
 MEMORY_SHAPE = (1, 8, 4096, 4096, 64)
 
 
-def inputs(shape, seed=0):
+def inputs(shape, dtype=torch.float32, seed=0):
     b, h, lq, lk, d = shape
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, h, lq, d, generator=g), torch.randn(b, h, lk, d, generator=g),
-            torch.randn(b, h, lk, d, generator=g))
+    return tuple(torch.randn(b, h, n, d, generator=g).to(dtype) for n in (lq, lk, lk))
 
 
 def pladis_reference(q, k, v, lam=2.0):
@@ -56,14 +77,23 @@ def pladis_reference(q, k, v, lam=2.0):
     return dense + lam * (p_sparse @ v - dense)
 
 
-def contenders(q, k, v):
-    return {
-        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-        "ours gag": lambda: gag_attention(q, k, v, method="gag"),
-        "ours pladis": lambda: gag_attention(q, k, v, method="pladis", lam=2.0),
-        "ours aa": lambda: gag_attention(q, k, v, method="aa"),
-        "PLADIS reference": lambda: pladis_reference(q, k, v),
-    }
+def contenders(q, k, v, classic=False):
+    fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v)}
+    for name, (kw, _) in METHODS.items():
+        fns[name] = lambda kw=kw: gag_attention(q, k, v, **kw)
+    if classic:
+        fns["PLADIS reference"] = lambda: pladis_reference(q, k, v)
+    return fns
+
+
+def path_used(q, method="gag") -> str:
+    """Which CPU implementation gag_attention takes for these inputs in this benchmark's calls (eager, no
+    autograd, strength 1), named by the public predicates of hopfield_gag.ops.fused."""
+    if fused.attention_applies(q, method):
+        return "one-call fused CPU kernel"
+    if fused.available(q.device, torch.float64 if q.dtype == torch.float64 else torch.float32):
+        return "chunked fused CPU kernels"
+    return "portable torch path"
 
 
 _MEMORY_CHILD = r"""
@@ -89,48 +119,104 @@ def peak_extra_memory(shape):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def path_used(q, k, v) -> str:
-    """Which implementation gag_attention takes for these inputs (fused C kernels or the portable torch path)."""
-    from hopfield_gag.guidance.attention import _fused_cpu_applies
-    from hopfield_gag.ops import fused
+def measure(shape, dtype, threads, rounds, clock, burn=0, classic=False):
+    """One row: medians (ms) of every contender and the foreign load it ran under."""
+    torch.set_num_threads(threads)
+    q, k, v = inputs(shape, dtype)
+    with Burner(burn) if burn else contextlib.nullcontext(), Contention() as load:
+        med = round_robin_medians(contenders(q, k, v, classic), rounds, clock=clock)
+    return med, load.foreign
 
-    if not _fused_cpu_applies(q, k, v, None, "gag", False, 1.0):
-        return "portable torch path"
-    return "one-call fused CPU kernel" if fused.attention_applies(q, "gag") else "chunked fused CPU kernels"
+
+def _fmt_shape(shape):
+    return "(" + ",".join(map(str, shape)) + ")"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: the fused Triton path's GPU table (experiments/_bench_cuda.py)")
-    parser.add_argument("--threads", type=int, default=2, help="torch and kernel threads (targets: 2)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall time (targets) or process CPU time (repeatable on a shared machine)")
-    args = parser.parse_args(argv)
-    rounds = 3 if args.quick else args.rounds
-    if args.device == "cuda":
-        from _bench_cuda import run as run_cuda
+def _range(xs, fmt="{:.2f}"):
+    lo, hi = min(xs), max(xs)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
-        run_cuda(rounds)
-        return
-    torch.set_num_threads(args.threads)
-    contention = Contention().__enter__()
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, {args.clock} clock, median of {rounds} rounds, "
-          f"load average before the run {os.getloadavg()[0]:.2f}\n")
+
+def run_realistic(args, rounds):
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    shapes = SHAPE_SETS[args.shapes]
+    results = {}  # (shape, dtype, threads) -> list of (med, load[, med_loaded, load_loaded])
+    head = (f"{'shape (B,H,Lq,Lk,D)':22s} {'dtype':5s} {'thr':>3s} {'SDPA ms':>8s} " +
+            " ".join(f"{m:>9s}" for m in METHODS) + f" {'load':>5s}  verdict")
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}: ratio = ours / SDPA (median ms over {rounds} rounds, {args.clock} clock); "
+              "load = CPU used by other processes during the row" + (f"; then with {args.under_load} busy "
+                                                                     "processes started here" if args.under_load else ""))
+        print(head)
+        for thr in threads:
+            for dn in dtypes:
+                for shape in shapes:
+                    med, load = measure(shape, DTYPES[dn], thr, rounds, args.clock)
+                    entry = [med, load]
+                    ratios = {m: med[m] / med["SDPA"] for m in METHODS}
+                    ok = all(ratios[m] <= METHODS[m][1] for m in METHODS)
+                    line = (f"{_fmt_shape(shape):22s} {dn:5s} {thr:3d} {med['SDPA']:8.2f} " +
+                            " ".join(f"{ratios[m]:9.2f}" for m in METHODS) + f" {100 * load:4.0f}%  " +
+                            ("MET" if ok else "MISSED"))
+                    if args.under_load:
+                        med_l, load_l = measure(shape, DTYPES[dn], thr, rounds, args.clock, burn=args.under_load)
+                        entry += [med_l, load_l]
+                        rl = {m: med_l[m] / med_l["SDPA"] for m in METHODS}
+                        okl = all(rl[m] <= LOAD_TOLERANCE * ratios[m] for m in METHODS)
+                        line += (f"\n{'  under load':22s} {dn:5s} {thr:3d} {med_l['SDPA']:8.2f} " +
+                                 " ".join(f"{rl[m]:9.2f}" for m in METHODS) + f" {100 * load_l:4.0f}%  " +
+                                 ("degrades <= SDPA: MET" if okl else "degrades more than SDPA: MISSED") +
+                                 f"  (SDPA x{med_l['SDPA'] / med['SDPA']:.2f}, gag x{med_l['gag'] / med['gag']:.2f})")
+                    print(line, flush=True)
+                    results.setdefault((shape, dn, thr), []).append(entry)
+        print()
+    q = inputs(shapes[0], DTYPES[dtypes[0]])[0]
+    print(f"ours: {path_used(q)} (every row)")
+    return results
+
+
+def summarize(results, args):
+    """Ranges over the runs; a row is MET when the median over runs of every method's ratio meets its target."""
+    n = args.runs
+    print(f"\nsummary over {n} run(s): ratio to SDPA, range over runs (min-max); load = foreign CPU, range")
+    head = (f"{'shape (B,H,Lq,Lk,D)':22s} {'dtype':5s} {'thr':>3s} {'SDPA ms':>11s} " +
+            " ".join(f"{m:>10s}" for m in METHODS) + f" {'load':>8s}  verdict (median over runs)")
+    print(head)
     verdicts = []
-    for shape in SHAPES:
-        q, k, v = inputs(shape)
-        med = round_robin_medians(contenders(q, k, v), rounds, clock=args.clock)
+    for (shape, dn, thr), entries in results.items():
+        sd = [e[0]["SDPA"] for e in entries]
+        r = {m: [e[0][m] / e[0]["SDPA"] for e in entries] for m in METHODS}
+        ok = all(statistics.median(r[m]) <= METHODS[m][1] for m in METHODS)
+        loads = [100 * e[1] for e in entries]
+        print(f"{_fmt_shape(shape):22s} {dn:5s} {thr:3d} {_range(sd, '{:.1f}'):>11s} " +
+              " ".join(f"{_range(r[m]):>10s}" for m in METHODS) + f" {_range(loads, '{:.0f}') + '%':>8s}  " +
+              ("MET" if ok else "MISSED"))
+        worst = max(METHODS, key=lambda m: statistics.median(r[m]) / METHODS[m][1])
+        verdicts.append((f"{_fmt_shape(shape)} {dn} {thr} thr: {worst} / SDPA <= {METHODS[worst][1]:g} (worst method)",
+                         statistics.median(r[worst]), ok))
+        if args.under_load:
+            rl = {m: [e[2][m] / e[2]["SDPA"] / (e[0][m] / e[0]["SDPA"]) for e in entries] for m in METHODS}
+            worst_l = max(METHODS, key=lambda m: statistics.median(rl[m]))
+            val = statistics.median(rl[worst_l])
+            verdicts.append((f"{_fmt_shape(shape)} {dn} {thr} thr: under load ratio / quiet ratio <= "
+                             f"{LOAD_TOLERANCE:g} ({worst_l})", val, val <= LOAD_TOLERANCE))
+    return verdicts
+
+
+def run_classic(args, rounds):
+    thr = int(args.threads.split(",")[-1])
+    verdicts = []
+    for shape in SHAPE_SETS["classic"]:
+        med, load = measure(shape, torch.float32, thr, rounds, args.clock, classic=True)
         sdpa = med["SDPA"]
-        print(f"shape (B,H,Lq,Lk,D) = {shape}   (ours: {path_used(q, k, v)})")
+        print(f"shape (B,H,Lq,Lk,D) = {shape}, fp32, {thr} threads, load {100 * load:.0f}%   "
+              f"(ours: {path_used(inputs(shape)[0])})")
         print(f"  {'contender':20s} {'median ms':>10s} {'/ SDPA':>8s}")
         for name, ms in med.items():
             print(f"  {name:20s} {ms:10.2f} {ms / sdpa:8.2f}")
-        gag_vs_sdpa = med["ours gag"] / sdpa
-        ref_vs_gag = med["PLADIS reference"] / med["ours gag"]
+        gag_vs_sdpa = med["gag"] / sdpa
+        ref_vs_gag = med["PLADIS reference"] / med["gag"]
         print(f"  PLADIS reference / ours gag = {ref_vs_gag:.2f}\n")
         if shape[3] == 77:
             verdicts.append((f"{shape}: gag / SDPA <= 2", gag_vs_sdpa, gag_vs_sdpa <= 2.0))
@@ -143,13 +229,43 @@ def main(argv=None):
         print(f"peak extra memory of gag at {MEMORY_SHAPE}: {gib:.3f} GiB "
               f"(includes the {mem['output_mib']:.0f} MiB output)\n")
         verdicts.append((f"{MEMORY_SHAPE}: peak extra GiB < 2", gib, gib < 2.0))
-    contention.__exit__(None, None, None)
-    print(contention.report())
+    return verdicts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="realistic")
+    parser.add_argument("--dtypes", default="fp32,bf16,fp16", help="comma-separated: fp32, bf16, fp16 (realistic)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (targets: 1 and 2)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the sweep; the summary gives ranges")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--under-load", type=int, default=0, metavar="N",
+                        help="also measure every row with N busy processes and compare the degradation to SDPA's")
+    parser.add_argument("--skip-memory", action="store_true", help="classic: skip the 4096^2 memory measurement")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the fused Triton path's GPU table (experiments/_bench_cuda.py)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (targets) or process CPU time (repeatable on a shared machine)")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    if args.device == "cuda":
+        from _bench_cuda import run as run_cuda
+
+        run_cuda(rounds)
+        return
+    bad = [d for d in args.dtypes.split(",") if d.strip() not in DTYPES]
+    if bad or not all(t.strip().isdigit() and int(t) > 0 for t in args.threads.split(",")):
+        parser.error(f"--dtypes takes {', '.join(DTYPES)}; --threads positive integers")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before the run {os.getloadavg()[0]:.2f}\n")
+    with Contention() as whole:
+        if args.shapes == "classic":
+            verdicts = run_classic(args, rounds)
+        else:
+            verdicts = summarize(run_realistic(args, rounds), args)
+    print("\n" + whole.report())
     print(f"load average after the run {os.getloadavg()[0]:.2f}")
-    print("targets" + ("" if (args.threads, args.clock) == (2, "wall") else
-                       f"  (proxy run: {args.threads} thread(s), {args.clock} clock; the targets are stated for 2 threads, wall clock)"))
-    for what, value, ok in verdicts:
-        print(f"  {what:48s} measured {value:7.2f}   {'MET' if ok else 'MISSED'}")
+    print_targets(verdicts, clock=args.clock)
 
 
 if __name__ == "__main__":
