@@ -26,8 +26,6 @@ from .data import NUM_CLASSES
 
 __all__ = ["sample"]
 
-_MARK = "_hopfield_gag_handle"  # where hopfield_gag.adapters.install_attention_fn keeps the live handle
-
 
 def _labels(labels) -> Tensor:
     y = torch.as_tensor(labels)
@@ -40,14 +38,16 @@ def _labels(labels) -> Tensor:
 
 
 def _installed_handle(model: nn.Module):
-    handle = getattr(model, _MARK, None)
-    return None if handle is None or handle.removed else handle
+    from ..adapters import installed
+
+    handles = installed(model)
+    return handles[0] if handles else None  # every installed function shares the model's one state
 
 
 @torch.inference_mode()
 def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg_scale: float = 2.0,
            method: str = "dense", seed: int = 0, layers="auto", guide_self: bool = False, progress: bool = False,
-           **attention_params) -> Tensor:
+           guider=None, **attention_params) -> Tensor:
     r"""Sample digits of the given classes from a shipped model (:func:`~hopfield_gag.models.load_model`).
 
     Parameters
@@ -62,6 +62,8 @@ def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg
     seed : seed of the initial noise (the only randomness: the result is deterministic under it).
     layers, guide_self : as in :func:`~hopfield_gag.adapters.apply_gag`.
     progress : show a progress bar over the steps.
+    guider : optional callable ``(v_uncond, v_cond, cfg_scale, x, t) -> v`` replacing the CFG combination
+        when ``cfg_scale != 1`` (e.g. :class:`hopfield_gag.studies.apg.APG`); None = CFG as above.
     **attention_params : ``lam``, ``eta``, ``zeta``, ``alpha``, ``strength``, ``steps`` window, ... of
         :class:`~hopfield_gag.adapters.GuidedAttention`.
 
@@ -109,7 +111,7 @@ def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg
             v = model(x_in, torch.full((x_in.shape[0],), t), y_in)
             if cfg:
                 v_u, v_c = v.chunk(2)
-                v = v_u + cfg_scale * (v_c - v_u)
+                v = v_u + cfg_scale * (v_c - v_u) if guider is None else guider(v_u, v_c, cfg_scale, x, t)
             x = x + v / steps
             if bar is not None:
                 bar.update(1)
