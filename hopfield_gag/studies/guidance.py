@@ -201,7 +201,8 @@ def prune_variants(rows: list[dict], keep_per_family: int = 2, always: Iterable[
         rs = [r for r in rows if r["variant"] == n]
         fam = rs[0]["family"]
         effect = [r for r in rs if _excludes_zero(r, "dexact") or _excludes_zero(r, "dfd_cells")]
-        mean_dexact = float(np.nanmean([_num(r["dexact_mean"]) for r in rs])) if rs else math.nan
+        vals = [x for x in (_num(r["dexact_mean"]) for r in rs) if math.isfinite(x)]
+        mean_dexact = float(np.mean(vals)) if vals else math.nan
         by_family.setdefault(fam, []).append((mean_dexact, n))
         if n in always:
             reasons[n] = "always kept (reference setting)"
