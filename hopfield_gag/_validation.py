@@ -281,16 +281,42 @@ def check_qkv_structure(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None
     return check_qkv(q, k, v, finite=False)
 
 
-def check_mask_shape(mask, scores_shape) -> None:
-    """``mask`` is None or a tensor broadcastable to the scores ``(B, H, Lq, Lk)`` (its values are checked where
-    it is applied to the scores)."""
+def check_mask(mask, scores_shape, device: torch.device | None = None) -> None:
+    """The one mask rule of every attention path and every strength: ``mask`` is None, a **bool** tensor
+    (``True`` = keep, ``False`` = drop) or a **floating** tensor (an additive bias, computed in the compute
+    dtype), broadcastable to the scores ``(B, H, Lq, Lk)`` and on ``device``. Integer, complex and other
+    dtypes raise (an int 0/1 mask is ambiguous: keep/drop or a bias of 0 and 1?). The values are checked where
+    the mask meets the scores."""
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(
+            f"mask must have dtype bool (True = keep, False = drop) or a floating dtype (float16, bfloat16, "
+            f"float32, float64: an additive bias), got {mask.dtype}; for a 0/1 mask use mask.bool()"
+        )
     try:
         ok = broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
     except RuntimeError:
         ok = False
     if not ok:
         raise ValueError(f"mask of shape {tuple(mask.shape)} must be broadcastable to (B, H, Lq, Lk) = {tuple(scores_shape)}")
+    if device is not None and mask.device != device:
+        raise ValueError(f"mask must be on the device of q ({device}), got {mask.device}")
+
+
+check_mask_shape = check_mask  # (old name)
+
+
+def sdpa_mask(mask, dtype: torch.dtype):
+    """A mask that passed :func:`check_mask` in the form ``F.scaled_dot_product_attention`` accepts for inputs
+    of ``dtype``, with the same meaning: at least 2-D (a (Lk,) mask becomes (1, Lk)) and, if floating, in
+    ``dtype`` (SDPA rejects another float dtype; the guided paths cast it to their compute dtype likewise)."""
+    if mask is None:
+        return None
+    if mask.dim() < 2:
+        mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))
+    if mask.dtype != torch.bool and mask.dtype != dtype:
+        mask = mask.to(dtype)
+    return mask

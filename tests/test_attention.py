@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from hopfield_gag import theory
 from hopfield_gag import GAGAttention, gag_attention, reference_gag_attention
+from hopfield_gag import GagParams
 from hopfield_gag.guidance.attention import _combine
 from hopfield_gag.ops import fused
 
@@ -329,10 +330,11 @@ def test_kernel_combine_matches_combine(method, zeta, strength, parallel):
     s = torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64) * torch.rand(3, 2, 7, 1, generator=g, dtype=torch.float64) * 4
     s[0, 0, 0] = 0.0  # the zero convention: c = 0 where s = 0
     s[1, 1, 2] = d[1, 1, 2]  # Delta = 0
-    o = _combine(method, d, s, 3.0, 1.5, zeta, parallel=parallel)[0]
+    params = GagParams(method=method, lam=3.0, eta=1.5, zeta=zeta, strength=strength, parallel=parallel)
+    o = _combine(params.replace(strength=1.0), d, s)[0]
     want = o if strength == 1.0 else torch.lerp(d, o, strength)
     out = torch.full((3, 2, 9, 5), math.nan, dtype=torch.float64)
-    fused.combine_rows(torch.stack([d, s], dim=-3), out[..., 1:8, :], method, 3.0, 1.5, zeta, strength, parallel)
+    fused.combine_rows(torch.stack([d, s], dim=-3), out[..., 1:8, :], params)
     torch.testing.assert_close(out[..., 1:8, :], want, rtol=1e-13, atol=1e-13)
     assert torch.isnan(out[..., 0, :]).all() and torch.isnan(out[..., 8, :]).all()  # rows outside untouched
 

@@ -8,12 +8,14 @@ output by O(max|v|), thousands of times more.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hopfield_gag import gag_attention, reference_gag_attention
+from hopfield_gag import GagParams, gag_attention, reference_gag_attention
 from hopfield_gag.guidance import attention as attention_mod
 from hopfield_gag.ops import _kernel, fused
 
@@ -80,8 +82,7 @@ def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, z
     aa_range = (0.0, 3.0) if seed % 2 else (-1.0, 12.0)  # the default clamp, and one that rarely binds
     kw = dict(method=method, lam=lam, eta=eta, zeta=zeta, strength=strength, alpha=alpha, parallel=parallel,
               aa_range=aa_range)
-    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([b, h]), d**-0.5, alpha, method, lam, eta, zeta,
-                                         strength, parallel, aa_range)
+    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([b, h]), d**-0.5, GagParams(**kw))
     assert flags == 0 and out.dtype == torch.float32
     want = reference_gag_attention(q.double(), k.double(), v.double(), mask=mask, **kw)
     # aa: lam* <= max|aa_range| plays the role of lam in the allowance
@@ -97,8 +98,8 @@ def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, z
 def test_long_keys_and_padded_values_match_float64(lk, dv):
     q, k, v = make(lk + dv, 1, 2, 50, lk, 64, dv, qscale=1.5)
     for method, lam in (("gag", 10.0), ("pladis", 2.0), ("aa", 3.0)):
-        out, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.125, 1.5, method, lam, 15.0, 0.0,
-                                             1.0)
+        out, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.125,
+                                             GagParams(method=method, lam=lam))
         assert flags == 0
         # the float64 chunked path (itself tested against the loop oracle in test_attention.py)
         want = gag_attention(q.double(), k.double(), v.double(), method=method, lam=lam)
@@ -129,7 +130,7 @@ def test_rows_without_a_distribution_are_nan_and_flagged_alone():
     mask = torch.ones(20, 9, dtype=torch.bool)
     mask[7] = False  # query 7 attends to nothing
     q[0, 1, 3, 2] = float("nan")
-    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([1, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)
+    out, flags = fused.attention_forward(q, k, v, mask, torch.Size([1, 2]), 8**-0.5, GagParams())
     assert flags & 1 and flags & 2
     bad = torch.zeros(1, 2, 20, dtype=torch.bool)
     bad[..., 7] = True
@@ -149,14 +150,14 @@ def test_rows_without_a_distribution_are_nan_and_flagged_alone():
 def test_iteration_limit_sends_the_call_to_the_exact_path(monkeypatch):
     q, k, v = make(5, 1, 2, 30, 300, 16, 16, qscale=3.0)
     calls = []
-    chunked = attention_mod._gag_attention_fused_cpu
-    monkeypatch.setattr(attention_mod, "_gag_attention_fused_cpu", lambda *a: calls.append(1) or chunked(*a))
+    chunked = attention_mod._BY_NAME["chunked C"]
+    monkeypatch.setitem(attention_mod._BY_NAME, "chunked C",
+                        dataclasses.replace(chunked, run=lambda *a: calls.append(1) or chunked.run(*a)))
     with torch.no_grad():
         want = gag_attention(q, k, v)
         assert calls == []
         with _kernel.iteration_limit(1):
-            _, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.25, 1.5, "gag", 10.0, 15.0, 0.0,
-                                               1.0)
+            _, flags = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.25, GagParams())
             assert flags & 4  # the limit was hit inside the one-call kernel ...
             out = gag_attention(q, k, v)
     assert calls == [1]  # ... so the call went to the chunked path, whose op falls back to an exact method
@@ -169,9 +170,9 @@ def test_result_does_not_depend_on_the_thread_count():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[0]
+        one = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, GagParams())[0]
         torch.set_num_threads(2)
-        two = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[0]
+        two = fused.attention_forward(q, k, v, None, torch.Size([2, 4]), 0.125, GagParams())[0]
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)  # each row is computed by one thread, the same way, whichever thread it is
@@ -184,12 +185,12 @@ def test_nonfinite_keys_and_values_are_flagged_by_the_packing_pass(where, bad):
     q, k, v = make(7, 2, 2, 10, 19, 8, 12)  # Dv = 12: v is padded, and still checked
     t = {"k": k, "v": v}[where]
     t[1, 0, 18, 3] = bad
-    _, flags = fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)
+    _, flags = fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, GagParams())
     assert flags & fused.FLAG_KV_NONFINITE
     with pytest.raises(ValueError, match=f"{where} must be finite"):
         gag_attention(q, k, v)
     t[1, 0, 18, 3] = 0.0
-    assert fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, 1.5, "gag", 10.0, 15.0, 0.0, 1.0)[1] == 0
+    assert fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, GagParams())[1] == 0
 
 
 def test_ci_builds_the_kernel():
@@ -230,11 +231,11 @@ def test_portable_build_without_native_simd_agrees(tmp_path, monkeypatch):
     q, k, v = make(9, 2, 3, 61, 45, 24, 20, qscale=2.0)
     z = torch.randn(300, 77, generator=torch.Generator().manual_seed(9)) * 3
     z[5, :40] = float("-inf")
-    args = (q, k, v, None, torch.Size([2, 3]), 24**-0.5, 1.5)
-    native = [fused.attention_forward(*args, m, 10.0, 15.0, 0.0, 1.0) for m in ("gag", "aa")]
+    args = (q, k, v, None, torch.Size([2, 3]), 24**-0.5)
+    native = [fused.attention_forward(*args, GagParams(method=m)) for m in ("gag", "aa")]
     native_p = normalizers._kernel_entmax(z, 1.5)
     monkeypatch.setattr(_kernel, "_lib", portable)
-    other = [fused.attention_forward(*args, m, 10.0, 15.0, 0.0, 1.0) for m in ("gag", "aa")]
+    other = [fused.attention_forward(*args, GagParams(method=m)) for m in ("gag", "aa")]
     other_p = normalizers._kernel_entmax(z, 1.5)
     for (a, fa), (b, fb) in zip(native, other):
         assert fa == fb == 0

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from ..ops import normalizers
-from .attention import _check_inputs, _check_options
+from ..ops.params import GagParams
+from .attention import _check_inputs
 
 __all__ = [
     "reference_gag_attention",
@@ -26,33 +27,28 @@ def reference_gag_attention(
     v: Tensor,
     *,
     mask: Tensor | None = None,
-    scale: float | None = None,
-    method: str = "gag",
-    lam: float = 10.0,
-    eta: float = 15.0,
-    zeta: float = 0.0,
-    alpha: float = 1.5,
-    strength: float = 1.0,
-    aa_range: tuple[float, float] = (0.0, 3.0),
-    parallel: str = "paper",
+    params: GagParams | None = None,
+    **options,
 ) -> Tensor:
     r"""Slow, obviously correct oracle for :func:`gag_attention`: float64, plain loops over every
     (batch, head, query), the sort/bisection normalizers, and the formulas written out one token at a
-    time. Same arguments and output shape (float64) as :func:`gag_attention`; for tests and audits only.
+    time. Same arguments (``params`` and/or the keyword options of :class:`~hopfield_gag.ops.params.GagParams`;
+    ``chunk_size`` and ``memory_budget`` are not used) and output shape (float64) as :func:`gag_attention`;
+    for tests and audits only.
 
     ``parallel="positive"`` keeps the parallel part :math:`c\,s` only for tokens with :math:`c \ge 0`
     (else drops it); the perpendicular part :math:`\Delta - c\,s` is weighted by :math:`\zeta` either way.
     """
+    p = GagParams.from_kwargs(params, **options)
     scores_shape = _check_inputs(q, k, v, mask)
-    lam, eta, zeta, alpha, strength, beta, aa_range = _check_options(
-        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range, parallel
-    )
+    method, lam, eta, zeta, alpha, strength = p.method, p.lam, p.eta_value, p.zeta, p.alpha, p.strength
+    beta, aa_range, parallel = p.beta(q.shape[-1]), p.aa_range, p.parallel
     batch = scores_shape[:-2]
     qb = q.double().expand(*batch, *q.shape[-2:])
     kb = k.double().expand(*batch, *k.shape[-2:])
     vb = v.double().expand(*batch, *v.shape[-2:])
     mb = None
-    if mask is not None:
+    if mask is not None:  # bool = keep/drop, floating = an additive bias (the one mask rule)
         mb = mask.expand(scores_shape) if mask.dtype == torch.bool else mask.double().expand(scores_shape)
     out = torch.empty(*batch, q.shape[-2], v.shape[-1], dtype=torch.float64)
     sparse_method = "sort" if alpha in (1.5, 2.0) else "bisect"

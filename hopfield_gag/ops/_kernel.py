@@ -1,5 +1,9 @@
-"""Build-once loader for the row-wise entmax C kernel (``_entmax_kernel.c``), which also holds the fused
-attention pieces of :mod:`.fused` (both maps of a chunk in one pass; the per-token combination).
+"""Build-once loader for the C kernel: the row normalizers (``entmax_rows.c``: exact alpha-entmax rows, and
+both maps of a chunk of rows for :mod:`.fused`) and the fused guided-attention forward (``gag_forward.c``:
+the per-token combination and the one-call forward of :mod:`.fused`). ``gag_forward.c`` includes
+``entmax_rows.c`` (one translation unit, so the row functions inline into the fused loop); both are hashed.
+The integer codes (methods, status bits, entmax kinds) are :mod:`.codes`' values passed as ``-D`` flags,
+also part of the cache key.
 
 Why a C kernel: the sort-free threshold search needs ~30 elementwise passes over the score tensor in
 eager PyTorch, each materializing a temporary; per row in C the same work stays in L1 cache. The kernel is
@@ -25,8 +29,13 @@ import threading
 import warnings
 from pathlib import Path
 
-_SOURCE = Path(__file__).with_name("_entmax_kernel.c")
+from .codes import c_defines
+
+_DIR = Path(__file__).parent
+_SOURCES = (_DIR / "entmax_rows.c", _DIR / "gag_forward.c")  # every file of the build (the cache key)
+_MAIN = _SOURCES[-1]  # the translation unit handed to the compiler (it includes the others)
 _FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")  # part of the cache key
+_DEFINES = c_defines()  # the codes of ops/codes.py, the only definition the C sources see
 _lock = threading.Lock()
 _lib = None
 _tried = False
@@ -57,11 +66,20 @@ def _compile(target: Path, flags: tuple[str, ...] = _FLAGS) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cc, *flags, str(_SOURCE), "-o", str(out), "-lm"]
+        cmd = [cc, *flags, *_DEFINES, str(_MAIN), "-o", str(out), "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"compiling the entmax kernel failed: {' '.join(cmd)}\n{res.stderr}")
+            raise RuntimeError(f"compiling the C kernel failed: {' '.join(cmd)}\n{res.stderr}")
         os.replace(out, target)  # atomic: concurrent builders never see a half-written library
+
+
+def _build_key() -> str:
+    """Hash of every source, the compiler flags and the code defines: a change to any gives a new build."""
+    h = hashlib.sha256()
+    for path in _SOURCES:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(" ".join(_FLAGS + _DEFINES).encode())
+    return h.hexdigest()[:12]
 
 
 def load():
@@ -75,9 +93,8 @@ def load():
         _tried = True
         if os.environ.get("HOPFIELD_GAG_NO_KERNEL"):
             return None
-        src = _SOURCE.read_bytes()
-        tag = hashlib.sha256(src + " ".join(_FLAGS).encode()).hexdigest()[:12] + "-" + _machine_tag()
-        target = _cache_dir() / f"entmax_kernel-{tag}.so"
+        tag = _build_key() + "-" + _machine_tag()
+        target = _cache_dir() / f"hg_kernel-{tag}.so"
         try:
             if not target.exists():
                 _compile(target)
@@ -101,22 +118,27 @@ def _bind(lib):
             ctypes.c_int64,
             ctypes.c_double,
             ctypes.c_int,
+            ctypes.c_double,
+            ctypes.c_int,
         ]
     for name, ctype in (("dual_rows_f32", ctypes.c_float), ("dual_rows_f64", ctypes.c_double)):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int64
         fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
-                       ctypes.c_int64, ctypes.c_double, ctypes.c_int]
+                       ctypes.c_int64, ctypes.c_double, ctypes.c_int, ctypes.c_double, ctypes.c_int]
     for name, ctype in (("combine_rows_f32", ctypes.c_float), ("combine_rows_f64", ctypes.c_double)):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
-                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_double,
-                       ctypes.c_double, ctypes.c_double, ctypes.c_int]
+                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_double,
+                       ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int]
     fn = lib.gag_forward_f32
     fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_double] * 2 + [
-                   ctypes.c_int] + [ctypes.c_double] * 6 + [ctypes.c_int]
+    # q, k, v, mask, moff; msi; out; G, Lq, Lk, D, Dv; beta, alpha; kind; hi0; method, parallel;
+    # lam, eta, zeta, strength, aa_lo, aa_hi; nthreads
+    fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5
+                   + [ctypes.c_double] * 2 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int] * 2
+                   + [ctypes.c_double] * 6 + [ctypes.c_int])
     lib.hg_set_max_iter.argtypes = [ctypes.c_int]
     lib.hg_set_max_iter.restype = None
     lib.hg_get_max_iter.argtypes = []

@@ -29,23 +29,36 @@ the stores of the output stays in registers, in fp32:
    fp32 inputs IEEE fp32 dots (no TF32); for fp16/bf16 inputs each map is split into a high and a low part in
    the input dtype (:math:`p = p_{hi} + p_{lo}` to about 2·(mantissa bits)), two tensor-core dots with fp32
    accumulation, so the half-precision products lose nothing against the fp32 torch path;
-5. the per-token combine of every method (``METHOD``: 0 dense, 1 sparse, 2 pladis, 3 gag — ``parallel`` rule
-   "paper" or ``POSITIVE`` —, 4 aa; formulas and small-norm rule of :mod:`hopfield_gag.ops.combine`) and the
+5. the per-token combine of every method (``METHOD``, a :class:`~hopfield_gag.ops.codes.Method`: dense,
+   sparse, pladis, gag — ``parallel`` rule "paper" or ``POSITIVE`` —, aa; formulas and small-norm rule of :mod:`hopfield_gag.ops.combine`) and the
    ``strength`` blend :math:`d + t(o - d)`; the store of :math:`o` (input dtype) and optionally the parts
    (fp32): :math:`d`, :math:`s`, the method output, :math:`c`, the cap flag and the token scale.
 
-Row status (an int32 ``FLAG`` word, OR-ed atomically): bit 0 = a non-finite score (NaN or +inf, e.g. an
-overflowing :math:`q\cdot k`), bit 1 = a query row with every key masked, bit 2 = the entmax iteration budget
-ran out (then the bracketed iterate is used, as in the CPU kernel).
+Row status (an int32 ``FLAG`` word, OR-ed atomically), in the bits of :class:`hopfield_gag.ops.codes.Status`:
+``NONFINITE_SCORES`` (NaN or +inf, e.g. an overflowing :math:`q\cdot k`), ``FULLY_MASKED`` (a query row with
+every key masked), ``ITER_LIMIT`` (the entmax iteration budget ran out: the bracketed iterate is used).
+
+The method codes (``METHOD``), the entmax kinds (``KIND``) and the status bits are the values of
+:mod:`hopfield_gag.ops.codes`, read here as ``tl.constexpr`` globals: the kernel writes no code of its own.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-# fp32 unit roundoff (2^-23) and the smallest normal number: the thresholds of the fp32 tests below
-_EPS32 = 1.1920928955078125e-07
-_TINY32 = 1.1754943508222875e-38
+from .codes import EntmaxKind, Method, Status
+
+_DENSE = tl.constexpr(int(Method.DENSE))
+_SPARSE = tl.constexpr(int(Method.SPARSE))
+_PLADIS = tl.constexpr(int(Method.PLADIS))
+_GAG = tl.constexpr(int(Method.GAG))
+_AA = tl.constexpr(int(Method.AA))
+_SPARSEMAX = tl.constexpr(int(EntmaxKind.SPARSEMAX))
+_ENTMAX15 = tl.constexpr(int(EntmaxKind.ENTMAX15))
+_BISECT = tl.constexpr(int(EntmaxKind.BISECT))
+_ST_NONFINITE = tl.constexpr(int(Status.NONFINITE_SCORES))
+_ST_MASKED = tl.constexpr(int(Status.FULLY_MASKED))
+_ST_ITER = tl.constexpr(int(Status.ITER_LIMIT))
 
 
 # Reductions through tl.reduce with the standard combine functions, not tl.sum/tl.max: those are themselves
@@ -78,7 +91,7 @@ def _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND: tl.constexpr, MAXIT: tl.c
         y = tl.maximum(u - t[:, None], 0.0)
         on = y > 0
         tol = 4.0 * EPS * (tl.abs(t) + inv_a)
-        if KIND == 2:  # alpha = 1.5: Newton on ||y||_2 - 2 with the closed-form finish
+        if KIND == _ENTMAX15:  # alpha = 1.5: Newton on ||y||_2 - 2 with the closed-form finish
             s0 = _rsum(on.to(tl.float32), axis=1)
             s1 = _rsum(y, axis=1)
             s2 = _rsum(y * y, axis=1)
@@ -96,7 +109,7 @@ def _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND: tl.constexpr, MAXIT: tl.c
             stalled = tl.abs(tn - t) <= tol
             cand = tl.where(accept | (disc >= 0), cand, tn)
             accept = accept | stalled
-        elif KIND == 1:  # alpha = 2: Michelot's step, exact once its support is the current one
+        elif KIND == _SPARSEMAX:  # alpha = 2: Michelot's step, exact once its support is the current one
             s0 = _rsum(on.to(tl.float32), axis=1)
             s1 = _rsum(y, axis=1)
             tn = t + (s1 - 1.0) / tl.maximum(s0, 1.0)
@@ -112,7 +125,7 @@ def _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND: tl.constexpr, MAXIT: tl.c
             above = m_r >= 1.0
             lo = tl.where(above, t, lo)
             hi = tl.where(above, hi, t)
-            if KIND == 3:  # alpha > 2: h is not convex; bisect the bracket to its rounding
+            if KIND == _BISECT:  # alpha > 2: h is not convex; bisect the bracket to its rounding
                 tn = 0.5 * (lo + hi)
                 accept = (hi - lo) <= tol
                 cand = tn
@@ -133,9 +146,9 @@ def _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND: tl.constexpr, MAXIT: tl.c
         n_open = _rsum((done == 0).to(tl.int32), axis=0)
     tau = tl.where(done, tau, t)
     y = tl.maximum(u - tau[:, None], 0.0)
-    if KIND == 1:
+    if KIND == _SPARSEMAX:
         p = y
-    elif KIND == 2:
+    elif KIND == _ENTMAX15:
         p = 0.25 * y * y
     else:
         w = a * y
@@ -239,13 +252,13 @@ def gag_fwd_kernel(
     # (register pressure: they are re-read from L2 below instead)
     v = tl.load(v_ptrs, mask=v_mask, other=0.0)
     d = _value_product(p_d, v, HALF, WIDEN)
-    if METHOD == 4:
+    if METHOD == _AA:
         kd = _value_product(p_d, k, HALF, WIDEN)
     p_s, open_rows = _entmax_rows(u, valid_row, a, r, inv_a, hi0, KIND, MAXIT, EPS)
 
-    status = (_rmax((nonfinite & row_in).to(tl.int32), axis=0)
-              | (_rmax((empty & row_in).to(tl.int32), axis=0) * 2)
-              | (open_rows.to(tl.int32) * 4))
+    status = ((_rmax((nonfinite & row_in).to(tl.int32), axis=0) * _ST_NONFINITE)
+              | (_rmax((empty & row_in).to(tl.int32), axis=0) * _ST_MASKED)
+              | (open_rows.to(tl.int32) * _ST_ITER))
     tl.atomic_or(FLAG, status)
 
     # ---- value products
@@ -259,16 +272,16 @@ def gag_fwd_kernel(
     s_ok = ss > TINY
     c = tl.where(s_ok, (ss - ds) / tl.where(s_ok, ss, 1.0), 0.0)
     cap = c != c  # all False
-    if METHOD == 0:
+    if METHOD == _DENSE:
         o = d
         tok = c * 0.0
-    elif METHOD == 1:
+    elif METHOD == _SPARSE:
         o = s
         tok = c * 0.0 + 1.0
-    elif METHOD == 2:
+    elif METHOD == _PLADIS:
         o = d + lam * (s - d)
         tok = c * 0.0 + lam
-    elif METHOD == 3:
+    elif METHOD == _GAG:
         # g = c~ s + zeta Delta_perp = zeta Delta + (c~ - zeta c) s, c~ = c ("paper") or max(c, 0) ("positive")
         if POSITIVE:
             ct = tl.maximum(c, 0.0)

@@ -60,7 +60,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_scalar, compute_dtype, default_scale
+from .._validation import check_choice, check_scalar, compute_dtype
+from .codes import METHOD_NAMES, PARALLEL_NAMES
+from .params import GagParams
 
 __all__ = [
     "COMBINE_METHODS",
@@ -74,28 +76,11 @@ __all__ = [
     "aa_token_scale",
 ]
 
-COMBINE_METHODS = ("dense", "sparse", "pladis", "gag", "aa")
-PARALLEL_RULES = ("paper", "positive")
+COMBINE_METHODS = METHOD_NAMES  # ("dense", "sparse", "pladis", "gag", "aa"): names of ops/codes.Method
+PARALLEL_RULES = PARALLEL_NAMES
+_D = GagParams()  # the defaults (their one home: ops/params.py)
 
 
-def check_options(method, lam, eta, zeta, alpha, strength, chunk_size, scale, d, aa_range, parallel="paper"):
-    """Validate the options of a guided attention call (``gag_attention``, the Triton path, the oracle,
-    ``GAGAttention``): method and parallel rule, lam >= 0, eta > 0, zeta in [0, 1], alpha > 1, strength >= 0,
-    chunk_size a positive int or None, scale > 0 (None: 1/sqrt(d); ``d=None`` leaves it unresolved),
-    aa_range = (lo, hi) with lo < hi. Returns (lam, eta, zeta, alpha, strength, scale, (lo, hi))."""
-    check_choice("method", method, COMBINE_METHODS)
-    check_choice("parallel", parallel, PARALLEL_RULES)
-    lam = check_scalar("lam", lam, ge=0.0)
-    eta = check_scalar("eta", eta, gt=0.0)
-    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
-    alpha = check_scalar("alpha", alpha, gt=1.0)
-    strength = check_scalar("strength", strength, ge=0.0)
-    check_int("chunk_size", chunk_size, ge=1, allow_none=True)
-    scale = None if d is None and scale is None else default_scale(scale, d)
-    lo, hi = check_scalar("aa_range[0]", aa_range[0]), check_scalar("aa_range[1]", aa_range[1])
-    if not lo < hi:
-        raise ValueError(f"aa_range must be (lo, hi) with lo < hi, got {aa_range}")
-    return lam, eta, zeta, alpha, strength, scale, (lo, hi)
 _AA_REL_EPS = 64.0  # AA(1) degenerate-pair floor, in units of the compute dtype's eps
 
 
@@ -181,7 +166,7 @@ def aa1_gamma(f_prev: Tensor, f_curr: Tensor, rel_eps: float | None = None) -> t
 
 
 def aa_token_scale(
-    query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = 0.0, hi: float = 3.0
+    query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = _D.aa_range[0], hi: float = _D.aa_range[1]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The per-token AA(1) scale :math:`\lambda^\star = \mathrm{clamp}(1 - \gamma^\star(p_d k - \xi,\ p_s k -
     \xi), lo, hi)` from the query :math:`\xi` and its key-space retrievals (all (..., d), compute dtype).
@@ -199,24 +184,26 @@ def _vec(x):
 
 
 def combine(
-    method: str,
+    method: str | GagParams,
     dense: Tensor,
     sparse: Tensor,
     *,
-    lam: float | Tensor = 10.0,
-    eta: float | None = 15.0,
-    zeta: float = 0.0,
-    parallel: str = "paper",
+    lam: float | Tensor = _D.lam,
+    eta: float | None = _D.eta,
+    zeta: float = _D.zeta,
+    parallel: str = _D.parallel,
     q_key: Tensor | None = None,
     dense_key: Tensor | None = None,
     sparse_key: Tensor | None = None,
-    aa_range: tuple[float, float] = (0.0, 3.0),
+    aa_range: tuple[float, float] = _D.aa_range,
 ) -> Combined:
     r"""Combine a dense and a sparse retrieval per (token, head) (formulas and small-norm rule: module doc).
 
     Parameters
     ----------
-    method : {"dense", "sparse", "pladis", "gag", "aa"}
+    method : {"dense", "sparse", "pladis", "gag", "aa"} or GagParams
+        A :class:`~hopfield_gag.ops.params.GagParams` supplies ``method``, ``lam``, ``eta``, ``zeta``,
+        ``parallel`` and ``aa_range`` (already validated; the keyword options below are then not read).
     dense, sparse : Tensor (..., dv)
         :math:`d` and :math:`s`, one floating dtype, broadcastable leading dims. Computed in fp32 for half
         types, else in their dtype; the result stays in that compute dtype (callers cast back).
@@ -244,13 +231,17 @@ def combine(
         Unknown ``method`` or ``parallel``; non-finite ``lam``, ``eta <= 0``, ``zeta`` outside [0, 1]; ``aa``
         without the key-space retrievals.
     """
-    check_choice("method", method, COMBINE_METHODS)
-    check_choice("parallel", parallel, PARALLEL_RULES)
-    if not isinstance(lam, Tensor):
-        lam = check_scalar("lam", lam)  # callers bound its sign (gag_attention: >= 0)
-    if eta is not None:
-        eta = check_scalar("eta", eta, gt=0.0)
-    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    if isinstance(method, GagParams):
+        p = method
+        method, lam, eta, zeta, parallel, aa_range = p.method, p.lam, p.eta, p.zeta, p.parallel, p.aa_range
+    else:
+        check_choice("method", method, COMBINE_METHODS)
+        check_choice("parallel", parallel, PARALLEL_RULES)
+        if not isinstance(lam, Tensor):
+            lam = check_scalar("lam", lam)  # callers bound its sign (gag_attention: >= 0)
+        if eta is not None:
+            eta = check_scalar("eta", eta, gt=0.0)
+        zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
     cd = compute_dtype(torch.promote_types(dense.dtype, sparse.dtype))
     d, s = dense.to(cd), sparse.to(cd)
     if isinstance(lam, Tensor):

@@ -11,7 +11,7 @@
   :func:`combine_rows` applies the per-token combination (``sparse``, ``pladis``, ``gag``; then
   ``strength``) to the (..., 2, rows, Dv) product, writing the output rows in place.
 
-The per-token combination is written once in C (``combine_one`` in ``_entmax_kernel.c``), the kernel-level
+The per-token combination is written once in C (``combine_one`` in ``gag_forward.c``), the kernel-level
 twin of :func:`hopfield_gag.ops.combine.combine`; the tests compare the two on every method and parallel
 rule. Everything runs in the C kernel of :mod:`._kernel` (OpenMP over rows or query blocks, sharing torch's
 thread count). These are plain functions, not differentiable and not traceable: ``gag_attention`` uses them
@@ -26,20 +26,14 @@ import torch
 from torch import Tensor
 
 from . import _kernel, normalizers
+from .codes import Status
+from .params import GagParams
 
 __all__ = ["available", "attention_applies", "attention_forward", "dual_normalize", "combine_rows",
-           "COMBINE_METHODS"]
+           "ROW_METHODS", "FLAG_KV_NONFINITE"]
 
-COMBINE_METHODS = {"sparse": 0, "pladis": 1, "gag": 2}
-_ONE_SIDED_GAG = 3  # the kernel's code for gag with parallel="positive"
-_AA = 4  # attention_forward only: the AA(1)-scaled extrapolation (needs the key-space retrievals)
-
-
-def _method_code(method: str, parallel: str) -> int:
-    if method == "aa":
-        return _AA
-    return _ONE_SIDED_GAG if method == "gag" and parallel == "positive" else COMBINE_METHODS[method]
-FLAG_KV_NONFINITE = 16  # attention_forward's status bit: k or v holds NaN or an infinity
+ROW_METHODS = ("sparse", "pladis", "gag")  # the methods combine_rows computes (aa needs key-space retrievals)
+FLAG_KV_NONFINITE = int(Status.KV_NONFINITE)  # (old name) attention_forward's bit: k or v holds NaN or inf
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -56,9 +50,9 @@ def dual_normalize(z: Tensor, alpha: float) -> tuple[Tensor, int]:
     r"""Softmax and :math:`\alpha`-entmax of every row of ``z`` (..., rows, Lk), contiguous, CPU fp32/fp64.
 
     Returns ``(P, flags)`` with ``P`` (..., 2, rows, Lk): ``P[..., 0, :, :]`` the softmax and
-    ``P[..., 1, :, :]`` the entmax of the same rows, and the kernel's status word (bit 1 NaN/+inf score,
-    bit 2 fully masked row: such rows are NaN in both maps; bit 4 a row hit the iteration limit: the
-    caller must not use the entmax map; bit 8 out of memory).
+    ``P[..., 1, :, :]`` the entmax of the same rows, and the kernel's :class:`~hopfield_gag.ops.codes.Status`
+    word (``NONFINITE_SCORES``, ``FULLY_MASKED``: such rows are NaN in both maps; ``ITER_LIMIT``: the caller
+    must not use the entmax map; ``OUT_OF_MEMORY``).
     """
     lib = _kernel.load()
     z = z.contiguous()
@@ -68,12 +62,11 @@ def dual_normalize(z: Tensor, alpha: float) -> tuple[Tensor, int]:
     if total == 0:
         return out, 0
     fn = lib.dual_rows_f32 if z.dtype == torch.float32 else lib.dual_rows_f64
-    flags = fn(_ptr(z), _ptr(out), total, lk, rows, float(alpha), torch.get_num_threads())
+    flags = fn(_ptr(z), _ptr(out), total, lk, rows, *normalizers._c_setup(alpha, lk), torch.get_num_threads())
     return out, int(flags)
 
 
-def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, zeta: float, strength: float,
-                 parallel: str = "paper") -> None:
+def combine_rows(r: Tensor, out: Tensor, params: GagParams) -> None:
     r"""Combine the dense and sparse retrievals ``r`` (G..., 2, rows, Dv) (contiguous; ``r[..., 0, :, :]`` =
     :math:`d`, ``r[..., 1, :, :]`` = :math:`s`) into ``out`` (G..., rows, Dv), a view whose last two dims
     are contiguous (e.g. a chunk of rows of the full output), in place.
@@ -82,8 +75,11 @@ def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, ze
     :math:`s + \lambda\min(1, \eta/\lVert g\rVert) g`, :math:`g = \tilde c s + \zeta(\Delta - c s)`,
     :math:`\Delta = s - d`, :math:`c = (\lVert s\rVert^2 - \langle d, s\rangle)/\lVert s\rVert^2` (0 where
     :math:`s = 0`), :math:`\tilde c = c` (``parallel="paper"``) or :math:`\max(c, 0)` (``"positive"``); then
-    :math:`d + t(o - d)` with :math:`t` = ``strength``. Accumulation in double.
+    :math:`d + t(o - d)` with :math:`t` = ``strength``; all from ``params`` (``method`` in :data:`ROW_METHODS`).
+    Accumulation in double.
     """
+    if params.method not in ROW_METHODS:
+        raise ValueError(f"combine_rows: method must be one of {ROW_METHODS}, got {params.method!r}")
     lib = _kernel.load()
     rows, dv = r.shape[-2], r.shape[-1]
     groups = r.numel() // (2 * rows * dv) if r.numel() else 0
@@ -101,8 +97,8 @@ def combine_rows(r: Tensor, out: Tensor, method: str, lam: float, eta: float, ze
         expect = stride * size
     fn = lib.combine_rows_f32 if r.dtype == torch.float32 else lib.combine_rows_f64
     r = r.contiguous()  # kept alive by the name while the kernel reads it
-    fn(_ptr(r), _ptr(out), groups, rows, dv, gstride, _method_code(method, parallel), float(lam), float(eta),
-       float(zeta), float(strength), torch.get_num_threads())
+    fn(_ptr(r), _ptr(out), groups, rows, dv, gstride, int(params.method_code), int(params.parallel_code),
+       params.lam, params.eta_value, params.zeta, params.strength, torch.get_num_threads())
 
 
 def attention_applies(q: Tensor, method: str) -> bool:
@@ -110,7 +106,7 @@ def attention_applies(q: Tensor, method: str) -> bool:
     built kernel, ``method`` in sparse/pladis/gag/aa (fp64 keeps the chunked path, :func:`dual_normalize`
     + one GEMM + :func:`combine_rows`)."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and (method in COMBINE_METHODS or method == "aa") and _kernel.load() is not None)
+            and (method in ROW_METHODS or method == "aa") and _kernel.load() is not None)
 
 
 def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
@@ -133,20 +129,19 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
 
 
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch: torch.Size, beta: float,
-                      alpha: float, method: str, lam: float, eta: float, zeta: float,
-                      strength: float, parallel: str = "paper",
-                      aa_range: tuple[float, float] = (0.0, 3.0)) -> tuple[Tensor, int]:
+                      params: GagParams) -> tuple[Tensor, int]:
     r"""The guided attention forward in one fused C call, fp32 (inputs of half types are computed in fp32).
 
     ``q`` (..., Lq, D), ``k`` (..., Lk, D), ``v`` (..., Lk, Dv) with leading dims broadcasting to ``batch``;
     ``mask`` None, boolean (True = attend) or additive, broadcastable to (*batch, Lq, Lk). Per token:
     :math:`d = \mathrm{softmax}(\beta q K^\top + m) V`, :math:`s = \alpha\text{-entmax}(\cdot) V`, and the
-    method's combination of :func:`combine_rows` with ``strength``; ``aa``: :math:`d + \lambda^\star(s - d)`
+    method's combination of :func:`combine_rows` with ``strength`` (all from ``params``; ``params.scale`` is
+    not read: ``beta`` is the resolved scale); ``aa``: :math:`d + \lambda^\star(s - d)`
     with the AA(1) scale of :func:`hopfield_gag.ops.combine.aa_token_scale` from the key-space retrievals
     (the dense one by the same micro-kernel against K, the sparse one by the support gather), clamped to
-    ``aa_range``. Returns ``(out, flags)``: ``out``
-    (*batch, Lq, Dv) fp32, and the status word of :func:`dual_normalize` (bit 4: recompute elsewhere) with
-    :data:`FLAG_KV_NONFINITE` (16) set when k or v holds NaN or an infinity.
+    ``aa_range``. Returns ``(out, flags)``: ``out`` (*batch, Lq, Dv) fp32, and the status word of
+    :func:`dual_normalize` (``Status.ITER_LIMIT``: recompute elsewhere) with ``Status.KV_NONFINITE`` set when k
+    or v holds NaN or an infinity.
     """
     lib = _kernel.load()
     lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
@@ -164,11 +159,12 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
         m, offs, msi = _mask_operand(mask, batch, lq, lk)
         m_ptr, off_ptr, keep = m.data_ptr(), offs.data_ptr(), (m, offs)
     # raw addresses (void* arguments): the tensors stay alive in this frame for the call
+    p = params
     flags = lib.gag_forward_f32(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
-                                groups, lq, lk, d, dv, float(beta), float(alpha), _method_code(method, parallel),
-                                float(lam), float(eta), float(zeta), float(strength), float(aa_range[0]),
-                                float(aa_range[1]), torch.get_num_threads())
+                                groups, lq, lk, d, dv, float(beta), *normalizers._c_setup(p.alpha, lk),
+                                int(p.method_code), int(p.parallel_code), p.lam, p.eta_value, p.zeta, p.strength,
+                                *p.aa_range, torch.get_num_threads())
     del keep
-    if flags & 8:
+    if flags & Status.OUT_OF_MEMORY:
         raise MemoryError("gag_attention: the fused CPU kernel could not allocate its scratch")
     return out, int(flags)

@@ -63,7 +63,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _kernel
-from .._validation import check_dim, check_scalar, check_tensor, checks_enabled, compute_dtype
+from .codes import EntmaxKind, Status
+from .threshold import entmax_setup
+from .._validation import check_dim, check_finite, check_scalar, check_tensor, checks_enabled, compute_dtype
 
 __all__ = [
     "apply_mask",
@@ -275,12 +277,14 @@ def _entmax_bisect(z: Tensor, alpha: float, dim: int, n_iter: int = _BISECT_STEP
     return p / p.sum(dim, keepdim=True)
 
 
-_FLAG_NONFINITE, _FLAG_EMPTY, _FLAG_MAXIT, _FLAG_NOMEM = 1, 2, 4, 8
+# the status bits (one home: ops/codes.py), under their old private names
+_FLAG_NONFINITE, _FLAG_EMPTY = int(Status.NONFINITE_SCORES), int(Status.FULLY_MASKED)
+_FLAG_MAXIT, _FLAG_NOMEM = int(Status.ITER_LIMIT), int(Status.OUT_OF_MEMORY)
 
 
 def _row_flags(zmax: Tensor) -> Tensor:
-    """Sync-free status of a batch of rows from their maxima, as a 0-dim int64 tensor: bit 1 = a NaN or
-    +inf score (both propagate into the max), bit 2 = a row with no finite entry (fully masked)."""
+    """Sync-free status of a batch of rows from their maxima, as a 0-dim int64 tensor: ``Status.NONFINITE_SCORES``
+    = a NaN or +inf score (both propagate into the max), ``Status.FULLY_MASKED`` = a row with no finite entry."""
     nonfinite = (~(zmax < math.inf)).any().to(torch.int64)
     empty = (zmax == -math.inf).any().to(torch.int64)
     return nonfinite * _FLAG_NONFINITE + empty * _FLAG_EMPTY
@@ -300,15 +304,31 @@ def _raise_for_flags(flags: Tensor | int, name: str = "x") -> None:
         raise MemoryError("entmax kernel: could not allocate a per-thread row buffer")
 
 
+def raise_for_status(status, q: Tensor, k: Tensor, v: Tensor, mask=None, name: str = "the scores (B, H, Lq, Lk)") -> None:
+    """Read a guided-attention status word (:class:`~hopfield_gag.ops.codes.Status`; an int or a 0-dim tensor:
+    the one host read) and, if any error bit is set, raise the error that names the culprit: a non-finite
+    q, k or v; NaN/+inf in an additive mask; then the scores' own condition. ``ITER_LIMIT`` is not an error
+    (the paths that set it use the bracket estimate, or recompute)."""
+    f = int(status) & ~int(Status.ITER_LIMIT)
+    if f == 0:
+        return
+    check_finite("q", q)
+    check_finite("k", k)
+    check_finite("v", v)
+    if mask is not None and mask.dtype != torch.bool and bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
+        raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
+    _raise_for_flags(f, name=name)
+    raise ValueError(f"{name}: non-finite values (status {Status(f)!r})")  # unreachable unless a check is missing
+
+
 def bisection_budget(n: int, alpha: float, dtype: torch.dtype) -> int:
     r"""Number of bisection steps after which the threshold bracket of :func:`_entmax_torch` is below the
     rounding of the threshold itself, so more steps cannot change it.
 
-    In the coordinates :math:`x = (lpha-1)(z - \max z)` the threshold lies in :math:`[-1, -(1/n)^{lpha-1}]`
-    (a width below 1), and every point of the bracket has magnitude at least :math:`(1/n)^{lpha-1}`; a width
-    of :math:`arepsilon (1/n)^{lpha-1}` is its unit roundoff. Hence
-    :math:`\lceil \log_2(1/(arepsilon (1/n)^{lpha-1}))
-ceil` steps, plus two for the rounding of the
+    In the coordinates :math:`x = (\alpha-1)(z - \max z)` the threshold lies in :math:`[-1, -(1/n)^{\alpha-1}]`
+    (a width below 1), and every point of the bracket has magnitude at least :math:`(1/n)^{\alpha-1}`; a width
+    of :math:`\varepsilon (1/n)^{\alpha-1}` is its unit roundoff. Hence
+    :math:`\lceil \log_2(1/(\varepsilon (1/n)^{\alpha-1}))\rceil` steps, plus two for the rounding of the
     midpoints: 28 for fp32 at (n, alpha) = (77, 1.5), 61 for fp64 at (300, 2).
     """
     eps = torch.finfo(dtype).eps
@@ -333,50 +353,57 @@ def _entmax_torch(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """
     if z.numel() == 0:
         return torch.empty_like(z), torch.zeros((), dtype=torch.int64, device=z.device)
-    kind = 1 if alpha == 2.0 else (2 if alpha == 1.5 else 0)
-    work = z if kind or z.dtype == torch.float64 else z.double()  # y**r under/overflows fp32 for general alpha
+    n = z.shape[-1]
+    setup = entmax_setup(alpha, n)
+    kind, a, r = setup.kind, setup.a, setup.r
+    # y**r under/overflows fp32 for general alpha
+    work = z if setup.closed_form or z.dtype == torch.float64 else z.double()
     zmax = work.amax(-1, keepdim=True)
     flags = _row_flags(zmax)
-    a = alpha - 1.0
-    r = 1.0 / a
-    n = z.shape[-1]
     x = (work - zmax).mul_(a)  # -inf entries stay -inf and drop out of every sum below
     # the bracket [lo, lo + width] has the same width in every row, halved each step: only lo is a tensor
     lo = torch.full_like(zmax, -1.0)
-    width = 1.0 - (1.0 / n) ** a
+    width = 1.0 + setup.x_hi
     for _ in range(bisection_budget(n, alpha, work.dtype)):
         width *= 0.5
         mid = lo + width
         y = (x - mid).clamp_min_(0)
-        if kind == 1:
+        if kind == EntmaxKind.SPARSEMAX:
             f = y.sum(-1, keepdim=True)
-        elif kind == 2:
+        elif kind == EntmaxKind.ENTMAX15:
             f = torch.linalg.vecdot(y, y).unsqueeze(-1)
         else:
             f = y.pow_(r).sum(-1, keepdim=True)
         lo = torch.where(f >= 1.0, mid, lo)
     hi = lo + width
     y = (x - lo).clamp_min_(0)
-    if kind:
+    if setup.closed_form:
         s0 = (y > 0).sum(-1, keepdim=True).to(y.dtype)
         s1 = y.sum(-1, keepdim=True)
-        if kind == 1:
+        if kind == EntmaxKind.SPARSEMAX:
             delta = (s1 - 1.0) / s0
         else:
             s2 = torch.linalg.vecdot(y, y).unsqueeze(-1)
             delta = (s1 - (s1 * s1 - s0 * (s2 - 1.0)).clamp_min(0).sqrt()) / s0
         tau = torch.minimum(torch.maximum(lo + delta, lo), hi)
         y = (x - tau).clamp_min_(0)
-        p = y if kind == 1 else y.square_()
+        p = y if kind == EntmaxKind.SPARSEMAX else y.square_()
     else:
         p = y.pow_(r)
     p = p / p.sum(-1, keepdim=True)
     return p.to(z.dtype), flags
 
 
+def _c_setup(alpha: float, n: int) -> tuple[float, int, float]:
+    """(alpha, kind, hi0): the entmax setup as the C entry points take it."""
+    setup = entmax_setup(alpha, n)
+    return float(alpha), int(setup.kind), setup.hi0
+
+
 def _kernel_entmax(z: Tensor, alpha: float) -> tuple[Tensor, int]:
     """The C kernel on a contiguous CPU fp32/fp64 tensor, last dim: ``(p, flags)`` as the kernel returns
-    them (bit 4 = some row hit the iteration limit; its output is then only the bracket estimate)."""
+    them (``Status.ITER_LIMIT`` = some row hit the iteration limit; its output is then only the bracket
+    estimate)."""
     lib = _kernel.load()
     p = torch.empty_like(z)
     rows = z.numel() // z.shape[-1] if z.numel() else 0
@@ -389,7 +416,7 @@ def _kernel_entmax(z: Tensor, alpha: float) -> tuple[Tensor, int]:
         ctypes.cast(p.data_ptr(), ctype),
         rows,
         z.shape[-1],
-        float(alpha),
+        *_c_setup(alpha, z.shape[-1]),
         torch.get_num_threads(),
     )
     return p, int(flags)

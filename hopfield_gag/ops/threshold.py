@@ -16,14 +16,20 @@ __all__ = ["EntmaxSetup", "entmax_kind", "entmax_setup"]
 
 
 class EntmaxSetup(NamedTuple):
-    """``kind`` (:class:`~hopfield_gag.ops.codes.EntmaxKind`), :math:`a = \\alpha - 1`, :math:`r = 1/a`, and the
-    bracket's ends :math:`lo = -1/a`, :math:`hi = h_0` in units of :math:`z`."""
+    """``kind`` (:class:`~hopfield_gag.ops.codes.EntmaxKind`), :math:`a = \\alpha - 1`, :math:`r = 1/a`, the
+    bracket's upper end :math:`x_{hi} = -(1/n)^a` in units of :math:`x = a(z - \\max z)` (the lower end is
+    :math:`-1`) and :math:`h_0 = x_{hi}/a` in units of :math:`z` (the lower end is :math:`-1/a`)."""
 
     kind: EntmaxKind
     a: float
     r: float
-    lo: float
-    hi: float
+    x_hi: float
+    hi0: float
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether the search has an exact closed-form finish (alpha in {1.5, 2})."""
+        return self.kind in (EntmaxKind.SPARSEMAX, EntmaxKind.ENTMAX15)
 
 
 def entmax_kind(alpha: float) -> EntmaxKind:
@@ -38,4 +44,5 @@ def entmax_kind(alpha: float) -> EntmaxKind:
 def entmax_setup(alpha: float, n: int) -> EntmaxSetup:
     """The setup for ``alpha > 1`` (validated by the callers) on rows of ``n >= 1`` entries."""
     a = alpha - 1.0
-    return EntmaxSetup(entmax_kind(alpha), a, 1.0 / a, -1.0 / a, -((1.0 / max(n, 1)) ** a) / a)
+    x_hi = -((1.0 / max(n, 1)) ** a)
+    return EntmaxSetup(entmax_kind(alpha), a, 1.0 / a, x_hi, x_hi * (1.0 / a))

@@ -27,8 +27,11 @@ Status: tested in the Triton interpreter against the float64 oracle (tests/test_
 compiled to cubin for sm_80 and sm_90 with Triton 3.9 (``triton.compile`` + ptxas, no device needed); not yet
 run or timed on a GPU (``python experiments/bench_attention.py --device cuda`` measures it).
 
-Errors: fully masked query rows, NaN/+inf scores (overflowing :math:`q\cdot k`) and NaN/+inf in an
-additive mask raise ``ValueError`` like the torch path.
+Errors: fully masked query rows, NaN/+inf scores (overflowing :math:`q\cdot k`), non-finite k or v and NaN/+inf
+in an additive mask raise ``ValueError`` like the torch path; the kernel reports them in the status word of
+:class:`hopfield_gag.ops.codes.Status` (the same bits as every other path). A row that runs out of the
+entmax iteration budget (``Status.ITER_LIMIT``) keeps its bracketed iterate; the CPU paths instead recompute
+such rows exactly, so the two do not promise the same answer there (the budget is never reached on real rows).
 """
 from __future__ import annotations
 
@@ -42,14 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_finite, check_mask_shape, check_qkv, nonfinite_any
-from .combine import check_options
+from .._validation import check_mask, check_qkv, nonfinite_any, sdpa_mask
+from .codes import Parallel, Status
+from .normalizers import raise_for_status
+from .params import GagParams
+from .threshold import entmax_setup
 
-__all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS"]
+__all__ = ["triton_gag_attention", "triton_applies", "triton_available", "FusedParts", "MAX_KEYS", "launch",
+           "fused_forward"]
 
 MAX_KEYS = 512
 MAX_HEAD_DIM = 256
-_METHODS = {"dense": 0, "sparse": 1, "pladis": 2, "gag": 3, "aa": 4}  # kernel codes of COMBINE_METHODS
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAXIT = 100  # entmax iteration budget per block of rows (bisection alone collapses an fp32 bracket in ~30)
 _MODULES: dict = {}
@@ -131,35 +137,17 @@ def _as_4d(x: Tensor, batch: tuple, rows: int, cols: int) -> Tensor:
     return x.reshape(math.prod(batch[:-1]), batch[-1], rows, cols)
 
 
-def _check(q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range, parallel):
-    """The argument checks of :func:`gag_attention` (the same functions: ``_validation`` and
-    :func:`hopfield_gag.ops.combine.check_options`), plus the finiteness of q, k, v."""
-    batch = check_qkv(q, k, v)
-    scores_shape = (*batch, q.shape[-2], k.shape[-2])
-    check_mask_shape(mask, scores_shape)
-    lam, eta, zeta, alpha, strength, beta, aa_range = check_options(
-        method, lam, eta, zeta, alpha, strength, None, scale, q.shape[-1], aa_range, parallel)
-    return scores_shape, beta, (lam, eta, zeta, alpha, strength, aa_range)
-
-
 def triton_gag_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     *,
     mask: Tensor | None = None,
-    scale: float | None = None,
-    method: str = "gag",
-    lam: float = 10.0,
-    eta: float = 15.0,
-    zeta: float = 0.0,
-    alpha: float = 1.5,
-    strength: float = 1.0,
+    params: GagParams | None = None,
     return_parts: bool = False,
-    aa_range: tuple[float, float] = (0.0, 3.0),
-    parallel: str = "paper",
     block_m: int | None = None,
     num_warps: int | None = None,
+    **options,
 ):
     r"""Fused forward of :func:`hopfield_gag.gag_attention` (same math, arguments and output) in one Triton
     launch; forward only.
@@ -171,8 +159,11 @@ def triton_gag_attention(
         ``Lk <= MAX_KEYS``, ``D, Dv <= 256``.
     mask : Tensor, optional
         Bool (True = attend) or additive float, broadcastable to (..., Lq, Lk).
-    scale, method, lam, eta, zeta, alpha, strength, aa_range, parallel
-        As in :func:`gag_attention`; ``alpha > 1`` any value (1.5 and 2 use the exact closed-form finish).
+    params : GagParams, optional
+        The guidance parameters (:class:`hopfield_gag.ops.params.GagParams`; default: its defaults);
+        ``**options`` (``scale``, ``method``, ``lam``, ``eta``, ``zeta``, ``alpha``, ``strength``, ``aa_range``,
+        ``parallel``) replace fields of it, as in :func:`gag_attention`; ``alpha > 1`` any value (1.5 and 2 use
+        the exact closed-form finish).
     return_parts : bool
         Also return :class:`FusedParts` (fp32).
     block_m, num_warps : int, optional
@@ -188,25 +179,40 @@ def triton_gag_attention(
         Arguments out of range (as :func:`gag_attention`), inputs the kernel does not handle
         (:func:`triton_applies` is False), a fully masked query row, NaN/+inf scores or additive mask.
     """
-    scores_shape, beta, (lam, eta, zeta, alpha, strength, aa_range) = _check(
-        q, k, v, mask, method, lam, eta, zeta, alpha, strength, scale, aa_range, parallel)
+    params = GagParams.from_kwargs(params, **options)
+    batch = check_qkv(q, k, v)
+    scores_shape = (*batch, q.shape[-2], k.shape[-2])
+    check_mask(mask, scores_shape, q.device)
+    beta = params.beta(q.shape[-1])
     if not triton_applies(q, k, v, mask):
         raise ValueError(
             "triton_gag_attention needs fp16/bf16/fp32 CUDA tensors (or TRITON_INTERPRET=1), no grad, "
             f"Lk <= {MAX_KEYS}, head dims <= {MAX_HEAD_DIM}, and triton installed; got dtype {q.dtype}, device "
             f"{q.device}, Lk = {k.shape[-2]}, D = {q.shape[-1]}, Dv = {v.shape[-1]}"
         )
-    return fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
-                         return_parts, aa_range, parallel=parallel, block_m=block_m, num_warps=num_warps)
+    return fused_forward(q, k, v, mask, scores_shape, beta, params, return_parts, block_m=block_m,
+                         num_warps=num_warps)
 
 
-def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, zeta, alpha, strength,
-                  return_parts=False, aa_range=(0.0, 3.0), parallel="paper", block_m=None, num_warps=None):
-    """The launch behind :func:`triton_gag_attention` for arguments :func:`gag_attention` has already
-    validated (``scores_shape`` = (B.., Lq, Lk), ``beta`` = the resolved scale, ``scale`` = the user's, for
-    SDPA). Only for callers that ran those checks and :func:`triton_applies`."""
-    if not return_parts and (method == "dense" or strength == 0.0):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+def fused_forward(q, k, v, mask, scores_shape, beta, params: GagParams, return_parts=False, block_m=None,
+                  num_warps=None):
+    """:func:`launch` and the read of its status word (raising as :func:`gag_attention` does), for arguments
+    that have passed :func:`gag_attention`'s checks and :func:`triton_applies`. Returns the output (and
+    :class:`FusedParts` with ``return_parts``)."""
+    if not return_parts and params.is_off:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(mask, q.dtype), scale=params.scale)
+    out, parts, status = launch(q, k, v, mask, scores_shape, beta, params, return_parts, block_m, num_warps)
+    raise_for_status(status, q, k, v, mask)  # the one host synchronization
+    return (out, parts) if return_parts else out
+
+
+def launch(q, k, v, mask, scores_shape, beta, params: GagParams, return_parts=False, block_m=None,
+           num_warps=None):
+    """One launch of the kernel, without a host synchronization: ``(out, parts or None, status)`` with
+    ``status`` a 0-dim int32 device tensor of :class:`~hopfield_gag.ops.codes.Status` bits (the kernel's
+    row conditions and ``KV_NONFINITE`` from a device-side check of k and v). ``out`` is SDPA itself when
+    ``params`` is the off switch (``strength == 0`` or ``method == "dense"``)."""
+    method, strength = params.method, params.strength
 
     batch = tuple(scores_shape[:-2])
     lq, lk, dim, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
@@ -216,16 +222,12 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
 
     mask_kind, m4 = 0, q4  # q4: a dummy pointer when there is no mask
     if mask is not None:
-        if mask.device != device:
-            raise ValueError(f"mask is on {mask.device} but the scores (B, H, Lq, Lk) are on {device}")
+        # (type, dtype, shape and device: _validation.check_mask; NaN/+inf in an additive mask shows as a
+        # non-finite score)
         if mask.dtype == torch.bool:
             mask_kind, m4 = 1, _as_4d(mask, batch, lq, lk).view(torch.uint8)
-        elif mask.is_floating_point():
-            if bool((torch.isnan(mask) | torch.isposinf(mask)).any()):
-                raise ValueError("mask (additive) must not contain NaN or +inf; use -inf to remove an entry")
-            mask_kind, m4 = 2, _as_4d(mask, batch, lq, lk)
         else:
-            raise ValueError(f"mask must have dtype bool (True = keep) or a floating dtype (additive), got {mask.dtype}")
+            mask_kind, m4 = 2, _as_4d(mask.to(torch.float32), batch, lq, lk)
 
     out = torch.empty(nb, nh, lq, dv, dtype=q.dtype, device=device)
     f32 = dict(dtype=torch.float32, device=device)
@@ -245,46 +247,32 @@ def fused_forward(q, k, v, mask, scores_shape, beta, scale, method, lam, eta, ze
         block_m = 64 if block_n <= 64 else max(16, 4096 // block_n)
     if num_warps is None:
         num_warps = 4 if block_n <= 32 else (8 if block_n <= 128 else 16)
-    kind = 2 if alpha == 1.5 else (1 if alpha == 2.0 else (3 if alpha > 2.0 else 0))
-    a = alpha - 1.0
-    hi0 = -((1.0 / lk) ** a) / a  # upper end of the threshold bracket (shifted units)
+    setup = entmax_setup(params.alpha, lk)  # kind and the upper end of the threshold bracket (z units)
+    p = params
     grid = (nb * nh, -(-lq // block_m))  # batch·head on axis 0 (up to 2^31 - 1 programs; axis 1 stops at 65535)
     _kernel().gag_fwd_kernel[grid](
         q4, k4, v4, m4, out, pd, ps, po, pc, pcap, ptok, flag,
         *q4.stride(), *k4.stride(), *v4.stride(), *m4.stride(), *out.stride(),
         nh, lq, lk, dim, dv,
-        float(beta), lam, eta, zeta, strength, alpha, hi0, aa_range[0], aa_range[1],
-        METHOD=_METHODS[method], KIND=kind, MASK_KIND=mask_kind, HALF=q.dtype != torch.float32,
-        PARTS=bool(return_parts), ZETA0=zeta == 0.0, STRENGTH1=strength == 1.0, MAXIT=_MAXIT,
-        WIDEN=q.dtype == torch.bfloat16 and _interpreting(), POSITIVE=parallel == "positive",
+        float(beta), p.lam, p.eta_value, p.zeta, p.strength, p.alpha, setup.hi0, p.aa_range[0], p.aa_range[1],
+        METHOD=int(p.method_code), KIND=int(setup.kind), MASK_KIND=mask_kind, HALF=q.dtype != torch.float32,
+        PARTS=bool(return_parts), ZETA0=p.zeta == 0.0, STRENGTH1=p.strength == 1.0, MAXIT=_MAXIT,
+        WIDEN=q.dtype == torch.bfloat16 and _interpreting(), POSITIVE=p.parallel_code == Parallel.POSITIVE,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_pow2(dim), BLOCK_DV=_pow2(dv),
         num_warps=num_warps,
     )
-    # one host synchronization: the kernel's status word and the finiteness of k and v (a NaN in v never
-    # shows in the scores); on the error path only, name the culprit as gag_attention's torch path does
-    bad = nonfinite_any(k, v)
-    status = int((flag[0] | bad.to(flag.dtype) * 8).item())
-    if status & (1 | 2 | 8):
-        check_finite("q", q)
-        check_finite("k", k)
-        check_finite("v", v)
-    if status & 1:
-        raise ValueError("the scores (B, H, Lq, Lk) must not contain NaN or +inf (does q·k overflow?)")
-    if status & 2:
-        raise ValueError(
-            "the scores (B, H, Lq, Lk): every row must keep at least one finite entry; a fully masked row "
-            "(all -inf) has no distribution"
-        )
-    # status & 4 (iteration budget exhausted): the bracketed iterate is used, as the CPU kernel does
+    # the kernel's row conditions, and the finiteness of k and v (a NaN in v never shows in the scores): one
+    # status word, no host synchronization (Status.ITER_LIMIT: the bracketed iterate was used)
+    status = flag[0] | nonfinite_any(k, v).to(flag.dtype) * int(Status.KV_NONFINITE)
 
     shape_vec, shape_tok = (*batch, lq, dv), (*batch, lq)
-    if method == "dense" or strength == 0.0:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if params.is_off:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(mask, q.dtype), scale=params.scale)
     else:
         out = out.reshape(shape_vec)
     if not return_parts:
-        return out
+        return out, None, status
     d, s = pd.reshape(shape_vec), ps.reshape(shape_vec)
     parts = FusedParts(d, s, s - d, pc.reshape(shape_tok), pcap.reshape(shape_tok).bool(),
                        ptok.reshape(shape_tok), po.reshape(shape_vec))
-    return out, parts
+    return out, parts, status

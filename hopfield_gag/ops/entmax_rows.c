@@ -18,7 +18,15 @@
  * a long row. Loops are branch-free SIMD reductions; accumulation is in double whatever the storage type.
  * Everything after the max pass is in max-shifted coordinates u = z - max z: at |z| ~ 1e38 an unshifted
  * max(z) - 1/(alpha-1) would round back to max(z).
+ *
+ * The search's setup (kind, bracket end hi0) is derived once in Python (hopfield_gag/ops/threshold.py) and
+ * passed in; the status bits (HG_STATUS_*) and kinds (HG_KIND_*) are -D flags generated from
+ * hopfield_gag/ops/codes.py by the loader (hopfield_gag/ops/_kernel.py).
  */
+#if !defined(HG_STATUS_NONFINITE_SCORES) || !defined(HG_KIND_ENTMAX15)
+#error "compile with the -D flags of hopfield_gag.ops.codes.c_defines() (hopfield_gag/ops/_kernel.py does)"
+#endif
+#define HG_STATUS_NO_DISTRIBUTION (HG_STATUS_NONFINITE_SCORES | HG_STATUS_FULLY_MASKED)
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,18 +47,21 @@ static inline double pos(double x) { return x > 0.0 ? x : 0.0; }
 typedef struct {
     double alpha, a, r, inv_a;
     double hi0; /* upper bracket end (shifted): -(1/n)^a / a; p_i <= 1/n there, so sum p <= 1 */
-    int kind;   /* 1: alpha = 2, 2: alpha = 1.5, 0: other */
+    int kind;   /* HG_KIND_*: SPARSEMAX (alpha = 2), ENTMAX15 (alpha = 1.5), GENERAL (1 < alpha < 2), BISECT */
 } params;
 
-/* The threshold-search parameters of alpha-entmax on rows of length n. */
-static params make_params(double alpha, int64_t n) {
+/* The kinds whose p = (a y)^r needs pow (no closed-form finish). */
+#define HG_POW_KIND(kind) ((kind) == HG_KIND_GENERAL || (kind) == HG_KIND_BISECT)
+
+/* The threshold-search parameters of alpha-entmax; kind and hi0 from hopfield_gag.ops.threshold.entmax_setup. */
+static params make_params(double alpha, int kind, double hi0) {
     params P;
     P.alpha = alpha;
     P.a = alpha - 1.0;
     P.r = 1.0 / P.a;
     P.inv_a = 1.0 / P.a;
-    P.hi0 = -pow(1.0 / (double)n, P.a) * P.inv_a;
-    P.kind = alpha == 2.0 ? 1 : (alpha == 1.5 ? 2 : 0);
+    P.hi0 = hi0;
+    P.kind = kind;
     return P;
 }
 
@@ -73,14 +84,14 @@ static inline int64_t count_above(const double *buf, int64_t m, double t) {
 }
 
 /* Threshold for the candidates buf[0..m) (shifted so the row max is 0). Compacts buf in place
-   (*m_io is updated). Sets *status |= 4 if MAXIT was hit (the bracket estimate is returned). */
+   (*m_io is updated). Sets HG_STATUS_ITER_LIMIT in *status if MAXIT was hit (the bracket estimate is returned). */
 static double threshold(double *buf, int64_t *m_io, const params *P, int *status) {
     const double inv_a = P->inv_a, r = P->r, a = P->a;
     int64_t m = *m_io;
     double lo = -inv_a, hi = P->hi0, t = lo, tau = NAN;
     for (int it = 0; it < MAXIT; ++it) {
         double s0 = 0, s1 = 0, s2 = 0, sr = 0, srm1 = 0;
-        if (P->kind == 0) {
+        if (HG_POW_KIND(P->kind)) {
             for (int64_t i = 0; i < m; ++i) {
                 const double y = buf[i] - t;
                 if (y > 0) {
@@ -100,7 +111,7 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
                 s2 += y * y;
             }
         }
-        const double N = P->kind == 1 ? s1 : (P->kind == 2 ? sqrt(s2) : pow(sr, a));
+        const double N = P->kind == HG_KIND_SPARSEMAX ? s1 : (P->kind == HG_KIND_ENTMAX15 ? sqrt(s2) : pow(sr, a));
         if (N >= inv_a) {
             lo = t;
             m = compact(buf, m, lo, 0.0);
@@ -109,12 +120,12 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
         }
         const double tol = 4.0 * DBL_EPSILON * (fabs(t) + inv_a);
         double tn;
-        if (P->kind == 1) {
+        if (P->kind == HG_KIND_SPARSEMAX) {
             /* Michelot step: the root of the current linear piece (a lower bound); exact iff the
                support it induces is the current one. */
             tn = t + (s1 - 1.0) / s0;
             if ((double)count_above(buf, m, tn) == s0 || tn <= t) { tau = tn; break; }
-        } else if (P->kind == 2) {
+        } else if (P->kind == HG_KIND_ENTMAX15) {
             /* Closed-form root on the current support (an upper bound); exact iff it keeps it. */
             const double D = s1 * s1 - s0 * (s2 - inv_a * inv_a);
             double tc = t;
@@ -125,7 +136,7 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
             tn = t + (N - inv_a) * N / s1;
             if (!(tn >= lo && tn <= hi)) tn = 0.5 * (lo + hi);
             if (fabs(tn - t) <= tol) { tau = D >= 0 ? tc : tn; break; } /* a tie at the threshold */
-        } else if (r < 1.0) {
+        } else if (P->kind == HG_KIND_BISECT) { /* alpha > 2: h is not convex */
             if (hi - lo <= tol) { tau = 0.5 * (lo + hi); break; }
             tn = 0.5 * (lo + hi);
         } else {
@@ -142,7 +153,7 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
         t = tn;
     }
     if (isnan(tau)) {
-        *status |= 4;
+        *status |= HG_STATUS_ITER_LIMIT;
         tau = t;
     }
     *m_io = m;
@@ -229,7 +240,7 @@ static double threshold15(double *buf, int64_t *m_io, const params *P, int *stat
         if (fabs(tn - t) <= 4.0 * DBL_EPSILON * (fabs(t) + inv_a)) { tau = D >= 0 ? tc : tn; break; }
         t = tn;
     }
-    if (isnan(tau)) { *status |= 4; tau = t; }
+    if (isnan(tau)) { *status |= HG_STATUS_ITER_LIMIT; tau = t; }
     *m_io = m;
     return tau;
 }
@@ -296,7 +307,7 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
         const double zmax = (double)tmax;                                                      \
         if (bad || zmax == -INFINITY) { /* no distribution: a NaN row, flagged for the caller */ \
             for (int64_t i = 0; i < n; ++i) p[i] = (T)NAN;                                     \
-            return bad ? 1 : 2;                                                                \
+            return bad ? HG_STATUS_NONFINITE_SCORES : HG_STATUS_FULLY_MASKED;                  \
         }                                                                                      \
         const double a = P->a, r = P->r, lo = -P->inv_a;                                       \
         int64_t m = 0;                                                                         \
@@ -317,16 +328,16 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
         }                                                                                      \
         int status = 0;                                                                        \
         pad4(buf, m);                                                                          \
-        const double tau = P->kind == 2 ? threshold15(buf, &m, P, &status)                     \
+        const double tau = P->kind == HG_KIND_ENTMAX15 ? threshold15(buf, &m, P, &status)                     \
                                         : threshold(buf, &m, P, &status);                      \
         double sum = 0;                                                                        \
-        if (P->kind == 0) {                                                                    \
+        if (HG_POW_KIND(P->kind)) {                                                           \
             for (int64_t i = 0; i < m; ++i) {                                                  \
                 const double y = buf[i] - tau;                                                 \
                 if (y > 0) sum += pow(a * y, r);                                               \
             }                                                                                  \
         } else {                                                                               \
-            const int sq = P->kind == 2;                                                       \
+            const int sq = P->kind == HG_KIND_ENTMAX15;                                                       \
             _Pragma("omp simd reduction(+ : sum)")                                             \
             for (int64_t i = 0; i < m; ++i) {                                                  \
                 const double y = a * pos(buf[i] - tau);                                          \
@@ -334,14 +345,14 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
             }                                                                                  \
         }                                                                                      \
         const double inv_sum = 1.0 / sum;                                                      \
-        if (P->kind == 2) {                                                                    \
+        if (P->kind == HG_KIND_ENTMAX15) {                                                     \
             const double c = a * a * inv_sum;                                                  \
             _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i) {                                                  \
                 const double y = pos(((double)z[i] - zmax) - tau);                               \
                 p[i] = (T)(c * y * y);                                                         \
             }                                                                                  \
-        } else if (P->kind == 1) {                                                             \
+        } else if (P->kind == HG_KIND_SPARSEMAX) {                                             \
             _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i)                                                    \
                 p[i] = (T)(pos(((double)z[i] - zmax) - tau) * inv_sum);                          \
@@ -357,11 +368,13 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
 DEFINE_ROW(row_f32, float)
 DEFINE_ROW(row_f64, double)
 
-/* Returns a bit mask over all rows: 1 = a NaN or +inf entry, 2 = a row with no finite entry (fully
-   masked; such rows are written as NaN), 4 = a row that hit MAXIT (its output uses the bracket estimate), 8 = out of memory. */
+/* Returns the OR of the rows' HG_STATUS_* bits: NONFINITE_SCORES (a NaN or +inf entry), FULLY_MASKED (no
+   finite entry; such rows are written as NaN), ITER_LIMIT (a row hit MAXIT: its output is only the bracket
+   estimate), OUT_OF_MEMORY. kind, hi0: hopfield_gag.ops.threshold.entmax_setup(alpha, n). */
 #define DEFINE_ENTRY(NAME, ROW, T)                                                             \
-    int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int nthreads) {      \
-        const params P = make_params(alpha, n);                                                \
+    int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int kind, double hi0,  \
+                 int nthreads) {                                                               \
+        const params P = make_params(alpha, kind, hi0);                                                \
         int64_t flags = 0;                                                                     \
         /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
            OpenMP thread costs more than the work. Rows are dealt in small dynamic chunks: on a   \
@@ -371,7 +384,7 @@ DEFINE_ROW(row_f64, double)
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
             double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));             \
-            if (buf == NULL) flags |= 8;                                                       \
+            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                                       \
             _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row)                                           \
                 if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, &P, buf);           \
@@ -384,10 +397,9 @@ DEFINE_ENTRY(entmax_rows_f32, row_f32, float)
 DEFINE_ENTRY(entmax_rows_f64, row_f64, double)
 
 /* ------------------------------------------------------------------------------------------------------
- * Fused attention pieces (hopfield_gag.ops.fused): both probability maps of a chunk of score rows written
- * into one buffer, so that a single GEMM multiplies them by V, and the per-token combination of the two
- * retrievals. The combination is the kernel-level twin of hopfield_gag.guidance.attention._combine
- * (tests compare the two on every method).
+ * Both maps of a chunk of score rows (hopfield_gag.ops.fused.dual_normalize, the chunked path): the softmax
+ * and the entmax of each row written into one (G, 2, group, n) buffer, so that a single GEMM multiplies
+ * them by V.
  * ------------------------------------------------------------------------------------------------------ */
 
 /* e^x for x <= 0 in fp32, branch-free and vectorizable: x = k ln2 + r with |r| <= ln2/2, a degree-7
@@ -444,13 +456,13 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
    Flags as entmax_rows; a row without a distribution is NaN in both maps. */
 #define DEFINE_DUAL(NAME, ROW, SOFTMAX, T)                                                     \
     int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
-                 int nthreads) {                                                               \
-        const params P = make_params(alpha, n);                                                \
+                 int kind, double hi0, int nthreads) {                                         \
+        const params P = make_params(alpha, kind, hi0);                                                \
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));                  \
-            if (buf == NULL) flags |= 8;                                                       \
+            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                                       \
             _Pragma("omp for schedule(dynamic, 64)")                                                \
             for (int64_t row = 0; row < rows; ++row) {                                         \
                 if (buf == NULL) continue;                                                     \
@@ -459,7 +471,7 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
                 T *pe = out + ((2 * g + 1) * group + i) * n;                                   \
                 const int st = ROW(z + row * n, pe, n, &P, buf);                               \
                 flags |= st;                                                                   \
-                if (st & 3) {                                                                  \
+                if (st & HG_STATUS_NO_DISTRIBUTION) {                                                                  \
                     for (int64_t j = 0; j < n; ++j) ps[j] = (T)NAN;                            \
                 } else {                                                                       \
                     SOFTMAX(z + row * n, ps, n);                                               \
@@ -472,337 +484,3 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
 
 DEFINE_DUAL(dual_rows_f32, row_f32, softmax_row_f32, float)
 DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
-
-/* The per-token combination (one home in C; the kernel-level twin of hopfield_gag.ops.combine.combine,
-   which the tests compare it with on every method): writes o = d + t (o_m - d), o_m the method's output:
-   0 sparse s; 1 pladis d + lam (s - d); 2 gag s + lam min(1, eta/|g|) g, g = c s + zeta (Delta - c s),
-   Delta = s - d, c = (|s|^2 - <d, s>) / |s|^2, 0 where |s|^2 <= tiny (the storage dtype's smallest normal
-   number, the rule of ops/combine.py); 3 gag with the one-sided parallel part max(c, 0) s.
-   Accumulation in double. */
-#define DEFINE_COMBINE_ONE(NAME, T, TINY)                                                      \
-    static inline void NAME(const T *d, const T *s, T *o, int64_t dv, int method, double lam,  \
-                            double eta, double zeta, double strength) {                        \
-        double wd = 0.0, ws = 1.0; /* o_m = wd d + ws s */                                     \
-        if (method == 1) {                                                                     \
-            wd = 1.0 - lam; ws = lam;                                                          \
-        } else if (method >= 2) {                                                              \
-            double ss = 0.0, ds = 0.0;                                                         \
-            _Pragma("omp simd reduction(+ : ss, ds)")                                          \
-            for (int64_t j = 0; j < dv; ++j) {                                                 \
-                ss += (double)s[j] * s[j];                                                     \
-                ds += (double)d[j] * s[j];                                                     \
-            }                                                                                  \
-            const double c = ss > (TINY) ? (ss - ds) / ss : 0.0;                               \
-            const double ca = method == 3 && c < 0.0 ? 0.0 : c; /* 3: the one-sided rule */     \
-            /* g = ca s + zeta (Delta - c s) = a s + b d, a = zeta + ca - zeta c, b = -zeta */  \
-            const double ga = zeta + ca - zeta * c, gb = -zeta;                                \
-            double gn2 = 0.0; /* |g|^2 from g itself: no cancellation when g << s */           \
-            if (zeta != 0.0) {                                                                 \
-                _Pragma("omp simd reduction(+ : gn2)")                                         \
-                for (int64_t j = 0; j < dv; ++j) {                                             \
-                    const double gj = ga * s[j] + gb * d[j];                                   \
-                    gn2 += gj * gj;                                                            \
-                }                                                                              \
-            }                                                                                  \
-            const double gn = zeta == 0.0 ? fabs(ca) * sqrt(ss) : sqrt(gn2);                   \
-            const double tok = gn > eta ? lam * (eta / gn) : lam;                              \
-            ws = 1.0 + tok * ga;                                                               \
-            wd = tok * gb;                                                                     \
-        }                                                                                      \
-        /* strength: d + t (wd d + ws s - d) */                                                \
-        const double fd = 1.0 + strength * (wd - 1.0), fs = strength * ws;                     \
-        _Pragma("omp simd")                                                                    \
-        for (int64_t j = 0; j < dv; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                    \
-    }
-
-DEFINE_COMBINE_ONE(combine_one_f32, float, FLT_MIN)
-DEFINE_COMBINE_ONE(combine_one_f64, double, DBL_MIN)
-
-/* R is (G, 2, group, dv): d = R[g, 0, i], s = R[g, 1, i]; o for token (g, i) goes to
-   out + g * out_gstride + i * dv. */
-#define DEFINE_COMBINE(NAME, ONE, T)                                                           \
-    void NAME(const T *R, T *out, int64_t G, int64_t group, int64_t dv, int64_t out_gstride,   \
-              int method, double lam, double eta, double zeta, double strength, int nthreads) {\
-        const int64_t rows = G * group;                                                        \
-        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 256) if(rows * dv >= 65536)")\
-        for (int64_t row = 0; row < rows; ++row) {                                             \
-            const int64_t g = row / group, i = row % group;                                    \
-            ONE(R + ((2 * g) * group + i) * dv, R + ((2 * g + 1) * group + i) * dv,            \
-                out + g * out_gstride + i * dv, dv, method, lam, eta, zeta, strength);         \
-        }                                                                                      \
-    }
-
-DEFINE_COMBINE(combine_rows_f32, combine_one_f32, float)
-DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
-
-/* ------------------------------------------------------------------------------------------------------
- * The fused guided-attention forward, fp32 (hopfield_gag.ops.fused.attention_forward): per block of RB
- * queries of one (batch, head) g, everything stays in the thread's cache:
- *   S = (beta Q_blk) K^T (+ mask)                 register-tiled 6x16 micro-kernel, K packed in panels
- *   per row: entmax row -> its support (values, indices) -> s = sum_support p_j V_j    (sparse gather)
- *            softmax in place of the score row
- *   D = P_softmax V                               the same micro-kernel
- *   per row: o = combine(d, s), written to the output.
- * Cost: two dense GEMMs of attention's shape plus a gather over the entmax support (a few percent of Lk
- * on peaked rows), against SDPA's two; the normalizations run on rows already in L1.
- * ------------------------------------------------------------------------------------------------------ */
-
-typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loads/stores */
-#define V8LD(p) (*(const v8f *)(p))
-#define V8ST(p, x) (*(v8f *)(p) = (x))
-#define FUSED_MR 6
-#define FUSED_NR 16
-
-/* C[0..6)[0..16) (row stride ldc) = A[0..6)[0..K) (row stride lda) times B[0..K)[0..16) (row stride ldb). */
-static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
-                           int64_t ldc) {
-    v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
-    v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda,
-                *a5 = A + 5 * lda;
-    for (int64_t k = 0; k < K; ++k) {
-        const v8f b0 = V8LD(B + k * ldb), b1 = V8LD(B + k * ldb + 8);
-        float a;
-        a = a0[k]; c00 += a * b0; c01 += a * b1;
-        a = a1[k]; c10 += a * b0; c11 += a * b1;
-        a = a2[k]; c20 += a * b0; c21 += a * b1;
-        a = a3[k]; c30 += a * b0; c31 += a * b1;
-        a = a4[k]; c40 += a * b0; c41 += a * b1;
-        a = a5[k]; c50 += a * b0; c51 += a * b1;
-    }
-    V8ST(C, c00); V8ST(C + 8, c01); C += ldc;
-    V8ST(C, c10); V8ST(C + 8, c11); C += ldc;
-    V8ST(C, c20); V8ST(C + 8, c21); C += ldc;
-    V8ST(C, c30); V8ST(C + 8, c31); C += ldc;
-    V8ST(C, c40); V8ST(C + 8, c41); C += ldc;
-    V8ST(C, c50); V8ST(C + 8, c51);
-}
-
-/* The nonzero entries of p[0..n) as (values, indices), in order; returns their count. val/idx hold n + 8. */
-#if defined(__AVX2__)
-static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
-    int64_t m = 0, i = 0;
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(p + i);
-        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_GT_OQ));
-        if (!mask) continue;
-        const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
-        _mm256_storeu_ps(val + m, _mm256_permutevar8x32_ps(x, perm));
-        const __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)i), step);
-        _mm256_storeu_si256((__m256i *)(idx + m), _mm256_permutevar8x32_epi32(ix, perm));
-        m += __builtin_popcount(mask);
-    }
-    for (; i < n; ++i) {
-        val[m] = p[i];
-        idx[m] = (int32_t)i;
-        m += p[i] > 0;
-    }
-    return m;
-}
-#else
-static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        val[m] = p[i];
-        idx[m] = (int32_t)i;
-        m += p[i] > 0;
-    }
-    return m;
-}
-#endif
-
-/* o[0..dvp) = sum_t val[t] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
-static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t nnz, const float *V,
-                                   int64_t ldv, int64_t dvp, float *o) {
-    int64_t c = 0;
-    for (; c + 32 <= dvp; c += 32) {
-        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int64_t t = 0; t < nnz; ++t) {
-            const float w = val[t];
-            const float *r = V + (int64_t)idx[t] * ldv + c;
-            a0 += w * V8LD(r); a1 += w * V8LD(r + 8); a2 += w * V8LD(r + 16); a3 += w * V8LD(r + 24);
-        }
-        V8ST(o + c, a0); V8ST(o + c + 8, a1); V8ST(o + c + 16, a2); V8ST(o + c + 24, a3);
-    }
-    if (c < dvp) {
-        v8f a0 = {0}, a1 = {0};
-        for (int64_t t = 0; t < nnz; ++t) {
-            const float w = val[t];
-            const float *r = V + (int64_t)idx[t] * ldv + c;
-            a0 += w * V8LD(r); a1 += w * V8LD(r + 8);
-        }
-        V8ST(o + c, a0); V8ST(o + c + 8, a1);
-    }
-}
-
-static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-/* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous; out (G, Lq, Dv) contiguous. mask: NULL, or an
-   additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column stride).
-   method: 0 sparse, 1 pladis, 2 gag, 3 gag one-sided (combine_one), 4 aa (aa_scale_f32 with [aa_lo, aa_hi],
-   which needs the key-space retrievals: the dense one by the micro-kernel against K, the sparse one by
-   the same support gather). Flags as entmax_rows (rows without a distribution are
-   NaN in the output; bit 4: a row hit the iteration limit, the caller must recompute), and bit 16: k or v
-   holds a NaN or an infinity. */
-/* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
-   residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
-   |f_curr - f_prev|^2, 0 for a pair at rounding level (|diff|^2 <= (64 eps)^2 (|f_prev|^2 + |f_curr|^2) or
-   not a normal number; eps, tiny of fp32, the compute dtype); lam = clamp(1 - gamma, lo, hi). */
-static inline double aa_scale_f32(const float *q, const float *kd, const float *ks, int64_t d, double lo,
-                                  double hi) {
-    double dd = 0, fd = 0, pp = 0, cc = 0;
-    _Pragma("omp simd reduction(+ : dd, fd, pp, cc)")
-    for (int64_t j = 0; j < d; ++j) {
-        const double fp = (double)kd[j] - q[j], fc = (double)ks[j] - q[j], df = fc - fp;
-        dd += df * df;
-        fd += fc * df;
-        pp += fp * fp;
-        cc += fc * fc;
-    }
-    const double floor = (64.0 * FLT_EPSILON) * (64.0 * FLT_EPSILON) * (pp + cc);
-    const double gamma = (dd <= floor || dd <= FLT_MIN) ? 0.0 : fd / dd;
-    const double l = 1.0 - gamma;
-    return l < lo ? lo : (l > hi ? hi : l);
-}
-
-int64_t gag_forward_f32(const float *q, const float *k, const float *v, const float *mask, const int64_t *moff,
-                        int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
-                        double beta, double alpha, int method, double lam, double eta, double zeta,
-                        double strength, double aa_lo, double aa_hi, int nthreads) {
-    const params P = make_params(alpha, Lk);
-    const int64_t LkP = round_up(Lk, FUSED_NR), DvP = round_up(Dv, FUSED_NR), npan = LkP / FUSED_NR;
-    /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */
-    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;
-    RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);
-    const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;
-    const int par = (double)G * Lq * Lk * (D + Dv) >= 2e6;
-    /* K in panels of 16 keys, Kp[g][panel][d][16], zero-padded; V zero-padded to DvP columns if needed */
-    /* (+ 16: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call) */
-    float *Kp = (float *)malloc(((size_t)G * npan * D * FUSED_NR + 16) * sizeof(float));
-    float *Vp = Dv == DvP ? NULL : (float *)malloc((size_t)G * Lk * DvP * sizeof(float));
-    if (Kp == NULL || (Dv != DvP && Vp == NULL)) { free(Kp); free(Vp); return 8; }
-    /* the packing pass also checks k and v for NaN/inf (x - x is 0 exactly for finite x): with the
-       score flags this makes the caller's value checks free of any extra pass over the inputs */
-    int kv_bad = 0;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(par) reduction(| : kv_bad)")
-    for (int64_t gp = 0; gp < G * npan; ++gp) {
-        const int64_t g = gp / npan, j0 = (gp % npan) * FUSED_NR;
-        float *dst = Kp + gp * D * FUSED_NR;
-        for (int64_t jj = 0; jj < FUSED_NR; ++jj) {
-            const int64_t j = j0 + jj;
-            const float *src = k + (g * Lk + j) * D;
-            if (j < Lk) {
-                for (int64_t d = 0; d < D; ++d) {
-                    dst[d * FUSED_NR + jj] = src[d];
-                    kv_bad |= !(src[d] - src[d] == 0.0f);
-                }
-            } else {
-                for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;
-            }
-        }
-        if (gp % npan == 0) {
-            const float *vs = v + g * Lk * Dv;
-            int bad = 0;
-            _Pragma("omp simd reduction(| : bad)")
-            for (int64_t i = 0; i < Lk * Dv; ++i) bad |= !(vs[i] - vs[i] == 0.0f);
-            kv_bad |= bad;
-            if (Vp != NULL) {
-                for (int64_t j = 0; j < Lk; ++j)
-                    for (int64_t c = 0; c < DvP; ++c) Vp[(g * Lk + j) * DvP + c] = c < Dv ? vs[j * Dv + c] : 0.0f;
-            }
-        }
-    }
-    const float *Vall = Vp != NULL ? Vp : v;
-    /* aa: K as a second value matrix, rows padded to DP columns */
-    const int aa = method == 4;
-    const int64_t DP = round_up(D, FUSED_NR);
-    float *Kr = NULL;
-    if (aa && D != DP) {
-        Kr = (float *)malloc((size_t)G * Lk * DP * sizeof(float));
-        if (Kr == NULL) { free(Kp); free(Vp); return 8; }
-        for (int64_t r = 0; r < G * Lk; ++r)
-            for (int64_t c = 0; c < DP; ++c) Kr[r * DP + c] = c < D ? k[r * D + c] : 0.0f;
-    }
-    const float *Kall = Kr != NULL ? Kr : k;
-    int64_t flags = 0;
-    _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags)")
-    {
-        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +
-                                                     (aa ? 2 * RB * DP : 0)));
-        double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));
-        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));
-        if (Qb == NULL || buf == NULL || idx == NULL) flags |= 8;
-        float *S = Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP,
-              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP;
-        _Pragma("omp for schedule(dynamic, 1)")
-        for (int64_t task = 0; task < tasks; ++task) {
-            if (flags & 8) continue;
-            const int64_t g = task / nblk, i0 = (task % nblk) * RB;
-            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rows6 = round_up(rows, FUSED_MR);
-            const float fb = (float)beta;
-            for (int64_t i = 0; i < rows6; ++i) {
-                float *qd = Qb + i * D;
-                if (i < rows) {
-                    const float *qs = q + (g * Lq + i0 + i) * D;
-                    for (int64_t d = 0; d < D; ++d) qd[d] = fb * qs[d];
-                } else {
-                    for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;
-                }
-            }
-            const float *Kg = Kp + g * npan * D * FUSED_NR;
-            for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                for (int64_t p = 0; p < npan; ++p)
-                    mk_6x16(Qb + i * D, D, Kg + p * D * FUSED_NR, FUSED_NR, D, S + i * LkP + p * FUSED_NR, LkP);
-            const float *Vg = Vall + g * Lk * DvP;
-            unsigned char bad[48];
-            for (int64_t i = 0; i < rows; ++i) {
-                float *z = S + i * LkP;
-                if (mask != NULL) {
-                    const float *mr = mask + moff[g] + (i0 + i) * msi;
-                    _Pragma("omp simd")
-                    for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];
-                }
-                const int st = row_f32(z, prow, Lk, &P, buf);
-                flags |= st;
-                bad[i] = (st & 3) != 0;
-                if (bad[i]) continue;
-                const int64_t nnz = support_f32(prow, Lk, val, idx);
-                gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);
-                if (aa) gather_rows_f32(val, idx, nnz, Kall + g * Lk * DP, DP, DP, Oks + i * DP);
-                softmax_row_f32(z, z, Lk);
-            }
-            for (int64_t i = 0; i < rows6; ++i) {
-                float *z = S + i * LkP;
-                if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;
-            }
-            for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                for (int64_t c = 0; c < DvP; c += FUSED_NR)
-                    mk_6x16(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);
-            if (aa)
-                for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                    for (int64_t c = 0; c < DP; c += FUSED_NR)
-                        mk_6x16(S + i * LkP, LkP, Kall + g * Lk * DP + c, DP, Lk, Okd + i * DP + c, DP);
-            for (int64_t i = 0; i < rows; ++i) {
-                float *o = out + (g * Lq + i0 + i) * Dv;
-                if (bad[i]) {
-                    for (int64_t c = 0; c < Dv; ++c) o[c] = NAN;
-                } else if (aa) {
-                    const double l = aa_scale_f32(q + (g * Lq + i0 + i) * D, Okd + i * DP, Oks + i * DP, D,
-                                                  aa_lo, aa_hi);
-                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, 1, l, eta, zeta, strength);
-                } else {
-                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, method, lam, eta, zeta, strength);
-                }
-            }
-        }
-        free(Qb);
-        free(buf);
-        free(idx);
-    }
-    free(Kp);
-    free(Vp);
-    free(Kr);
-    return flags | (kv_bad ? 16 : 0);
-}

@@ -1,0 +1,347 @@
+/*
+ * The fused guided-attention forward of hopfield_gag.ops.fused: the per-token combination of a dense and a
+ * sparse retrieval (combine_rows, the chunked path; the kernel-level twin of hopfield_gag.ops.combine.combine)
+ * and the whole forward in one call (gag_forward_f32).
+ *
+ * One translation unit with the row normalizers (they are included below, not linked), so that the entmax
+ * and softmax rows inline into the fused loop. The integer codes (HG_METHOD_*, HG_PARALLEL_*, HG_STATUS_*,
+ * HG_KIND_*) come from hopfield_gag/ops/codes.py as -D flags (the loader passes them).
+ */
+#include "entmax_rows.c"
+
+/* The per-token combination (one home in C; the kernel-level twin of hopfield_gag.ops.combine.combine,
+   which the tests compare it with on every method): writes o = d + t (o_m - d), o_m the method's output:
+   HG_METHOD_SPARSE s; HG_METHOD_PLADIS d + lam (s - d); HG_METHOD_GAG s + lam min(1, eta/|g|) g,
+   g = c~ s + zeta (Delta - c s), Delta = s - d, c = (|s|^2 - <d, s>) / |s|^2, 0 where |s|^2 <= tiny (the
+   storage dtype's smallest normal number, the rule of ops/combine.py), c~ = c (parallel HG_PARALLEL_PAPER)
+   or max(c, 0) (HG_PARALLEL_POSITIVE). Accumulation in double. */
+#define DEFINE_COMBINE_ONE(NAME, T, TINY)                                                      \
+    static inline void NAME(const T *d, const T *s, T *o, int64_t dv, int method, int parallel, \
+                            double lam, double eta, double zeta, double strength) {            \
+        double wd = 0.0, ws = 1.0; /* o_m = wd d + ws s */                                     \
+        if (method == HG_METHOD_PLADIS) {                                                      \
+            wd = 1.0 - lam; ws = lam;                                                          \
+        } else if (method == HG_METHOD_GAG) {                                                  \
+            double ss = 0.0, ds = 0.0;                                                         \
+            _Pragma("omp simd reduction(+ : ss, ds)")                                          \
+            for (int64_t j = 0; j < dv; ++j) {                                                 \
+                ss += (double)s[j] * s[j];                                                     \
+                ds += (double)d[j] * s[j];                                                     \
+            }                                                                                  \
+            const double c = ss > (TINY) ? (ss - ds) / ss : 0.0;                               \
+            const double ca = parallel == HG_PARALLEL_POSITIVE && c < 0.0 ? 0.0 : c;           \
+            /* g = ca s + zeta (Delta - c s) = a s + b d, a = zeta + ca - zeta c, b = -zeta */  \
+            const double ga = zeta + ca - zeta * c, gb = -zeta;                                \
+            double gn2 = 0.0; /* |g|^2 from g itself: no cancellation when g << s */           \
+            if (zeta != 0.0) {                                                                 \
+                _Pragma("omp simd reduction(+ : gn2)")                                         \
+                for (int64_t j = 0; j < dv; ++j) {                                             \
+                    const double gj = ga * s[j] + gb * d[j];                                   \
+                    gn2 += gj * gj;                                                            \
+                }                                                                              \
+            }                                                                                  \
+            const double gn = zeta == 0.0 ? fabs(ca) * sqrt(ss) : sqrt(gn2);                   \
+            const double tok = gn > eta ? lam * (eta / gn) : lam;                              \
+            ws = 1.0 + tok * ga;                                                               \
+            wd = tok * gb;                                                                     \
+        }                                                                                      \
+        /* strength: d + t (wd d + ws s - d) */                                                \
+        const double fd = 1.0 + strength * (wd - 1.0), fs = strength * ws;                     \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t j = 0; j < dv; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                    \
+    }
+
+DEFINE_COMBINE_ONE(combine_one_f32, float, FLT_MIN)
+DEFINE_COMBINE_ONE(combine_one_f64, double, DBL_MIN)
+
+/* R is (G, 2, group, dv): d = R[g, 0, i], s = R[g, 1, i]; o for token (g, i) goes to
+   out + g * out_gstride + i * dv. */
+#define DEFINE_COMBINE(NAME, ONE, T)                                                           \
+    void NAME(const T *R, T *out, int64_t G, int64_t group, int64_t dv, int64_t out_gstride,   \
+              int method, int parallel, double lam, double eta, double zeta, double strength,  \
+              int nthreads) {                                                                  \
+        const int64_t rows = G * group;                                                        \
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 256) if(rows * dv >= 65536)")\
+        for (int64_t row = 0; row < rows; ++row) {                                             \
+            const int64_t g = row / group, i = row % group;                                    \
+            ONE(R + ((2 * g) * group + i) * dv, R + ((2 * g + 1) * group + i) * dv,            \
+                out + g * out_gstride + i * dv, dv, method, parallel, lam, eta, zeta, strength);\
+        }                                                                                      \
+    }
+
+DEFINE_COMBINE(combine_rows_f32, combine_one_f32, float)
+DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
+
+/* ------------------------------------------------------------------------------------------------------
+ * The fused guided-attention forward, fp32 (hopfield_gag.ops.fused.attention_forward): per block of RB
+ * queries of one (batch, head) g, everything stays in the thread's cache:
+ *   S = (beta Q_blk) K^T (+ mask)                 register-tiled 6x16 micro-kernel, K packed in panels
+ *   per row: entmax row -> its support (values, indices) -> s = sum_support p_j V_j    (sparse gather)
+ *            softmax in place of the score row
+ *   D = P_softmax V                               the same micro-kernel
+ *   per row: o = combine(d, s), written to the output.
+ * Cost: two dense GEMMs of attention's shape plus a gather over the entmax support (a few percent of Lk
+ * on peaked rows), against SDPA's two; the normalizations run on rows already in L1.
+ * ------------------------------------------------------------------------------------------------------ */
+
+typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loads/stores */
+#define V8LD(p) (*(const v8f *)(p))
+#define V8ST(p, x) (*(v8f *)(p) = (x))
+#define FUSED_MR 6
+#define FUSED_NR 16
+
+/* C[0..6)[0..16) (row stride ldc) = A[0..6)[0..K) (row stride lda) times B[0..K)[0..16) (row stride ldb). */
+static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                           int64_t ldc) {
+    v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda,
+                *a5 = A + 5 * lda;
+    for (int64_t k = 0; k < K; ++k) {
+        const v8f b0 = V8LD(B + k * ldb), b1 = V8LD(B + k * ldb + 8);
+        float a;
+        a = a0[k]; c00 += a * b0; c01 += a * b1;
+        a = a1[k]; c10 += a * b0; c11 += a * b1;
+        a = a2[k]; c20 += a * b0; c21 += a * b1;
+        a = a3[k]; c30 += a * b0; c31 += a * b1;
+        a = a4[k]; c40 += a * b0; c41 += a * b1;
+        a = a5[k]; c50 += a * b0; c51 += a * b1;
+    }
+    V8ST(C, c00); V8ST(C + 8, c01); C += ldc;
+    V8ST(C, c10); V8ST(C + 8, c11); C += ldc;
+    V8ST(C, c20); V8ST(C + 8, c21); C += ldc;
+    V8ST(C, c30); V8ST(C + 8, c31); C += ldc;
+    V8ST(C, c40); V8ST(C + 8, c41); C += ldc;
+    V8ST(C, c50); V8ST(C + 8, c51);
+}
+
+/* The nonzero entries of p[0..n) as (values, indices), in order; returns their count. val/idx hold n + 8. */
+#if defined(__AVX2__)
+static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
+    int64_t m = 0, i = 0;
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(p + i);
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+        if (!mask) continue;
+        const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
+        _mm256_storeu_ps(val + m, _mm256_permutevar8x32_ps(x, perm));
+        const __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)i), step);
+        _mm256_storeu_si256((__m256i *)(idx + m), _mm256_permutevar8x32_epi32(ix, perm));
+        m += __builtin_popcount(mask);
+    }
+    for (; i < n; ++i) {
+        val[m] = p[i];
+        idx[m] = (int32_t)i;
+        m += p[i] > 0;
+    }
+    return m;
+}
+#else
+static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        val[m] = p[i];
+        idx[m] = (int32_t)i;
+        m += p[i] > 0;
+    }
+    return m;
+}
+#endif
+
+/* o[0..dvp) = sum_t val[t] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
+static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t nnz, const float *V,
+                                   int64_t ldv, int64_t dvp, float *o) {
+    int64_t c = 0;
+    for (; c + 32 <= dvp; c += 32) {
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int64_t t = 0; t < nnz; ++t) {
+            const float w = val[t];
+            const float *r = V + (int64_t)idx[t] * ldv + c;
+            a0 += w * V8LD(r); a1 += w * V8LD(r + 8); a2 += w * V8LD(r + 16); a3 += w * V8LD(r + 24);
+        }
+        V8ST(o + c, a0); V8ST(o + c + 8, a1); V8ST(o + c + 16, a2); V8ST(o + c + 24, a3);
+    }
+    if (c < dvp) {
+        v8f a0 = {0}, a1 = {0};
+        for (int64_t t = 0; t < nnz; ++t) {
+            const float w = val[t];
+            const float *r = V + (int64_t)idx[t] * ldv + c;
+            a0 += w * V8LD(r); a1 += w * V8LD(r + 8);
+        }
+        V8ST(o + c, a0); V8ST(o + c + 8, a1);
+    }
+}
+
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous; out (G, Lq, Dv) contiguous. mask: NULL, or an
+   additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column stride).
+   method: HG_METHOD_SPARSE, _PLADIS, _GAG (with parallel, combine_one), or _AA (aa_scale_f32 with
+   [aa_lo, aa_hi], which needs the key-space retrievals: the dense one by the micro-kernel against K, the
+   sparse one by the same support gather). kind, hi0: the entmax setup of rows of length Lk. Returns the
+   status bits of entmax_rows (rows without a distribution are NaN in the output; HG_STATUS_ITER_LIMIT: the
+   caller must recompute), and HG_STATUS_KV_NONFINITE: k or v holds a NaN or an infinity. */
+/* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
+   residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
+   |f_curr - f_prev|^2, 0 for a pair at rounding level (|diff|^2 <= (64 eps)^2 (|f_prev|^2 + |f_curr|^2) or
+   not a normal number; eps, tiny of fp32, the compute dtype); lam = clamp(1 - gamma, lo, hi). */
+static inline double aa_scale_f32(const float *q, const float *kd, const float *ks, int64_t d, double lo,
+                                  double hi) {
+    double dd = 0, fd = 0, pp = 0, cc = 0;
+    _Pragma("omp simd reduction(+ : dd, fd, pp, cc)")
+    for (int64_t j = 0; j < d; ++j) {
+        const double fp = (double)kd[j] - q[j], fc = (double)ks[j] - q[j], df = fc - fp;
+        dd += df * df;
+        fd += fc * df;
+        pp += fp * fp;
+        cc += fc * fc;
+    }
+    const double floor = (64.0 * FLT_EPSILON) * (64.0 * FLT_EPSILON) * (pp + cc);
+    const double gamma = (dd <= floor || dd <= FLT_MIN) ? 0.0 : fd / dd;
+    const double l = 1.0 - gamma;
+    return l < lo ? lo : (l > hi ? hi : l);
+}
+
+int64_t gag_forward_f32(const float *q, const float *k, const float *v, const float *mask, const int64_t *moff,
+                        int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
+                        double beta, double alpha, int kind, double hi0, int method, int parallel,
+                        double lam, double eta, double zeta, double strength, double aa_lo, double aa_hi,
+                        int nthreads) {
+    const params P = make_params(alpha, kind, hi0);
+    const int64_t LkP = round_up(Lk, FUSED_NR), DvP = round_up(Dv, FUSED_NR), npan = LkP / FUSED_NR;
+    /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */
+    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;
+    RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);
+    const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;
+    const int par = (double)G * Lq * Lk * (D + Dv) >= 2e6;
+    /* K in panels of 16 keys, Kp[g][panel][d][16], zero-padded; V zero-padded to DvP columns if needed */
+    /* (+ 16: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call) */
+    float *Kp = (float *)malloc(((size_t)G * npan * D * FUSED_NR + 16) * sizeof(float));
+    float *Vp = Dv == DvP ? NULL : (float *)malloc((size_t)G * Lk * DvP * sizeof(float));
+    if (Kp == NULL || (Dv != DvP && Vp == NULL)) { free(Kp); free(Vp); return HG_STATUS_OUT_OF_MEMORY; }
+    /* the packing pass also checks k and v for NaN/inf (x - x is 0 exactly for finite x): with the
+       score flags this makes the caller's value checks free of any extra pass over the inputs */
+    int kv_bad = 0;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(par) reduction(| : kv_bad)")
+    for (int64_t gp = 0; gp < G * npan; ++gp) {
+        const int64_t g = gp / npan, j0 = (gp % npan) * FUSED_NR;
+        float *dst = Kp + gp * D * FUSED_NR;
+        for (int64_t jj = 0; jj < FUSED_NR; ++jj) {
+            const int64_t j = j0 + jj;
+            const float *src = k + (g * Lk + j) * D;
+            if (j < Lk) {
+                for (int64_t d = 0; d < D; ++d) {
+                    dst[d * FUSED_NR + jj] = src[d];
+                    kv_bad |= !(src[d] - src[d] == 0.0f);
+                }
+            } else {
+                for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;
+            }
+        }
+        if (gp % npan == 0) {
+            const float *vs = v + g * Lk * Dv;
+            int bad = 0;
+            _Pragma("omp simd reduction(| : bad)")
+            for (int64_t i = 0; i < Lk * Dv; ++i) bad |= !(vs[i] - vs[i] == 0.0f);
+            kv_bad |= bad;
+            if (Vp != NULL) {
+                for (int64_t j = 0; j < Lk; ++j)
+                    for (int64_t c = 0; c < DvP; ++c) Vp[(g * Lk + j) * DvP + c] = c < Dv ? vs[j * Dv + c] : 0.0f;
+            }
+        }
+    }
+    const float *Vall = Vp != NULL ? Vp : v;
+    /* aa: K as a second value matrix, rows padded to DP columns */
+    const int aa = method == HG_METHOD_AA;
+    const int64_t DP = round_up(D, FUSED_NR);
+    float *Kr = NULL;
+    if (aa && D != DP) {
+        Kr = (float *)malloc((size_t)G * Lk * DP * sizeof(float));
+        if (Kr == NULL) { free(Kp); free(Vp); return HG_STATUS_OUT_OF_MEMORY; }
+        for (int64_t r = 0; r < G * Lk; ++r)
+            for (int64_t c = 0; c < DP; ++c) Kr[r * DP + c] = c < D ? k[r * D + c] : 0.0f;
+    }
+    const float *Kall = Kr != NULL ? Kr : k;
+    int64_t flags = 0;
+    _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags)")
+    {
+        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +
+                                                     (aa ? 2 * RB * DP : 0)));
+        double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));
+        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));
+        if (Qb == NULL || buf == NULL || idx == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;
+        float *S = Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP,
+              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP;
+        _Pragma("omp for schedule(dynamic, 1)")
+        for (int64_t task = 0; task < tasks; ++task) {
+            if (flags & HG_STATUS_OUT_OF_MEMORY) continue;
+            const int64_t g = task / nblk, i0 = (task % nblk) * RB;
+            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rows6 = round_up(rows, FUSED_MR);
+            const float fb = (float)beta;
+            for (int64_t i = 0; i < rows6; ++i) {
+                float *qd = Qb + i * D;
+                if (i < rows) {
+                    const float *qs = q + (g * Lq + i0 + i) * D;
+                    for (int64_t d = 0; d < D; ++d) qd[d] = fb * qs[d];
+                } else {
+                    for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;
+                }
+            }
+            const float *Kg = Kp + g * npan * D * FUSED_NR;
+            for (int64_t i = 0; i < rows6; i += FUSED_MR)
+                for (int64_t p = 0; p < npan; ++p)
+                    mk_6x16(Qb + i * D, D, Kg + p * D * FUSED_NR, FUSED_NR, D, S + i * LkP + p * FUSED_NR, LkP);
+            const float *Vg = Vall + g * Lk * DvP;
+            unsigned char bad[48];
+            for (int64_t i = 0; i < rows; ++i) {
+                float *z = S + i * LkP;
+                if (mask != NULL) {
+                    const float *mr = mask + moff[g] + (i0 + i) * msi;
+                    _Pragma("omp simd")
+                    for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];
+                }
+                const int st = row_f32(z, prow, Lk, &P, buf);
+                flags |= st;
+                bad[i] = (st & HG_STATUS_NO_DISTRIBUTION) != 0;
+                if (bad[i]) continue;
+                const int64_t nnz = support_f32(prow, Lk, val, idx);
+                gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);
+                if (aa) gather_rows_f32(val, idx, nnz, Kall + g * Lk * DP, DP, DP, Oks + i * DP);
+                softmax_row_f32(z, z, Lk);
+            }
+            for (int64_t i = 0; i < rows6; ++i) {
+                float *z = S + i * LkP;
+                if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;
+            }
+            for (int64_t i = 0; i < rows6; i += FUSED_MR)
+                for (int64_t c = 0; c < DvP; c += FUSED_NR)
+                    mk_6x16(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);
+            if (aa)
+                for (int64_t i = 0; i < rows6; i += FUSED_MR)
+                    for (int64_t c = 0; c < DP; c += FUSED_NR)
+                        mk_6x16(S + i * LkP, LkP, Kall + g * Lk * DP + c, DP, Lk, Okd + i * DP + c, DP);
+            for (int64_t i = 0; i < rows; ++i) {
+                float *o = out + (g * Lq + i0 + i) * Dv;
+                if (bad[i]) {
+                    for (int64_t c = 0; c < Dv; ++c) o[c] = NAN;
+                } else if (aa) {
+                    const double l = aa_scale_f32(q + (g * Lq + i0 + i) * D, Okd + i * DP, Oks + i * DP, D,
+                                                  aa_lo, aa_hi);
+                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, HG_METHOD_PLADIS, parallel, l, eta, zeta,
+                                    strength);
+                } else {
+                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, method, parallel, lam, eta, zeta, strength);
+                }
+            }
+        }
+        free(Qb);
+        free(buf);
+        free(idx);
+    }
+    free(Kp);
+    free(Vp);
+    free(Kr);
+    return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);
+}
