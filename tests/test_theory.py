@@ -408,3 +408,30 @@ def test_consistency_steps_shape_and_reduce():
     torch.testing.assert_close(consistency_margin(xi, x, steps=4, scale=2.0), m.amin(-1))
     with pytest.raises(ValueError, match="steps"):
         consistency_margin(xi, x, steps=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# one discrepancy, every margin (issue 18): the q/k/v functions are wrappers of the discrepancy's methods
+# ------------------------------------------------------------------------------------------------
+@given(attention_inputs(), st.sampled_from([1.25, 1.5, 2.0]))
+def test_margins_from_one_discrepancy_equal_the_public_functions(a, alpha):
+    from hopfield_gag.theory import (descent_margin, parallel_bounds, parallel_certificate, parallel_margin,
+                                     query_alignment_margin, sharpening_margin, sign_flip_margin)
+
+    r = sparse_dense_discrepancy(a.q, a.k, a.v, a.scale, alpha, a.mask)
+    same = dict(rtol=0, atol=0)
+    torch.testing.assert_close(r.sharpening_margin(), sharpening_margin(a.q, a.k, a.scale, alpha, a.mask), **same)
+    torch.testing.assert_close(r.query_alignment_margin(), query_alignment_margin(a.q, a.k, a.scale, alpha, a.mask),
+                               **same)
+    torch.testing.assert_close(r.parallel_margin(), parallel_margin(a.q, a.k, a.v, a.scale, alpha, a.mask), **same)
+    torch.testing.assert_close(r.parallel_certificate(),
+                               parallel_certificate(a.q, a.k, a.v, a.scale, alpha, a.mask), **same)
+    torch.testing.assert_close(r.parallel_bounds().sharp, parallel_bounds(a.q, a.k, a.v, a.scale, alpha, a.mask).sharp,
+                               **same)
+    torch.testing.assert_close(r.sign_flip_margin(10.0, 15.0, 0.3),
+                               sign_flip_margin(a.q, a.k, a.v, 10.0, 15.0, 0.3, a.scale, alpha, a.mask), **same)
+    if a.mask is None and a.q.shape[-1] == a.k.shape[-1]:
+        torch.testing.assert_close(r.descent_margin(), descent_margin(a.q, a.k, a.scale, alpha), **same)
+    d_key, s_key = r.key_retrievals()
+    torch.testing.assert_close(s_key - d_key, sparse_dense_discrepancy(a.q, a.k, None, a.scale, alpha, a.mask).delta,
+                               **same)

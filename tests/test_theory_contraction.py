@@ -252,3 +252,37 @@ def test_gag_map_matches_reference_formula():
     d = retrieval_map(xi, x, beta=2.0, alpha=1.0)
     torch.testing.assert_close(gag_map(xi, x, 2.0, 3.0, 0.7, 0.2), gag_output(d, s, 3.0, 0.7, 0.2))
     assert iterate_map(lambda t: gag_map(t, x, 2.0), xi, 3).shape == (4, 3, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the module's name and the parallel rule on every entry (issue 18)
+# ------------------------------------------------------------------------------------------------
+def test_old_import_path_is_the_renamed_module():
+    from hopfield_gag.theory import contraction, gag
+
+    assert contraction is gag
+    assert contraction.gag_map is gag_map
+
+
+@given(attention_inputs(), lams, etas, zetas)
+def test_gag_update_and_gag_map_take_the_parallel_rule(a, lam, eta, zeta):
+    """gag_update / gag_map with parallel="positive" equal gag_output's one-sided rule on the same retrievals,
+    and differ from the paper's rule exactly where some token has c < 0 and lam > 0."""
+    r = sparse_dense_discrepancy(a.q, a.k, a.v, a.scale, 1.5, a.mask)
+    for rule in ("paper", "positive"):
+        want = gag_output(r.dense, r.sparse, lam, eta, zeta, rule)
+        got = gag_update(a.q, a.k, a.v, lam, eta, zeta, a.scale, 1.5, a.mask, parallel=rule)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    xi, x = a.q[0, 0], a.k[0, 0]
+    s, d = retrieval_map(xi, x, beta=a.scale, alpha=1.5), retrieval_map(xi, x, beta=a.scale, alpha=1.0)
+    for rule in ("paper", "positive"):
+        torch.testing.assert_close(gag_map(xi, x, a.scale, lam, eta, zeta, 1.5, parallel=rule),
+                                   gag_output(d, s, lam, eta, zeta, rule), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="parallel"):
+        gag_map(xi, x, a.scale, lam, eta, zeta, 1.5, parallel="negative")
+
+
+def test_gag_map_rejects_alpha_one():
+    x = torch.eye(3, dtype=F64)
+    with pytest.raises(ValueError, match="alpha"):
+        gag_map(x[0], x, 1.0, alpha=1.0)

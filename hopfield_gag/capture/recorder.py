@@ -39,12 +39,13 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequenc
 import torch
 from torch import Tensor, nn
 
+from ..adapters.selection import StepSelection, is_block_string, parse_steps, select_names
 from .store import ActivationStore
 
 __all__ = ["capture", "Capture", "Extractor", "ProjectionExtractor", "model_fingerprint", "COMPUTE", "MARGINS"]
 
 MARGINS = ("sharpening", "query_alignment", "parallel")
-COMPUTE = ("dense", "sparse") + MARGINS
+COMPUTE = ("dense", "output", "sparse") + MARGINS
 _PROJ_NAMES = (("to_q", "to_k", "to_v"), ("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 _HEAD_ATTRS = ("heads", "num_heads", "n_heads", "num_attention_heads")
 
@@ -89,75 +90,40 @@ def model_fingerprint(model) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------------
 # selection
 # ----------------------------------------------------------------------------------------------------
-def _compile_layers(layers) -> Optional[list[str]]:
+def _compile_layers(layers):
+    """Check a ``layers=`` selector early (its meaning: :mod:`hopfield_gag.adapters.selection`)."""
     if layers is None:
         return None
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers or not all(isinstance(x, str) for x in layers):
-        raise ValueError(f"layers must be None, a name/regex string or a non-empty list of them, got {layers!r}")
-    for pat in layers:
-        try:
-            re.compile(pat)
-        except re.error as exc:
-            raise ValueError(f"layers: {pat!r} is not a valid regular expression ({exc})") from None
+    if isinstance(layers, (list, tuple, set)) and not layers:
+        raise ValueError("layers must be None or a selector (name/regex, block string, int, dict, predicate, or a "
+                         "non-empty list of these), got an empty list")
+    for pat in (layers if isinstance(layers, (list, tuple, set)) else [layers]):
+        if isinstance(pat, str) and not is_block_string(pat):
+            try:
+                re.compile(pat)
+            except re.error as exc:
+                raise ValueError(f"layers: {pat!r} is not a valid regular expression ({exc})") from None
     return layers
 
 
-def _select_layers(patterns: Optional[list[str]], available: Sequence[str]) -> list[str]:
-    """Names in ``available`` equal to, or fully matched by, one of ``patterns``; each pattern must match."""
+def _layers_json(layers):
+    """The selector as the manifest records it (strings kept, anything else by its repr)."""
+    if layers is None:
+        return None
+    items = layers if isinstance(layers, (list, tuple, set)) else [layers]
+    return [x if isinstance(x, (str, int)) and not isinstance(x, bool) else repr(x) for x in items]
+
+
+def _select_layers(patterns, available: Sequence[str], model=None) -> list[str]:
+    """Names in ``available`` selected by ``patterns`` (the adapters' one meaning of ``layers=``)."""
     if patterns is None:
         return list(available)
-    chosen = []
-    for pat in patterns:
-        hits = [n for n in available if n == pat or re.fullmatch(pat, n)]
-        if not hits:
-            shown = ", ".join(available[:12]) + (", ..." if len(available) > 12 else "")
-            raise ValueError(f"layers: '{pat}' matches no attention layer of this model; available: [{shown}]")
-        chosen += [n for n in hits if n not in chosen]
-    return [n for n in available if n in chosen]
+    return select_names(model, available, patterns)
 
 
-def _check_steps(steps):
-    """None, a set of step indices, or a (start, stop) window of fractions in [0, 1]."""
-    if steps is None:
-        return None
-    if isinstance(steps, tuple) and len(steps) == 2 and any(isinstance(s, float) for s in steps):
-        start, stop = steps
-        for nm, x in (("start", start), ("stop", stop)):
-            if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0.0 <= float(x) <= 1.0:
-                raise ValueError(f"steps window {nm}={x!r} must be a fraction in [0, 1] (steps=(start, stop))")
-        if float(start) > float(stop):
-            raise ValueError(f"steps window start={start} must be <= stop={stop}")
-        return ("window", float(start), float(stop))
-    if isinstance(steps, int) and not isinstance(steps, bool):
-        steps = [steps]
-    try:
-        idx = list(steps)
-    except TypeError:
-        raise ValueError(f"steps must be None, step indices, or a (start, stop) float window in [0, 1]; "
-                         f"got {steps!r}") from None
-    if not idx or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in idx):
-        raise ValueError(f"steps must be non-negative int indices or a (start, stop) float window in [0, 1]; "
-                         f"got {steps!r}")
-    return ("index", frozenset(idx))
-
-
-def _step_selected(sel, step: Optional[int], num_steps: Optional[int]) -> bool:
-    if sel is None:
-        return True
-    if step is None:
-        raise RuntimeError("capture(steps=...) needs the denoising step of each call, but this call carries none; "
-                           "run through a pipeline or set cap.step / cap.num_steps yourself")
-    if sel[0] == "index":
-        return step in sel[1]
-    if num_steps is None:
-        raise RuntimeError("capture(steps=(start, stop)) needs the number of steps; pass num_steps= to capture() "
-                           "or run through a pipeline")
-    # step i covers [i/N, (i+1)/N) of the schedule; a window keeps start <= i/N < stop (stop = 1 keeps the end)
-    frac = step / num_steps
-    return sel[1] <= frac and (frac < sel[2] or sel[2] == 1.0)
+def _step_selected(sel: Optional[StepSelection], step: Optional[int], num_steps: Optional[int]) -> bool:
+    return sel is None or sel.selects(step, num_steps, where=" in this capture (pass num_steps= to capture() or "
+                                                             "set cap.set_step(i, n))")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,13 +282,20 @@ class Capture:
         self._forwards += 1
         return None
 
+    #: capture observes: it composes with a replacing function (GAG) installed on the same layers, which runs
+    #: inside it (hopfield_gag.adapters.core), so a guided run is recorded
+    observer = True
+
     def __call__(self, call) -> Tensor:
-        """Attention function for the adapters: record ``call`` and return ``call.dense()`` (stock output)."""
-        out = call.dense()
+        """Attention function for the adapters: record ``call`` and return ``call.inner()`` — the stock output,
+        or the guided output when GAG is installed in the model too (recorded as ``output`` on request)."""
+        out = call.inner()
         if call.layer in self._layer_set:
+            guided = call.inner is not call.dense
+            dense = call.dense() if guided and "dense" in self._compute else out
             self.record(call.layer, {"q": call.q, "k": call.k, "v": call.v, "mask": call.mask, "scale": call.scale,
                                      "kind": call.kind, "text_keys": call.text_keys,
-                                     "image_queries": call.image_queries, "dense": out},
+                                     "image_queries": call.image_queries, "dense": dense, "output": out},
                         step=call.step, num_steps=call.num_steps, timestep=call.timestep, branches=call.branches,
                         extra=call.extra)
         return out
@@ -364,9 +337,9 @@ class Capture:
                    "heads": None if heads is None else list(heads), "source": t.get("source", "adapters"),
                    "extra": {k: v for k, v in (extra or {}).items()
                              if isinstance(v, (int, float, str, bool, type(None)))}}
-            for name in ("q", "k", "v", "mask", "dense"):
+            for name in ("q", "k", "v", "mask", "dense", "output"):
                 x = t.get(name)
-                if x is None or (name == "dense" and "dense" not in self._compute):
+                if x is None or (name in ("dense", "output") and name not in self._compute):
                     continue
                 x0 = x = x.detach()
                 if name == "mask":
@@ -382,7 +355,7 @@ class Capture:
                         x = x[rows]
                     if heads is not None:
                         x = x[:, heads]
-                    if qidx is not None and name in ("q", "dense"):
+                    if qidx is not None and name in ("q", "dense", "output"):
                         x = x[:, :, qidx]
                 # the only forward-path cost: one copy (advanced indexing above already made one), so the
                 # model may reuse or mutate its tensors afterwards
@@ -439,14 +412,17 @@ class Capture:
                 # the stock kernel, as the hooked model would call it on these tensors
                 rec["dense"] = torch.nn.functional.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, scale=rec["scale"])
+            if need_sparse or margins:
+                # one discrepancy for the sparse output and every margin (each margin is one of its methods)
+                disc = hg.sparse_dense_discrepancy(q, k, v, **kw)
             if need_sparse:
-                rec["sparse"] = hg.sparse_dense_discrepancy(q, k, v, **kw).sparse.to(q.dtype)
+                rec["sparse"] = disc.sparse.to(q.dtype)
             if "sharpening" in margins:
-                rec["margin_sharpening"] = hg.sharpening_margin(q, k, **kw).float()
+                rec["margin_sharpening"] = disc.sharpening_margin().float()
             if "query_alignment" in margins:
-                rec["margin_query_alignment"] = hg.query_alignment_margin(q, k, **kw).float()
+                rec["margin_query_alignment"] = disc.query_alignment_margin().float()
             if "parallel" in margins:
-                rec["margin_parallel"] = hg.parallel_margin(q, k, v, **kw).float()
+                rec["margin_parallel"] = disc.parallel_margin().float()
         if not self._keep_qkv:
             for name in ("q", "k", "v", "mask"):
                 rec.pop(name, None)
@@ -511,11 +487,12 @@ class Capture:
 
 
 def _install_adapters(model, cap: Capture, layer_patterns):
-    """diffusers models: the adapters' installer, with its layer selection (one home for it)."""
+    """Models with attention processors: the adapters' installer (processor or hook path per layer), with its
+    layer selection (one home for it). Capture observes, so it composes with an installed GAG."""
     from ..adapters import install_attention_fn, list_attention_layers
 
     if layer_patterns is None:
-        layer_patterns = [i.name for i in list_attention_layers(model) if i.supported]
+        layer_patterns = [i.name for i in list_attention_layers(model) if i.path != "none"]
     handle = install_attention_fn(model, cap, layers=layer_patterns)
     cap.layers = list(handle.layers)
     return [handle]
@@ -535,7 +512,10 @@ def _install_hooks(model, cap: Capture, layer_patterns, extractor, num_heads):
         if layer_patterns is None:
             raise ValueError("extractor= needs layers= naming the modules it reads")
         available = [n for n in named if n]
-    cap.layers = _select_layers(layer_patterns, available)
+    chosen = _select_layers(layer_patterns, available, core)
+    # a selector also matches the modules inside a selected one (dot-bounded prefixes); the outer module's
+    # hook sees the whole call, so the inner ones are not hooked twice
+    cap.layers = [n for n in chosen if not any(n.startswith(o + ".") for o in chosen)]
     handles = []
     try:
         for name in cap.layers:
@@ -582,18 +562,24 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     ----------
     model : diffusers model or pipeline (adapters route), or any ``nn.Module`` (hooks route).
     out_dir : store directory; empty/absent, or (with ``resume=True``) a store of the same model.
-    layers : None (all attention layers) or a name / anchored regex (``re.fullmatch``) / list of them;
-        each must match a layer (else ``ValueError`` listing the layers).
-    steps : None (all), step indices, or a window ``(start, stop)`` of floats in [0, 1]: step ``i`` of
-        ``N`` is kept when ``start <= i/N <= stop``.
+    layers : None (all attention layers) or a selector with the one meaning of
+        :mod:`hopfield_gag.adapters.selection` (as in ``apply_gag``): a name or regex matching a layer's name
+        or a dot-bounded leading part of it (``"blocks.1"`` selects every attention layer inside block 1), a
+        UNet block string (``"d2.2-9,m0"``), an int / dict index, a predicate, or a list of these; each must
+        match a layer (else ``ValueError`` with the close matches).
+    steps : None (all); a **tuple** ``(start, stop)`` of fractions in [0, 1]: step ``i`` of ``N`` is kept
+        when ``start <= i/N < stop`` (half-open, as in ``apply_gag``); or step indices as an int, list, set
+        or range (``[0, 1]``, ``range(2)``).
     heads : head indices to keep (None = all).
     tokens : None (all queries), an int ``n`` (a fixed random subsample of ``n`` query positions, the same
         per sequence length; keys are always complete so attention can be recomputed) or an index tensor.
     dtype : store q/k/v/outputs in this float dtype (downcast after the on-the-fly computations).
     memory_budget : bytes of copied records allowed in RAM before the forward waits for the writer.
-    compute : subset of ``("dense", "sparse", "sharpening", "query_alignment", "parallel")``: stock output
-        (B, H, Lq', Dv), :math:`\alpha`-entmax output, and per-query theory margins (B, H, Lq') from
-        :func:`hopfield_gag.sharpening_margin` etc.
+    compute : subset of ``("dense", "output", "sparse", "sharpening", "query_alignment", "parallel")``:
+        stock output (B, H, Lq', Dv); the output the layer actually returned (``output``: the guided one when
+        :func:`~hopfield_gag.adapters.apply_gag` is installed too — capture observes and GAG runs inside it,
+        in either order of installation); :math:`\alpha`-entmax output; per-query theory margins
+        (B, H, Lq') from :func:`hopfield_gag.sharpening_margin` etc.
     alpha : entmax order of the sparse branch (1.5).
     keep_qkv : False stores only the computed outputs/margins (a study without the full tensors).
     via : ``"auto"`` (adapters for models with attention processors: diffusers and the shipped models;
@@ -612,7 +598,7 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
     if via not in ("auto", "adapters", "hooks"):
         raise ValueError(f"via must be 'auto', 'adapters' or 'hooks', got {via!r}")
     layer_patterns = _compile_layers(layers)
-    step_sel = _check_steps(steps)
+    step_sel = parse_steps(steps)
     if heads is not None:
         heads = [heads] if isinstance(heads, int) else list(heads)
         if not heads or not all(isinstance(h, int) and h >= 0 for h in heads):
@@ -643,8 +629,8 @@ def capture(model, out_dir, layers=None, steps=None, heads=None, tokens=None, dt
 
     route = _route(model) if via == "auto" else via
     mid, chash = model_fingerprint(model)
-    settings = {"route": route, "layers": layer_patterns, "steps": None if step_sel is None else
-                (list(step_sel[1:]) if step_sel[0] == "window" else sorted(step_sel[1])),
+    settings = {"route": route, "layers": _layers_json(layer_patterns),
+                "steps": None if step_sel is None else step_sel.to_json(),
                 "heads": heads, "tokens": tokens if tokens is None or isinstance(tokens, int) else tokens.tolist(),
                 "dtype": None if dtype is None else str(dtype).replace("torch.", ""), "compute": list(compute),
                 "alpha": alpha, "keep_qkv": keep_qkv, "seed": seed}

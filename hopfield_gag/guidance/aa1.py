@@ -19,7 +19,7 @@ from .._validation import (
     default_scale,
 )
 from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference, parallel_coefficient
-from ..ops.normalizers import normalize
+from ..theory.discrepancy import sparse_dense_discrepancy
 
 __all__ = [
     "AA1Extrapolation",
@@ -383,19 +383,12 @@ def aa_adaptive_scale(
     if not lo < hi:
         raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
     dt = q.dtype
-    cd = compute_dtype(dt)
-    qc, kc = q.to(cd), k.to(cd)
-    z = scale * (qc @ kc.transpose(-1, -2))
-    p_d = normalize(z, alpha=1.0, dim=-1, mask=mask)
-    p_s = normalize(z, alpha=alpha, dim=-1, mask=mask)
-    d_key, s_key = p_d @ kc, p_s @ kc
-    lam, gamma_raw, degenerate, clamped = aa_token_scale(qc, d_key, s_key, lo, hi)
+    # the retrievals (scores, both normalizers, value- and key-space outputs) from the theory's one helper
+    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    d_key, s_key = disc.key_retrievals()
+    dense, sparse = disc.dense, disc.sparse
+    lam, gamma_raw, degenerate, clamped = aa_token_scale(disc.queries, d_key, s_key, lo, hi)
     gamma = 1.0 - lam
-    if v is None:
-        dense, sparse = d_key, s_key
-    else:
-        vc = v.to(cd)
-        dense, sparse = p_d @ vc, p_s @ vc
     out = combine("pladis", dense, sparse, lam=lam).output  # d + lam* (s - d) per token
     return AdaptiveScale(
         gamma=gamma.to(dt), pladis_scale=lam.to(dt), gamma_raw=gamma_raw.to(dt), degenerate=degenerate,

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import compute_dtype
+from .._validation import compute_dtype, default_scale
 from ..ops import normalizers
 from .attention import DEFAULT_MEMORY_BUDGET, gag_attention
 
@@ -71,7 +71,7 @@ def text_mass(q: Tensor, k: Tensor, text_keys: slice, *, mask: Tensor | None = N
     :math:`\exp(\mathrm{lse}(z_T) - \mathrm{lse}(z))` in query chunks bounded by ``memory_budget``.
     """
     cd = compute_dtype(q.dtype)
-    beta = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    beta = default_scale(scale, q.shape[-1])  # the package's one default-scale rule (validated)
     kT = k.to(cd).transpose(-1, -2)
     lq, lk = q.shape[-2], k.shape[-2]
     per_row = max(1, math.prod(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * lk * (torch.finfo(cd).bits // 8) * 2)

@@ -114,9 +114,6 @@ def metastability_count(weights: Tensor, mass: float = 0.9) -> Tensor:
     return (below.sum(-1) + 1).clamp_max(n)
 
 
-_META_CLASSES = ("I", "II", "III", "IV")
-
-
 def metastability_class(k, n: int) -> str:
     r"""Ramsauer's class (I–IV) of a head from its metastability counts.
 

@@ -11,9 +11,10 @@ optional mask) and every query token and head, the study evaluates the library's
 ``descent``       :func:`hopfield_gag.descent_margin` (Hopfield reading :math:`v = k`; unmasked records only)
 ================  ==========================================================================================
 
-and, from :func:`hopfield_gag.sparse_dense_discrepancy` and :func:`hopfield_gag.gag_attention`
-(``return_parts=True``): the parallel coefficient :math:`c`, the entmax support size, whether the GAG norm
-cap is active, and whether GAG *flips* the output (:func:`hopfield_gag.flipped_tokens`: the output's
+and, from the same :func:`hopfield_gag.sparse_dense_discrepancy` (computed once per query chunk; every margin
+above is one of its methods) and the GAG rule :func:`hopfield_gag.combine` on its outputs: the parallel
+coefficient :math:`c`, the entmax support size, whether the GAG norm cap is active, and whether GAG *flips*
+the output (:func:`hopfield_gag.flipped_tokens`: the output's
 component along :math:`s` is negative; with :math:`\zeta = 0` and the cap inactive :math:`o = (1 + \lambda c)s`,
 so this is :math:`c < -1/\lambda`). The sign question's certificates, :func:`hopfield_gag.parallel_certificate`
 (transport, ``cert_*``) and :func:`hopfield_gag.parallel_certificate_sharp` (``sharp_*``), each
@@ -43,17 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import (
-    gag_attention,
-    descent_margin,
-    flipped_tokens,
-    parallel_certificate,
-    parallel_certificate_sharp,
-    parallel_margin,
-    query_alignment_margin,
-    sharpening_margin,
-    sparse_dense_discrepancy,
-)
+from ..ops.combine import combine
+from ..theory import sparse_dense_discrepancy
 from .mapreduce import Stats, run_study, torch_threads
 
 __all__ = ["DirectionalConfig", "study_directional", "DIRECTIONAL_COLUMNS", "PROPERTIES"]
@@ -83,7 +75,7 @@ class DirectionalConfig:
 
 
 class _DirectionalMap:
-    """Picklable shard map: (shard path, sha256) -> Stats keyed by (layer, step, branch)."""
+    """Picklable shard map: a :class:`~hopfield_gag.capture.ShardRef` -> Stats keyed by (layer, step, branch)."""
 
     def __init__(self, cfg: DirectionalConfig):
         self.cfg = cfg
@@ -91,10 +83,9 @@ class _DirectionalMap:
     def __call__(self, shard) -> Stats:
         from ..capture import read_shard_file
 
-        path, sha = shard
         stats = Stats()
         with torch_threads(1), torch.no_grad():
-            for rec in read_shard_file(path, sha256=sha):
+            for rec in read_shard_file(shard):  # a ShardRef: size, header and SHA-256 checked before any use
                 self._record(rec, stats)
         return stats
 
@@ -117,27 +108,29 @@ class _DirectionalMap:
             sl = slice(i, min(lq, i + chunk))
             qc = q[..., sl, :]
             mc = None if mask is None else torch.broadcast_to(mask, (*q.shape[:-2], lq, lk))[..., sl, :]
+            # one discrepancy per chunk: every margin, certificate and the flip below are its methods (the
+            # scores and both normalizers are computed once, not once per margin)
             disc = sparse_dense_discrepancy(qc, k, v, scale, cfg.alpha, mc)
             c = disc.parallel_coef
             stats.add(key, "c", c, MARGIN_EDGES)
             stats.add(key, "support", (disc.p_sparse > 0).sum(-1).double(), np.arange(-0.5, lk + 1.5))
             margins = {
                 # partial sums of lk float64 probabilities: rounding below lk * eps (as the selfcheck)
-                "sharpen": sharpening_margin(qc, k, scale, cfg.alpha, mc) + lk * torch.finfo(torch.float64).eps,
-                "align_query": query_alignment_margin(qc, k, scale, cfg.alpha, mc),
-                "parallel": parallel_margin(qc, k, v, scale, cfg.alpha, mc),
+                "sharpen": disc.sharpening_margin() + lk * torch.finfo(torch.float64).eps,
+                "align_query": disc.query_alignment_margin(),
+                "parallel": disc.parallel_margin(),
             }
             if mask is None and q.shape[-1] == k.shape[-1]:
-                margins["descent"] = descent_margin(qc, k, scale, cfg.alpha)
+                margins["descent"] = disc.descent_margin()
             for name, m in margins.items():
                 stats.add(key, name, m, MARGIN_EDGES)
-            parts = gag_attention(qc, k, v, mask=mc, scale=scale, method="gag", lam=cfg.lam, eta=cfg.eta,
-                                  zeta=cfg.zeta, alpha=cfg.alpha, return_parts=True)[1]
-            flipped = flipped_tokens(qc, k, v, cfg.lam, cfg.eta, cfg.zeta, scale, cfg.alpha, mc)
+            combined = combine("gag", disc.dense, disc.sparse, lam=cfg.lam, eta=cfg.eta, zeta=cfg.zeta)
+            flipped = disc.sign_flip_margin(cfg.lam, cfg.eta, cfg.zeta) < 0
             stats.add(key, "flipped", flipped.double(), _BOOL)
-            stats.add(key, "cap_active", parts.cap_active.double(), _BOOL)
-            for prefix, fn in (("cert", parallel_certificate), ("sharp", parallel_certificate_sharp)):
-                cert = fn(qc, k, v, scale, cfg.alpha, mc) >= 0
+            stats.add(key, "cap_active", combined.cap_active.double(), _BOOL)
+            bounds = disc.parallel_bounds()
+            for prefix, cert in (("cert", disc.parallel_certificate()), ("sharp", bounds.sharp)):
+                cert = cert >= 0
                 stats.add(key, f"{prefix}_certified", cert.double(), _BOOL)
                 stats.add(key, f"{prefix}_violation", (cert & (c < 0)).double(), _BOOL)
 
@@ -190,7 +183,7 @@ def study_directional(store_path, out_dir=None, cfg: DirectionalConfig | None = 
 
     cfg = cfg or DirectionalConfig()
     store = ActivationStore(store_path)
-    shards = [(str(store.shard_path(n)), store.shard_info(n).get("sha256")) for n in store.shards]
+    shards = [store.shard_ref(n, verify=True) for n in store.shards]
     rows = run_study(_DirectionalMap(cfg), shards, lambda st: _reduce(st, cfg), scheduler=scheduler,
                      workers=workers, progress=progress, desc="directional")
     if out_dir is not None:

@@ -31,18 +31,20 @@ import torch
 from torch import Tensor
 
 from .._validation import check_scalar, check_tensor, compute_dtype
-from .contraction import gag_output
+from .gag import gag_output
 from .discrepancy import SparseDenseDiscrepancy, crossing_certificate, sparse_dense_discrepancy
 
 __all__ = [
     "ParallelBounds",
     "parallel_bounds",
+    "bounds_of_discrepancy",
     "parallel_certificate_sharp",
     "parallel_norm_certificate",
     "EquiangularFit",
     "equiangular_fit",
     "perturbative_parallel_certificate",
     "sign_flip_margin",
+    "sign_flip_of_discrepancy",
     "flipped_tokens",
 ]
 
@@ -146,8 +148,14 @@ def parallel_bounds(
     -------
     ParallelBounds (tensors (..., Lq), compute dtype).
     """
-    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
-    vc = (k if v is None else v).to(disc.z.dtype)
+    return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).parallel_bounds()
+
+
+def bounds_of_discrepancy(disc: SparseDenseDiscrepancy) -> ParallelBounds:
+    r""":func:`parallel_bounds` from an existing :class:`SparseDenseDiscrepancy` (built by
+    :func:`hopfield_gag.theory.sparse_dense_discrepancy`, which keeps its q, k, v); same as
+    ``disc.parallel_bounds()``."""
+    vc = disc._need("values")
     allow, sn = _allowance(disc)
     ok = sn > disc.floor()
     safe = torch.where(ok, sn, torch.ones_like(sn))
@@ -324,7 +332,13 @@ def sign_flip_margin(
     -------
     Tensor (..., Lq), compute dtype.
     """
-    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).sign_flip_margin(lam, eta, zeta, parallel)
+
+
+def sign_flip_of_discrepancy(disc: SparseDenseDiscrepancy, lam: float = 10.0, eta: float | None = 15.0,
+                             zeta: float = 0.0, parallel: str = "paper") -> Tensor:
+    r""":func:`sign_flip_margin` from an existing :class:`SparseDenseDiscrepancy`; same as
+    ``disc.sign_flip_margin(lam, eta, zeta, parallel)``. Returns (..., Lq)."""
     o = gag_output(disc.dense, disc.sparse, lam, eta, zeta, parallel)
     ss = (disc.sparse * disc.sparse).sum(-1)
     sn = ss.sqrt()

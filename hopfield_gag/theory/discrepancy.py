@@ -138,6 +138,9 @@ class SparseDenseDiscrepancy:
     scale: float
     alpha: float
     value_norm_max: Tensor
+    queries: Tensor | None = None
+    keys: Tensor | None = None
+    values: Tensor | None = None
 
     @property
     def n_keys(self) -> int:
@@ -147,6 +150,78 @@ class SparseDenseDiscrepancy:
         """Noise floor (..., Lq) of output-space vectors (``delta``, ``sparse``, ``dense``)."""
         f = noise_floor(self.value_norm_max, self.n_keys, self.z.dtype)
         return f.expand(self.parallel_coef.shape)
+
+    # ------------------------------------------------------------------------------------------------
+    # one discrepancy, every margin: the q/k/v functions below are thin wrappers over these methods, so a
+    # study that needs several margins of the same tokens computes the scores and both normalizers once.
+    # ------------------------------------------------------------------------------------------------
+    def _need(self, name: str) -> Tensor:
+        x = getattr(self, name)
+        if x is None:
+            raise ValueError(f"this SparseDenseDiscrepancy carries no {name}; build it with "
+                             "sparse_dense_discrepancy(q, k, v, ...)")
+        return x
+
+    def key_retrievals(self) -> tuple[Tensor, Tensor]:
+        r"""The dense and sparse retrievals in key space, :math:`(p_d K, p_s K)`, each (..., Lq, d).
+
+        Equal to ``(dense, sparse)`` in the Hopfield case ``v = None``. The key-space quantities of the
+        theory (P-align (query), P-descent) and of the AA-adaptive scale are read from these."""
+        k = self._need("keys")
+        if self.values is k:
+            return self.dense, self.sparse
+        return self.p_dense @ k, self.p_sparse @ k
+
+    def key_floor(self) -> Tensor:
+        """Noise floor (..., Lq) of key-space vectors (:meth:`key_retrievals` and their difference)."""
+        k = self._need("keys")
+        kmax = torch.linalg.vector_norm(k, dim=-1).amax(-1, keepdim=True)
+        return noise_floor(kmax, self.n_keys, self.z.dtype).expand(self.parallel_coef.shape)
+
+    def sharpening_margin(self) -> Tensor:
+        r""":func:`sharpening_margin` (entmax over softmax, ``alpha_ref = 1``) of these tokens, (..., Lq)."""
+        return majorization_margin(self.p_sparse, self.p_dense, self.z)
+
+    def query_alignment_margin(self) -> Tensor:
+        r""":func:`query_alignment_margin` of these tokens: :math:`\cos((p_s - p_d)K, q)`, (..., Lq)."""
+        d_key, s_key = self.key_retrievals()
+        return _cosine(s_key - d_key, self._need("queries"), self.key_floor(), torch.zeros(()))
+
+    def parallel_margin(self) -> Tensor:
+        r""":func:`parallel_margin` of these tokens: :math:`\cos(\Delta, s)`, (..., Lq)."""
+        return _cosine(self.delta, self.sparse, self.floor(), self.floor())
+
+    def value_scores(self) -> Tensor:
+        r""":math:`w_j = \langle v_j, \hat s\rangle`, :math:`\hat s = s/\lVert s\rVert` (0 where :math:`s = 0`),
+        (..., Lq, Lk): the scores of the transport certificate."""
+        sn = torch.linalg.vector_norm(self.sparse, dim=-1, keepdim=True)
+        shat = self.sparse / torch.where(sn > 0, sn, torch.ones_like(sn))
+        return shat @ self._need("values").transpose(-1, -2)
+
+    def parallel_certificate(self) -> Tensor:
+        r""":func:`parallel_certificate` (the transport bracket, T5a, no allowance) of these tokens, (..., Lq)."""
+        return crossing_certificate(self.p_sparse, self.p_dense, self.value_scores())
+
+    def descent_margin(self, energy_alpha: float = 1.0) -> Tensor:
+        r""":func:`descent_margin` of these tokens (Hopfield reading: the keys are the stored patterns and the
+        key-space retrievals are the states), (..., Lq)."""
+        energy_alpha = _check_alpha(energy_alpha, "energy_alpha")
+        d_key, s_key = self.key_retrievals()
+        grad = energy_grad(d_key, self._need("keys").unsqueeze(-3), self.scale, energy_alpha)
+        return -_cosine(grad, s_key - d_key, self.key_floor(), self.key_floor())
+
+    def parallel_bounds(self):
+        r""":func:`hopfield_gag.theory.parallel_bounds` of these tokens (a :class:`ParallelBounds`)."""
+        from .certificates import bounds_of_discrepancy  # certificates build on this module
+
+        return bounds_of_discrepancy(self)
+
+    def sign_flip_margin(self, lam: float = 10.0, eta: float | None = 15.0, zeta: float = 0.0,
+                         parallel: str = "paper") -> Tensor:
+        r""":func:`hopfield_gag.theory.sign_flip_margin` of these tokens, (..., Lq)."""
+        from .certificates import sign_flip_of_discrepancy
+
+        return sign_flip_of_discrepancy(self, lam, eta, zeta, parallel)
 
 
 def sparse_dense_discrepancy(
@@ -210,6 +285,7 @@ def sparse_dense_discrepancy(
     return SparseDenseDiscrepancy(
         z=z, p_dense=p_d, p_sparse=p_s, dense=dense, sparse=sparse, delta=delta, parallel_coef=c,
         delta_parallel=d_par, delta_perp=delta - d_par, scale=beta, alpha=alpha, value_norm_max=vmax,
+        queries=qc, keys=kc, values=vc,
     )
 
 
@@ -315,6 +391,8 @@ def sharpening_margin(
     alpha_ref = _check_alpha(alpha_ref, "alpha_ref", ge=1.0)
     if not alpha > alpha_ref:
         raise ValueError(f"alpha must be > alpha_ref, got alpha={alpha}, alpha_ref={alpha_ref}")
+    if alpha_ref == 1.0:
+        return sparse_dense_discrepancy(q, k, None, beta, alpha, mask).sharpening_margin()
     cd = compute_dtype(q.dtype)
     z = _effective_scores(q.to(cd), k.to(cd), beta, mask)
     return majorization_margin(normalize(z, alpha), normalize(z, alpha_ref), z)
@@ -339,10 +417,7 @@ def query_alignment_margin(
     -------
     Tensor (..., Lq), cosine, 0 where :math:`\Delta_K` or :math:`q` is below the noise floor.
     """
-    _check_qkv(q, k, None)
-    disc = sparse_dense_discrepancy(q, k, None, scale, alpha, mask)
-    qc = q.to(disc.z.dtype)
-    return _cosine(disc.delta, qc, disc.floor(), torch.zeros(()))
+    return sparse_dense_discrepancy(q, k, None, scale, alpha, mask).query_alignment_margin()
 
 
 def basin_alignment_margin(
@@ -408,8 +483,7 @@ def parallel_margin(
     -------
     Tensor (..., Lq), cosine.
     """
-    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
-    return _cosine(disc.delta, disc.sparse, disc.floor(), disc.floor())
+    return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).parallel_margin()
 
 
 def parallel_certificate(
@@ -430,12 +504,7 @@ def parallel_certificate(
     -------
     Tensor (..., Lq) in units of the value norm; :math:`\ge 0` proves ``parallel_margin >= 0``.
     """
-    disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
-    vc = (k if v is None else v).to(disc.z.dtype)
-    sn = torch.linalg.vector_norm(disc.sparse, dim=-1, keepdim=True)
-    shat = disc.sparse / torch.where(sn > 0, sn, torch.ones_like(sn))
-    w = shat @ vc.transpose(-1, -2)  # (..., Lq, Lk)
-    return crossing_certificate(disc.p_sparse, disc.p_dense, w)
+    return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).parallel_certificate()
 
 
 def descent_margin(
@@ -468,11 +537,8 @@ def descent_margin(
     -------
     Tensor (..., Lq), cosine.
     """
-    disc = sparse_dense_discrepancy(q, k, None, scale, alpha)
     energy_alpha = _check_alpha(energy_alpha, "energy_alpha")
-    kc = k.to(disc.z.dtype)
-    grad = energy_grad(disc.dense, kc.unsqueeze(-3), disc.scale, energy_alpha)
-    return -_cosine(grad, disc.delta, disc.floor(), disc.floor())
+    return sparse_dense_discrepancy(q, k, None, scale, alpha).descent_margin(energy_alpha)
 
 
 def consistency_margin(
@@ -518,6 +584,3 @@ def consistency_margin(
         disc = nxt
     m = torch.stack(out, -1)
     return m.amin(-1) if reduce == "min" else m
-
-
-# ----------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from torch import Tensor
 from .._validation import check_scalar, check_tensor
 from ..hopfield.diagnostics import separation
 from ..ops.normalizers import normalize
-from .contraction import gag_map
+from .gag import gag_map
 
 __all__ = ["GagIterationVerdict", "gag_ray_map", "gag_iteration_verdict"]
 
