@@ -48,7 +48,7 @@ def test_capture_cli_with_cfg_then_info_and_verify(unet_dir, tmp_path, capsys):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert main(["store", "verify", str(out)]) == 1
+    assert main(["store", "verify", str(out)]) == 2
     assert store.shards[0] in capsys.readouterr().out
     # another run into the same directory without --resume is refused
     before = {f.name: f.read_bytes() for f in out.iterdir()}
@@ -73,8 +73,8 @@ def test_capture_cli_flux_dir_window_and_bad_paths(tmp_path, capsys):
     assert "must be a fraction in [0, 1]" in capsys.readouterr().err and not (tmp_path / "c").exists()
     assert main(["store", "info", str(tmp_path / "nothing")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="expected a shipped model name"):
-        main(["capture", "--model", str(tmp_path), "--steps", "2", "--out", str(tmp_path / "b")])
+    assert main(["capture", "--model", str(tmp_path), "--steps", "2", "--out", str(tmp_path / "b")]) == 2
+    assert "no config.json" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_capture_shipped_model_route(tmp_path, capsys, monkeypatch):

@@ -83,7 +83,6 @@ LAYERS = {
     "studies": 7,
     "selfcheck": 8,
     "cli": 9,
-    "cli_capture": 9,
 }
 
 

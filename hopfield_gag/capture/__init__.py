@@ -21,13 +21,14 @@ from .store import (
     FORMAT_VERSION,
     ActivationStore,
     ShardError,
+    ShardRef,
     StoreError,
     StoreMismatchError,
     read_shard_file,
 )
 
 __all__ = [
-    "ActivationStore", "ShardError", "StoreError", "StoreMismatchError", "read_shard_file",
+    "ActivationStore", "ShardError", "ShardRef", "StoreError", "StoreMismatchError", "read_shard_file",
     "FORMAT", "FORMAT_VERSION", "import_tensors", "LAYOUTS",
     "capture", "Capture", "Extractor", "ProjectionExtractor", "model_fingerprint", "COMPUTE", "MARGINS",
 ]

@@ -13,18 +13,17 @@ def evaluate(model, judge, per_class: int = 10, steps: int = 8, cfg_scale: float
              method: str = "dense", **params) -> tuple[dict, torch.Tensor]:
     """Judge metrics of ``per_class`` samples per digit; returns (metrics, images (N, 1, 8, 8))."""
     from .data import NUM_CLASSES
+    from .report import judge_metrics
     from .sampling import sample
 
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
     images = sample(model, labels, steps=steps, cfg_scale=cfg_scale, method=method, seed=seed, **params)
-    metrics = dict(accuracy=judge.accuracy(images, labels), frechet=judge.frechet_distance(images),
-                   diversity=judge.diversity(images, labels))
-    return metrics, images
+    return judge_metrics(judge, images, labels), images
 
 
 def write_model_card(name: str, directory: Path) -> Path:
     """Evaluate the shipped ``name`` (dense and GAG, 100 samples, 8 and 4 steps) and write its card."""
-    from .demo import _grid_png
+    from .report import save_grid_png
     from .judge import load_judge
     from .registry import load_model
 
@@ -39,7 +38,7 @@ def write_model_card(name: str, directory: Path) -> Path:
             rows.append((steps, method, m))
             if grid is None:
                 grid = images
-    _grid_png(grid, 10, directory / f"{name}.png")
+    save_grid_png(grid, 10, directory / f"{name}.png")
     curve = [json.loads(line) for line in (directory / f"{name}.train.jsonl").read_text().splitlines() if line]
     shown = curve[:: max(1, len(curve) // 8)] + ([curve[-1]] if curve and curve[-1] not in curve[:: max(1, len(curve) // 8)] else [])
     arch = "DiT (patch 2, 16 tokens, adaLN-Zero, self + cross-attention)" if name.startswith("dit") else \

@@ -14,13 +14,19 @@ r"""``hopfield-gag demo``: GAG on a real (small, shipped) diffusion model, end t
 """
 from __future__ import annotations
 
+import json
+import os
 import platform
+import re
+import stat
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["run_demo", "PROPERTIES"]
+from .report import judge_metrics, save_grid_png
+
+__all__ = ["run_demo", "check_demo_options", "prepare_output", "DemoOutputError", "PROPERTIES", "MARKER"]
 
 # property -> (record key, one-line statement); margins >= -TOL count as holding
 PROPERTIES = {
@@ -32,23 +38,80 @@ PROPERTIES = {
 # unit roundoffs (2^-24 ~ 6e-8) each, so 1e-5 separates rounding from a real violation by >100x
 TOL = 1e-5
 
+# --out: the demo writes only these names, and marks the directory as its own so a rerun (with force) knows
+# what it may replace; everything else in the directory is the user's
+MARKER = ".hopfield-gag-demo"
+_OUTPUTS = ("report.md", "samples_dense.png", "samples_gag.png")
+_ACTIVATIONS = "activations"
+_STORE_FILE = re.compile(r"^(manifest\.json|shard-\d{6}\.safetensors|\.(manifest\.json|shard-\d{6}\.safetensors)\.tmp)$")
 
-def _grid_png(images: torch.Tensor, rows: int, path: Path, scale: int = 4) -> None:
-    """Tile images (N, 1, R, R) in [0, 1] row-major into ``rows`` rows and save as a grayscale PNG."""
-    import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+class DemoOutputError(ValueError):
+    """The output directory cannot be used as asked; nothing was written or deleted."""
 
-    n, _, r, _ = images.shape
-    cols = n // rows
-    pad = 1
-    canvas = torch.ones(rows * (r + pad) + pad, cols * (r + pad) + pad)
-    for i in range(n):
-        y, x = divmod(i, cols)
-        canvas[pad + y * (r + pad): pad + y * (r + pad) + r, pad + x * (r + pad): pad + x * (r + pad) + r] = images[i, 0]
-    big = canvas.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    plt.imsave(path, big.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+
+def check_demo_options(per_class: int = 10, steps: int = 4, cfg_scale: float = 2.0, lam: float = 10.0,
+                       eta: float = 15.0, zeta: float = 0.0, capture_per_class: int = 2, seed: int = 0) -> None:
+    """Validate :func:`run_demo`'s numbers before any work: ``per_class >= 2`` (the Fréchet distance and the
+    diversity need pairs), ``steps >= 1``, finite ``cfg_scale >= 0``, GAG's ``lam >= 0``, ``eta > 0``,
+    ``zeta`` in [0, 1], ``capture_per_class >= 1``, ``seed >= 0``; raises ``ValueError`` naming the argument."""
+    from .._validation import check_int, check_scalar
+
+    check_int("per_class", per_class, ge=2)
+    check_int("steps", steps, ge=1)
+    check_scalar("cfg_scale", cfg_scale, ge=0.0)
+    check_scalar("lam", lam, ge=0.0)
+    check_scalar("eta", eta, gt=0.0)
+    check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    check_int("capture_per_class", capture_per_class, ge=1)
+    check_int("seed", seed, ge=0)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def prepare_output(out, force: bool = False) -> Path:
+    """Make ``out`` ready for a demo run, deleting nothing the demo did not write.
+
+    ``out`` may be absent, empty, or a previous demo output (it holds the :data:`MARKER` file); the last only
+    with ``force``, which removes the previous run's report, grids and activation store (the store only if it
+    holds nothing but store files) and leaves every other file alone. Anything else raises
+    :class:`DemoOutputError` before a byte is written. Returns ``out`` (created, marked).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DemoOutputError(f"out {out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and entries != [MARKER]:
+        if not _is_regular(out / MARKER):
+            raise DemoOutputError(f"out {out} is not empty and is not a previous demo output (no {MARKER} file); "
+                                  "refusing to write into it: choose a new or empty directory (nothing was changed)")
+        if not force:
+            raise DemoOutputError(f"out {out} holds a previous demo output; pass --force (force=True) to replace it, "
+                                  "or choose another directory (nothing was changed)")
+        doomed = [out / name for name in _OUTPUTS if _is_regular(out / name)]
+        acts = out / _ACTIVATIONS
+        if acts.is_symlink() or (acts.exists() and not acts.is_dir()):
+            raise DemoOutputError(f"out {out}: {acts.name} is not the demo's activation store; move it away "
+                                  "(nothing was changed)")
+        if acts.is_dir():
+            foreign = [p.name for p in acts.iterdir() if not (_STORE_FILE.match(p.name) and _is_regular(p))]
+            if foreign:
+                raise DemoOutputError(f"out {out}: {acts.name}/ holds files the demo did not write ({foreign[:3]}); "
+                                      "move them away (nothing was changed)")
+            doomed += sorted(acts.iterdir())
+        for p in doomed:
+            p.unlink()
+        if acts.is_dir():
+            acts.rmdir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"written_by": "hopfield-gag demo", "files": list(_OUTPUTS) +
+                                          [_ACTIVATIONS + "/"]}) + "\n")
+    return out
 
 
 def _layer_table(store, lam: float, eta: float, zeta: float) -> list[dict]:
@@ -56,7 +119,7 @@ def _layer_table(store, lam: float, eta: float, zeta: float) -> list[dict]:
     from .. import gag_attention
 
     rows = {}
-    for rec in store.records():
+    for rec in store.records(verify=True):
         row = rows.setdefault(rec["layer"], {"layer": rec["layer"], "kind": rec["kind"], "records": 0, "steps": set(),
                                              **{p: [] for p in PROPERTIES}, "cap": []})
         row["records"] += 1
@@ -79,11 +142,13 @@ def _layer_table(store, lam: float, eta: float, zeta: float) -> list[dict]:
 
 def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: int = 4, cfg_scale: float = 2.0,
              lam: float = 10.0, eta: float = 15.0, zeta: float = 0.0, capture_per_class: int = 2, seed: int = 0,
-             progress: bool = True, model_name: str = "dit-digits") -> Path:
+             progress: bool = True, model_name: str = "dit-digits", force: bool = False) -> Path:
     """Run the demo and return the path of ``<out>/report.md`` (see the module docstring for what it does).
 
     ``per_class`` samples per digit per method; ``steps`` Euler steps; GAG with ``lam``, ``eta``, ``zeta`` in
     every cross-attention layer; activations of ``capture_per_class`` samples per digit captured at every step.
+    The options (:func:`check_demo_options`) and ``out`` (:func:`prepare_output`; ``force`` replaces a previous
+    demo output) are checked before anything is loaded or sampled.
     """
     from tqdm.auto import tqdm
 
@@ -91,12 +156,8 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
     from . import load_judge, load_model, sample
     from .data import NUM_CLASSES
 
-    if per_class < 2:
-        raise ValueError(f"per_class must be >= 2 (the Fréchet distance and diversity need pairs), got {per_class}")
-    if capture_per_class < 1:
-        raise ValueError(f"capture_per_class must be >= 1, got {capture_per_class}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_demo_options(per_class, steps, cfg_scale, lam, eta, zeta, capture_per_class, seed)
+    out = prepare_output(out, force)
     t_start = time.perf_counter()
     phases = tqdm(total=5, desc="demo", disable=not progress)
 
@@ -115,17 +176,12 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
         t0 = time.perf_counter()
         images = sample(model, labels, steps=steps, cfg_scale=cfg_scale, method=method, seed=seed, progress=progress, **params)
         timings[method] = time.perf_counter() - t0
-        _grid_png(images, NUM_CLASSES, out / f"samples_{method}.png")
-        results[method] = dict(accuracy=judge.accuracy(images, labels), frechet=judge.frechet_distance(images),
-                               diversity=judge.diversity(images, labels))
+        save_grid_png(images, NUM_CLASSES, out / f"samples_{method}.png")
+        results[method] = judge_metrics(judge, images, labels)
         phases.update(1)
 
     phases.set_postfix_str("capturing attention and evaluating margins")
-    cap_dir = out / "activations"
-    if cap_dir.exists():
-        import shutil
-
-        shutil.rmtree(cap_dir)
+    cap_dir = out / _ACTIVATIONS  # prepare_output left it absent
     cap_labels = torch.arange(NUM_CLASSES).repeat_interleave(capture_per_class)
     with capture(model, cap_dir, via="adapters", compute=("sharpening", "query_alignment", "parallel")) as cap:
         sample(model, cap_labels, steps=steps, cfg_scale=cfg_scale, seed=seed + 1)
@@ -193,33 +249,3 @@ def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: 
     phases.update(1)
     phases.close()
     return report
-
-
-def add_demo_parser(sub) -> None:
-    """Register ``hopfield-gag demo`` on an argparse subparsers object (called by :mod:`hopfield_gag.cli`)."""
-    p = sub.add_parser(
-        "demo",
-        help="sample digits with dense attention and GAG from the shipped DiT, judge them, check the theory "
-        "margins on captured activations, write a report",
-        description="Runs on CPU in about a minute, offline: the DiT and the judge ship with the package. "
-        "Writes <out>/report.md with sample grids, judge metrics and per-layer margin tables.",
-    )
-    p.add_argument("--out", default="hopfield-gag-demo", help="output directory (default ./hopfield-gag-demo)")
-    p.add_argument("--per-class", type=int, default=10, help="samples per digit and method (default 10)")
-    p.add_argument("--steps", type=int, default=4, help="Euler steps (default 4)")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--lam", type=float, default=10.0, help="GAG lambda (default 10)")
-    p.add_argument("--eta", type=float, default=15.0, help="GAG norm cap eta (default 15)")
-    p.add_argument("--zeta", type=float, default=0.0, help="GAG weight of the perpendicular part (default 0)")
-    p.add_argument("--capture-per-class", type=int, default=2, help="captured samples per digit (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_cmd_demo)
-
-
-def _cmd_demo(args) -> int:
-    report = run_demo(out=args.out, per_class=args.per_class, steps=args.steps, cfg_scale=args.cfg_scale, lam=args.lam,
-                      eta=args.eta, zeta=args.zeta, capture_per_class=args.capture_per_class, seed=args.seed,
-                      progress=not args.no_progress)
-    print(f"report: {report.resolve()}")
-    return 0
