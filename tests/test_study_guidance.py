@@ -202,3 +202,16 @@ def test_headline_and_where_figure(fast_study, tmp_path):
     assert head[0]["delta"] == best["dexact_mean"]
     paths = plot_where_it_helps(rows, tmp_path, "w.png")
     assert paths and paths[0].stat().st_size > 5_000
+
+
+def test_full_figure_replots_the_committed_table(fast_study, tmp_path):
+    from hopfield_gag.studies._io import read_csv, write_csv
+    from hopfield_gag.studies.figures import fig_guidance_where
+
+    _, rows, _ = fast_study
+    write_csv(rows, GUIDANCE_COLUMNS, tmp_path, "guidance_fine.csv")
+    back = read_csv(tmp_path / "guidance_fine.csv")
+    assert [r["variant"] for r in back] == [r["variant"] for r in rows]
+    assert all(b["exact_mean"] == pytest.approx(r["exact_mean"], rel=1e-5) for b, r in zip(back, rows))
+    paths = fig_guidance_where(tmp_path, fast=False)
+    assert paths[0].name == "guidance_where.png" and paths[0].stat().st_size > 5_000

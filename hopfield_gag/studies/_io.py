@@ -23,3 +23,19 @@ def format_table(rows, columns) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def read_csv(path) -> list[dict]:
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back (ints, floats; empty stays "")."""
+    def parse(v):
+        if v == "":
+            return v
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]

@@ -34,7 +34,8 @@ from .mapreduce import torch_threads
 
 __all__ = ["FIGURES", "make_all", "fast_mode", "figures_dir", "digits_patterns"] + [
     "fig_energy", "fig_beta_regimes", "fig_sparse_dense", "fig_directional", "fig_anderson",
-    "fig_acceleration", "fig_directional_store", "fig_sampling", "fig_samples_grid"]
+    "fig_acceleration", "fig_directional_store", "fig_sampling", "fig_samples_grid", "fig_guidance_where",
+    "fig_guidance_theory", "fig_guidance_maps"]
 
 
 def fast_mode() -> bool:
@@ -342,6 +343,88 @@ def fig_directional_store(out_dir, fast: bool = False, model_name: str = "dit-di
     return [Path(out_dir) / n for n in ("directional_properties.png", "directional_sign.png", "directional_c.png")]
 
 
+# --------------------------------------------------------------------------------- 07 where guidance helps
+def _study_csv(out_dir, name):
+    """The committed study table ``name`` (written by ``experiments/study_guidance.py``): ``out_dir/name`` or
+    the repository's ``paper_figures/name``; None if neither exists."""
+    for d in (Path(out_dir), figures_dir()):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _grid_or_digits(fast):
+    """The main grid DiT if shipped, else the digits DiT (before the grid models exist)."""
+    from ..models import MODELS
+
+    return "dit-grid" if "dit-grid" in MODELS else "dit-digits"
+
+
+def fig_guidance_where(out_dir, fast: bool = False) -> list[Path]:
+    """07: "where it helps" — paired Delta exact match and Delta Frechet (cells) of PLADIS / GAG / GAG+ against
+    dense over (lambda, steps), per model and CFG/APG weight. Full: re-plotted from the committed study table
+    ``guidance_fine.csv`` (the study runs for an hour: ``experiments/study_guidance.py``); fast: the tiny
+    test grid is run."""
+    from ._io import read_csv
+    from .guidance import GuidanceConfig, plot_where_it_helps, study_guidance
+
+    if fast:
+        rows = study_guidance(GuidanceConfig.fast())
+    else:
+        path = _study_csv(out_dir, "guidance_fine.csv")
+        if path is None:
+            raise FileNotFoundError("guidance_fine.csv: run `python experiments/study_guidance.py` first (the "
+                                    "guidance study's fine pass writes it into paper_figures/)")
+        rows = read_csv(path)
+    return plot_where_it_helps(rows, out_dir, "guidance_where.png")
+
+
+def fig_guidance_theory(out_dir, fast: bool = False) -> list[Path]:
+    """07: theory beside outcome — each directional statistic per layer group / step window against the paired
+    outcome of guiding only there. Full: re-plotted from ``guidance_theory_points.csv`` and
+    ``guidance_theory_correlation.csv``; fast: a tiny ablation of the digits DiT."""
+    from ._io import read_csv
+    from .guidance import PAPER
+    from .guidance_theory import plot_theory_outcome, study_guidance_theory
+
+    if fast:
+        res = study_guidance_theory("dit-digits", PAPER, None, steps=(1,), seeds=(0, 1), n_prompts=20,
+                                    capture_prompts=2, tokens=8)
+        points, corr = res["points"], res["correlations"]
+    else:
+        pp, cp = _study_csv(out_dir, "guidance_theory_points.csv"), _study_csv(out_dir, "guidance_theory_correlation.csv")
+        if pp is None or cp is None:
+            raise FileNotFoundError("guidance_theory_points.csv: run `python experiments/study_guidance.py` first")
+        points, corr = read_csv(pp), read_csv(cp)
+    return [plot_theory_outcome(points, corr, Path(out_dir) / "guidance_theory.png")]
+
+
+def fig_guidance_maps(out_dir, fast: bool = False) -> list[Path]:
+    """07: attention maps over the canvas per prompt token (dense, entmax, GAG's effective weights) and the
+    maps of c and of flipped tokens, from a capture of the main grid DiT (one prompt, CFG 2, 4 steps; the
+    cross-attention of the middle block at the middle step)."""
+    import tempfile
+
+    from ..capture import ActivationStore, capture
+    from ..models import sample
+    from .guidance import _guided_layers, prompts_for
+    from .maps import attention_maps, plot_attention_maps
+
+    name = _grid_or_digits(fast)
+    model, _ = _model(name, fast)
+    layers = _guided_layers(model)
+    layer = layers[len(layers) // 2]
+    prompt = prompts_for(name, "in-distribution", 1, 0)
+    steps = 2 if fast else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        with torch.inference_mode(), capture(model, Path(tmp) / "s", via="adapters", layers=layer.replace(".", r"\.")):
+            sample(model, prompt, steps=steps, cfg_scale=2.0, seed=0)
+        rec = next(iter(ActivationStore(Path(tmp) / "s").records(step=steps // 2, branch="cond")))
+        maps = attention_maps(rec)
+    title = f"{name}, prompt {prompt[0]!r}, {layer}, step {steps // 2} of {steps} (GAG lam 10, eta 15)"
+    return [plot_attention_maps(maps, Path(out_dir) / "guidance_maps.png", title=title)]
+
+
 # ------------------------------------------------------------------------------------------------ the index
 FIGURES = (
     # (function, files, notebook, what it shows)
@@ -363,6 +446,15 @@ FIGURES = (
      "study_sampling: judge accuracy vs Euler steps per method (95% CI over seeds)"),
     (fig_directional_store, ("directional_properties.png", "directional_sign.png", "directional_c.png"),
      "06_gag_real_model", "study_directional on a capture of the digits DiT: properties, sign question, c"),
+    (fig_guidance_where, ("guidance_where.png",), "07_where_guidance_helps",
+     "study_guidance: paired Delta exact / Delta Frechet of PLADIS, GAG, GAG+ vs dense over (lambda, steps), per "
+     "model and CFG/APG weight"),
+    (fig_guidance_theory, ("guidance_theory.png",), "07_where_guidance_helps",
+     "theory beside outcome: c<0 rate, flip rate, cap activity, support, certificate coverage per layer group / "
+     "step window vs the paired outcome of guiding only there"),
+    (fig_guidance_maps, ("guidance_maps.png",), "07_where_guidance_helps",
+     "attention maps over the canvas per prompt token (dense, entmax, GAG effective weights), maps of c and "
+     "flipped tokens"),
 )
 
 

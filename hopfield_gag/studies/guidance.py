@@ -654,8 +654,11 @@ def plot_where_it_helps(rows: list[dict], out_dir, filename: str = "guidance_whe
             ax = axes[i, j]
             lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
             im = ax.imshow(grid, cmap=cmap, vmin=-lim or -1, vmax=lim or 1, aspect="auto")
+            for a, b in zip(*np.nonzero(np.isfinite(grid))):
+                ax.text(b, a, f"{grid[a, b]:+.2g}", ha="center", va="center", fontsize=5,
+                        fontweight="bold" if sig[a, b] else "normal")
             for a, b in zip(*np.nonzero(sig)):
-                ax.plot(b, a, "k.", ms=4)
+                ax.plot(b, a + 0.3, "k.", ms=4)
             ax.set_xticks(range(len(steps)), steps, fontsize=7)
             ax.set_yticks(range(len(ylab)), [f"{f} {l:g}" for f, l in ylab], fontsize=6)
             ax.set_title(f"{model} {kind} w={w:g}\n{'Δ exact' if i == 0 else 'Δ Fréchet (cells)'}", fontsize=7)

@@ -248,7 +248,8 @@ def plot_theory_outcome(points: list[dict], corr: list[dict], path) -> Path:
                             yerr=[float(p[f"{o}_ci"]) if _finite(p[f"{o}_ci"]) else 0.0 for p in pts], fmt=mk,
                             ms=4, capsize=2, label=u)
             ax.axhline(0, color="k", lw=0.5)
-            ax.set_title(f"ρ = {rho.get((s, o), math.nan):+.2f}", fontsize=8)
+            r = rho.get((s, o), math.nan)
+            ax.set_title(f"Spearman ρ = {r:+.2f}" if _finite(r) else "ρ undefined (constant)", fontsize=8)
             ax.set_xlabel(s, fontsize=7)
             if j == 0:
                 ax.set_ylabel({"dexact": "Δ exact (paired)", "dfd_cells": "Δ Fréchet cells (paired)"}[o], fontsize=7)
