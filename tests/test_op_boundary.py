@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
@@ -233,3 +234,73 @@ def test_compile_fullgraph_every_method():
     for got, want in zip(compiled(q, k, v, mask), every_method(q, k, v, mask)):
         # same ops in the same order up to Inductor's fusion: fp32 rounding, ~1e2 ulps of an O(1) output
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ one mask rule (issue 21 item 7)
+
+
+def _paths_in_play():
+    """(label, dtype, grad): the CPU paths of gag_attention — one-call C (fp32), chunked C (fp64), torch (grad)."""
+    return [("one-call C", torch.float32, False), ("chunked C", torch.float64, False), ("torch", torch.float32, True)]
+
+
+@pytest.mark.parametrize("label,dtype,grad", _paths_in_play())
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.uint8, torch.int32, torch.complex64])
+def test_integer_and_complex_masks_raise_on_every_path_and_strength(label, dtype, grad, strength, bad_dtype):
+    # reported: mask=m.long() was taken as an additive bias on fp32 CPU (a different output from m.bool()),
+    # rejected on fp64, and a raw SDPA error at strength 0
+    q, k, v = qkv(31, dtype=dtype)
+    m = torch.rand(12, 7, generator=torch.Generator().manual_seed(2)) > 0.3
+    m[:, 0] = True
+    if grad:
+        q.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"mask must have dtype bool .* or a floating dtype.*got torch\.(int|uint|complex)"):
+        gag_attention(q, k, v, mask=m.to(bad_dtype), strength=strength)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("kind", ["1-D bool", "1-D additive", "other float dtype", "0-D bool"])
+def test_masks_sdpa_rejects_mean_the_same_at_strength_0_and_1(dtype, kind):
+    q, k, v = qkv(32, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    keep = torch.rand(7, generator=g) > 0.4
+    keep[0] = True
+    other = torch.float64 if dtype != torch.float64 else torch.float32
+    mask = {
+        "1-D bool": keep,
+        "1-D additive": torch.where(keep, 0.0, -math.inf).to(dtype),
+        "other float dtype": torch.where(keep, 0.0, -1e4).to(other).expand(12, 7),
+        "0-D bool": torch.tensor(True),
+    }[kind]
+    off = gag_attention(q, k, v, mask=mask, strength=0.0)
+    # strength 0 is SDPA itself, with the mask in the form SDPA takes: (1, Lk), in q's dtype
+    mask2 = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 2 else mask
+    mask2 = mask2 if mask2.dtype == torch.bool else mask2.to(dtype)
+    assert torch.equal(off, F.scaled_dot_product_attention(q, k, v, attn_mask=mask2))
+    # strength 1 takes the same mask, with the same meaning: its dense branch is the strength-0 output
+    on, parts = gag_attention(q, k, v, mask=mask, return_parts=True)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(parts.dense.to(dtype), off, rtol=tol, atol=tol)
+    with torch.no_grad():  # and the fused CPU paths agree with the torch path on it
+        torch.testing.assert_close(gag_attention(q, k, v, mask=mask), on, rtol=tol, atol=tol * 30)
+
+
+def test_a_mask_on_another_device_is_named():
+    q, k, v = qkv(33)
+    with pytest.raises(ValueError, match="mask must be on the device of q"):
+        gag_attention(q, k, v, mask=torch.ones(12, 7, dtype=torch.bool, device="meta"))
+
+
+@pytest.mark.parametrize("strength", [0.0, 1.0])
+def test_nan_mask_and_fully_masked_rows_raise_at_every_strength(strength):
+    # the off switch rejects what the guided paths reject (one status word on every path)
+    q, k, v = qkv(34)
+    add = torch.zeros(12, 7)
+    add[2, 3] = math.nan
+    with pytest.raises(ValueError, match=r"mask \(additive\) must not contain NaN"):
+        gag_attention(q, k, v, mask=add, strength=strength)
+    rows = torch.ones(12, 7, dtype=torch.bool)
+    rows[5] = False
+    with pytest.raises(ValueError, match="fully masked"):
+        gag_attention(q, k, v, mask=rows, strength=strength)

@@ -20,14 +20,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..guidance.attention import GAGAttention, gag_attention
+from ..guidance.attention import GagParams, gag_attention
 from ..guidance.joint import joint_text_guidance
 from .call import AttentionCall
 from .install import AttentionHandle, install_attention_fn
 
 __all__ = ["GuidedAttention", "apply_gag"]
 
-_OPTIONS = ("method", "lam", "eta", "zeta", "alpha", "strength", "chunk_size", "parallel")
+_OPTIONS = ("method", "lam", "eta", "zeta", "alpha", "strength", "chunk_size", "parallel", "aa_range", "memory_budget")
 _DEFAULT_LAM = {"pladis": 2.0}  # PLADIS' own default; gag_attention's (10) otherwise
 
 
@@ -52,8 +52,8 @@ class GuidedAttention:
     Parameters
     ----------
     method : {"gag", "pladis", "sparse", "aa", "dense"}
-    lam, eta, zeta, alpha, strength, chunk_size, parallel
-        As in :func:`gag_attention` (``parallel="positive"``: the one-sided rule, THEORY.md T5); ``lam`` defaults to 2.0 for ``pladis`` and 10.0 otherwise.
+    lam, eta, zeta, alpha, strength, chunk_size, parallel, aa_range
+        As in :func:`gag_attention` (fields of :class:`~hopfield_gag.GagParams`) (``parallel="positive"``: the one-sided rule, THEORY.md T5); ``lam`` defaults to 2.0 for ``pladis`` and 10.0 otherwise.
     steps : (start, stop) fractions in [0, 1], optional
         Guide steps ``i`` with ``start <= i / num_steps < stop`` (needs the step counter: apply to a pipeline,
         or set ``handle.state``).
@@ -70,18 +70,19 @@ class GuidedAttention:
         Counters of calls that were guided / passed through dense.
     """
 
-    def __init__(self, method: str = "gag", lam: Optional[float] = None, eta: float = 15.0, zeta: float = 0.0,
-                 alpha: float = 1.5, strength: float = 1.0, steps=None, sigmas=None, branches: str = "all",
-                 chunk_size: Optional[int] = None, record: bool = False, parallel: str = "paper"):
+    def __init__(self, method: str = "gag", lam: Optional[float] = None, eta: Optional[float] = GagParams.eta,
+                 zeta: float = GagParams.zeta, alpha: float = GagParams.alpha, strength: float = GagParams.strength,
+                 steps=None, sigmas=None, branches: str = "all", chunk_size: Optional[int] = None, record: bool = False,
+                 parallel: str = GagParams.parallel, aa_range=GagParams.aa_range):
         self.options = {}
         self.steps = self.sigmas = None
         self.branches = "all"
         self.record = bool(record)
         self.log = []
         self.guided_calls = self.dense_calls = 0
-        self.update(method=method, lam=_DEFAULT_LAM.get(method, 10.0) if lam is None else lam, eta=eta, zeta=zeta,
-                    alpha=alpha, strength=strength, chunk_size=chunk_size, parallel=parallel, steps=steps, sigmas=sigmas,
-                    branches=branches)
+        self.update(method=method, lam=_DEFAULT_LAM.get(method, GagParams.lam) if lam is None else lam, eta=eta,
+                    zeta=zeta, alpha=alpha, strength=strength, chunk_size=chunk_size, parallel=parallel,
+                    aa_range=aa_range, steps=steps, sigmas=sigmas, branches=branches)
 
     def update(self, **params) -> None:
         """Change parameters (validated together; on error nothing changes)."""
@@ -89,7 +90,7 @@ class GuidedAttention:
         if unknown:
             raise TypeError(f"unknown parameter(s) {sorted(unknown)}; expected {_OPTIONS + ('steps', 'sigmas', 'branches', 'record')}")
         opts = dict(self.options, **{k: v for k, v in params.items() if k in _OPTIONS})
-        GAGAttention(**opts)  # validates method, lam, eta, zeta, alpha, strength, chunk_size, parallel
+        GagParams.from_kwargs(**opts)  # validates every option (ops/params.py)
         steps = _check_window("steps", params["steps"], 0.0, 1.0) if "steps" in params else self.steps
         sigmas = _check_window("sigmas", params["sigmas"]) if "sigmas" in params else self.sigmas
         branches = params.get("branches", self.branches)
@@ -192,7 +193,7 @@ def apply_gag(model_or_pipeline, layers="auto", method: str = "gag", steps=None,
     model_or_pipeline : diffusers pipeline or denoiser model
     layers : see :func:`install_attention_fn` ("auto" by default)
     method, steps, branches, **params : see :class:`GuidedAttention` (``lam``, ``eta``, ``zeta``, ``alpha``,
-        ``strength``, ``sigmas``, ``chunk_size``, ``record``)
+        ``strength``, ``aa_range``, ``sigmas``, ``chunk_size``, ``record``)
     guide_self : bool
         Also allow self-attention layers (off by default: sparse self-attention hurts, PLADIS Fig. 3).
 

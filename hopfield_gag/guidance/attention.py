@@ -346,27 +346,28 @@ def _forward(call: _Call, path: Path, checks: bool):
         # (never seen on real rows) an entmax row at the iteration limit: the fallback recomputes exactly
         path = _BY_NAME[path.on_iter_limit]
         out, status, parts = path.run(call)
-    if checks and status is None:  # (stock) no scores were computed: their conditions from q and the mask
-        status = _stock_status(call)
+    if checks and status is None:  # (stock) no scores were computed here: their conditions from the inputs
+        status = _stock_status(call, out)
     if checks and not path.covers_kv:
         status = nonfinite_any(call.k, call.v).to(torch.int64) * int(Status.KV_NONFINITE) | status
     return out, status, parts
 
 
-def _stock_status(call: _Call) -> Tensor:
-    """The status word of a call that computed no scores (SDPA itself), from q and the mask alone, so that
-    the off switch rejects what the guided paths reject: a non-finite q or additive-mask entry
-    (``NONFINITE_SCORES``) and a query row with every key masked (``FULLY_MASKED``). No host read."""
-    bad = nonfinite_any(call.q)
-    mask = call.mask
-    if mask is None:
-        empty = torch.zeros((), dtype=torch.bool, device=call.q.device)
-    elif mask.dtype == torch.bool:
-        empty = ~mask.any(-1).all() if mask.numel() else torch.zeros((), dtype=torch.bool, device=mask.device)
-    else:
-        bad = bad | (torch.isnan(mask) | torch.isposinf(mask)).any()
-        empty = (mask == -math.inf).all(-1).any() if mask.numel() else torch.zeros((), dtype=torch.bool,
-                                                                                     device=mask.device)
+def _stock_status(call: _Call, out: Tensor) -> Tensor:
+    """The status word of a call that computed no scores itself (SDPA), so that the off switch rejects what
+    the guided paths reject: ``NONFINITE_SCORES`` for a non-finite q or k (it shows in the scores), a NaN/+inf
+    additive-mask entry, or a non-finite output from finite inputs and rows (an overflowing q.k);
+    ``FULLY_MASKED`` for a query row with every key masked. No host read."""
+    mask, device = call.mask, call.q.device
+    empty = bad_mask = torch.zeros((), dtype=torch.bool, device=device)
+    if mask is not None and mask.numel():
+        if mask.dtype == torch.bool:
+            empty = ~mask.any(-1).all()
+        else:
+            bad_mask = (torch.isnan(mask) | torch.isposinf(mask)).any()
+            empty = (mask == -math.inf).all(-1).any()
+    overflow = nonfinite_any(out) & ~nonfinite_any(call.k, call.v) & ~empty
+    bad = nonfinite_any(call.q, call.k) | bad_mask | overflow
     return bad.to(torch.int64) * int(Status.NONFINITE_SCORES) | empty.to(torch.int64) * int(Status.FULLY_MASKED)
 
 

@@ -235,7 +235,7 @@ def gag_fwd_kernel(
     # ---- row status: non-finite scores, fully masked rows
     nonfinite = _rsum(((z != z) | (z == float("inf"))).to(tl.int32), axis=1) > 0
     zmax = _rmax(z, axis=1)
-    empty = zmax == float("-inf")
+    empty = (zmax == float("-inf")) & (nonfinite == 0)  # one condition per row, as in the C kernel
     valid_row = row_in & (nonfinite == 0) & (empty == 0)
     zmax = tl.where(valid_row, zmax, 0.0)
     u = z - zmax[:, None]

@@ -116,6 +116,8 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
         m = normalizers.apply_mask(torch.zeros(mask.shape, dtype=torch.float32), mask, name="the mask", check=False)
     else:
         m = mask.to(torch.float32)
+    if m.dim() < 2:  # a (Lk,) or 0-d mask: one row for every query
+        m = m.reshape((1,) * (2 - m.dim()) + tuple(m.shape))
     if m.shape[-1] != lk:
         m = m.expand(*m.shape[:-1], lk)
     m = m.contiguous()  # at the mask's own (broadcastable) shape
