@@ -52,9 +52,11 @@ def load_denoiser(path):
     """The denoiser saved in ``path`` (checked by :func:`check_denoiser_dir`), in eval mode, loaded offline."""
     cls_name = check_denoiser_dir(path)
     import diffusers
+    from diffusers.utils import is_accelerate_available
 
-    try:
-        return getattr(diffusers, cls_name).from_pretrained(str(path), local_files_only=True).eval()
+    try:  # low_cpu_mem_usage needs accelerate; saying so up front keeps diffusers from warning about it
+        return getattr(diffusers, cls_name).from_pretrained(
+            str(path), local_files_only=True, low_cpu_mem_usage=is_accelerate_available()).eval()
     except Exception as exc:  # diffusers raises OSError, ValueError, safetensors errors... for broken files
         msg = " ".join(str(exc).split())[:300]
         raise ValueError(f"{path}: diffusers could not load the {cls_name} ({type(exc).__name__}: {msg})") from None
