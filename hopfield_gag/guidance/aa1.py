@@ -19,6 +19,7 @@ from .._validation import (
     default_scale,
 )
 from ..ops.combine import aa1_gamma, aa_token_scale, combine, gag_difference, parallel_coefficient
+from ..ops.params import GagParams
 from ..theory.discrepancy import sparse_dense_discrepancy
 
 __all__ = [
@@ -121,8 +122,8 @@ def extrapolation_as_aa(
     sparse: Tensor,
     method: str,
     lam=None,
-    eta: float = 15.0,
-    zeta: float = 0.0,
+    eta: float = GagParams.eta,
+    zeta: float = GagParams.zeta,
     eps: float | None = None,
     parallel: str = "paper",
 ) -> AA1Extrapolation:
@@ -279,7 +280,8 @@ class AdaptiveScale:
 
 
 def aa_scale_from_retrievals(
-    query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = 0.0, hi: float = 3.0
+    query: Tensor, key_dense: Tensor, key_sparse: Tensor, lo: float = GagParams.aa_range[0],
+    hi: float = GagParams.aa_range[1],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The AA-adaptive PLADIS scale from the key-space retrievals of the same state (shared by
     :func:`aa_adaptive_scale` and ``gag_attention``'s ``method="aa"``).
@@ -316,8 +318,10 @@ def aa_adaptive_scale(
     scale: Optional[float] = None,
     alpha: float = 1.5,
     mask: Optional[Tensor] = None,
-    lo: float = 0.0,
-    hi: float = 3.0,
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    *,
+    aa_range: Optional[tuple[float, float]] = None,
 ) -> AdaptiveScale:
     r"""Per-token extrapolation scale chosen by AA(1)'s own least-squares rule (no tuning).
 
@@ -345,7 +349,7 @@ def aa_adaptive_scale(
 
     Guards: a degenerate difference (:func:`aa1_mixing`) gives :math:`\gamma^\star = 0` (:math:`\lambda = 1`,
     the sparse output; then :math:`s \approx d` in key space anyway). :math:`\lambda` is clamped to
-    ``[lo, hi]`` (default ``[0, 3]``: never past the dense output, at most 1.5× PLADIS's largest
+    ``aa_range = (lo, hi)`` (default ``(0, 3)``, :class:`~hopfield_gag.GagParams`: never past the dense output, at most 1.5× PLADIS's largest
     recommended scale 2.0; bounded coefficients, :math:`|\gamma| + |1-\gamma| \le 2\,\text{hi} - 1`, are what
     the local convergence theory of Toth & Kelley 2015 assumes).
 
@@ -361,8 +365,12 @@ def aa_adaptive_scale(
         Entmax order of the sparse branch (PLADIS/GAG use 1.5).
     mask : Tensor, optional
         Boolean (True = keep) or additive float, broadcastable to the scores (..., Lq, Lk).
-    lo, hi : float, default 0.0, 3.0
-        Clamp range of the PLADIS scale :math:`\lambda`, ``lo < hi``.
+    aa_range : (float, float), default (0.0, 3.0)
+        Clamp range ``(lo, hi)``, ``lo < hi``, of the PLADIS scale :math:`\lambda` (the ``aa_range`` of
+        :func:`~hopfield_gag.gag_attention`'s ``method="aa"``).
+    lo, hi : float, optional
+        The two ends of ``aa_range`` given separately (the older spelling; either end replaces that end of
+        ``aa_range``).
 
     Returns
     -------
@@ -378,10 +386,8 @@ def aa_adaptive_scale(
     check_qkv(q, k, v)
     scale = default_scale(scale, q.shape[-1])
     alpha = check_scalar("alpha", alpha, gt=1.0)
-    lo = check_scalar("lo", lo)
-    hi = check_scalar("hi", hi)
-    if not lo < hi:
-        raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
+    base = GagParams.aa_range if aa_range is None else GagParams(aa_range=aa_range).aa_range  # validated
+    lo, hi = GagParams(aa_range=(base[0] if lo is None else lo, base[1] if hi is None else hi)).aa_range
     dt = q.dtype
     # the retrievals (scores, both normalizers, value- and key-space outputs) from the theory's one helper
     disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
