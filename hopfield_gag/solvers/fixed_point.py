@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._validation import check_int, check_scalar
-from ..hopfield.dynamics import _check_beta_alpha, _check_problem, energy, retrieval_map
+from .._validation import check_int, check_qkv, check_scalar
+from ..hopfield.dynamics import energy, retrieval_map
 from .anderson import anderson
 from .result import SolverResult
 
@@ -58,8 +58,10 @@ def fixed_point(
     References: Ramsauer et al. 2021 (arXiv 2008.02217), Theorems 1–2; Santos et al. 2024
     (arXiv 2402.13725).
     """
-    batch = _check_problem(xi0, keys, xi_name="xi0")
-    beta, alpha = _check_beta_alpha(beta, alpha)
+    # the shared argument checks (_validation), in their Hopfield form: one state (..., d) per batch element
+    batch = check_qkv(xi0, keys, names=("xi0", "keys", "values"), length="N", item="pattern", q_vector=True)
+    beta = check_scalar("beta", beta, gt=0.0)
+    alpha = check_scalar("alpha", alpha, ge=1.0)
     tol = check_scalar("tol", tol, ge=0.0)
     check_int("max_iter", max_iter, ge=0)
     x0 = xi0.expand(*batch, xi0.shape[-1])
