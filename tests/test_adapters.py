@@ -239,8 +239,16 @@ def test_unknown_architecture_and_processor_are_named():
         apply_gag(dit)
     unet = _seeded(UNet2DConditionModel, SD15_UNET)
     unet.set_attn_processor(AttnProcessor())
-    with pytest.raises(ValueError, match="AttnProcessor'?\\]"):
-        apply_gag(unet)
+    with pytest.raises(ValueError, match="AttnProcessor'?\\].*via='hooks'"):
+        install_attention_fn(unet, lambda c: c.dense(), via="processors")
+    # via="auto" reaches it through the hook path, which refuses at the first call: AttnProcessor computes
+    # attention with bmm, not scaled_dot_product_attention, so nothing could be guided
+    g = torch.Generator().manual_seed(0)
+    with install_attention_fn(unet, lambda c: c.dense()) as h:
+        assert set(h.paths.values()) == {"hooks"}
+        with pytest.raises(RuntimeError, match="made no torch.nn.functional.scaled_dot_product_attention call"):
+            _out(unet, dict(sample=torch.randn(1, 4, 8, 8, generator=g), timestep=torch.tensor([10]),
+                            encoder_hidden_states=torch.randn(1, 4, 8, generator=g)))
     with pytest.raises(TypeError, match="pipeline"):
         apply_gag(object())
 

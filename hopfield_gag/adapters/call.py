@@ -8,7 +8,8 @@ processor's logic is copied per function.
 An attention function is any callable ``fn(call: AttentionCall) -> Tensor`` returning the attention output
 (B, H, Lq, Dv) in the layout of ``call.q``; ``call.dense()`` is the stock attention on exactly these
 inputs (the same kernel call the stock processor makes), so an attention function that returns
-``call.dense()`` leaves the model bit-identical.
+``call.dense()`` leaves the model bit-identical. ``call.inner()`` is the output of the functions installed
+inside this one (an observer such as capture returns it; see :mod:`.core`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ class AttentionCall:
         Architecture-specific facts an attention function may read (e.g. the number of text tokens).
     sigma : float or None
         Noise level of this step (``scheduler.sigmas[step]``), when the scheduler has sigmas.
+    inner : Callable[[], Tensor]
+        The output of the attention functions installed *inside* this one on the same layer (the guided
+        output when GAG runs inside a capture), or ``dense`` when there are none
+        (:mod:`hopfield_gag.adapters.core` defines the order). An observer returns ``call.inner()``.
     """
 
     q: Tensor
@@ -78,6 +83,11 @@ class AttentionCall:
     branches: Optional[tuple] = None
     extra: dict = field(default_factory=dict)
     sigma: Optional[float] = None
+    inner: Optional[Callable[[], Tensor]] = None
+
+    def __post_init__(self):
+        if self.inner is None:  # nothing installed inside: the stock kernel
+            object.__setattr__(self, "inner", self.dense)
 
 
 class AttentionFn(Protocol):

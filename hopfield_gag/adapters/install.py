@@ -1,92 +1,53 @@
-r"""Install an attention function into a diffusers model: layer listing and selection, the shared step /
-branch state, and a handle that restores the original processors.
+r"""Install an attention function into a model: the two paths, layer listing, the state hook, the handle.
 
-``install_attention_fn(model_or_pipeline, fn, layers="auto")`` replaces the processor of each selected
-attention module by the adapter of its stock processor type (:mod:`.processors`), all sharing one
-:class:`AttentionState` and one function ``fn``; nothing else in the model changes. The state is kept
-current by a diffusers ``ModelHook`` on the denoiser:
+``install_attention_fn(model_or_pipeline, fn, layers="auto", via="auto")`` runs ``fn`` in each selected
+attention layer (:mod:`.selection` says what ``layers=`` selects) by one of two paths:
+
+- ``"processors"``: the module's processor is replaced by a copy of its stock type that hands the kernel
+  call to ``fn`` (:mod:`.processors`: UNet/PixArt ``AttnProcessor2_0``, SD3 ``JointAttnProcessor2_0``,
+  ``FluxAttnProcessor``, ``QwenDoubleStreamAttnProcessor2_0``; models declaring their own adapter such as
+  the shipped DiT). Needs diffusers only for diffusers processors.
+- ``"hooks"``: a diffusers ``ModelHook`` on the module intercepts the attention kernel call
+  (:mod:`.hooks`); the module's own processor — IP-Adapter, LoRA, custom, any diffusers architecture —
+  stays in place.
+
+``via="auto"`` takes the processor path where an adapter exists and the hook path elsewhere;
+:func:`list_attention_layers` shows which path each layer would take. Several functions may be installed in
+one model; they compose per layer in a fixed order (:mod:`.core`).
+
+The step / branch state (:class:`~.core.AttentionState`, shared by everything installed in the model) is
+kept current by a hook on the denoiser:
 
 - **step / num_steps / timestep / sigma**: at each denoiser call the hook looks the ``timestep`` argument up
   in ``pipeline.scheduler.timesteps`` (also ``timestep * 1000``, since Flux and Qwen pass ``t / 1000``).
   This is automatic when a *pipeline* is passed and its loop iterates ``scheduler.timesteps`` and passes
-  that value to the denoiser: StableDiffusion(XL)Pipeline, StableDiffusion3Pipeline, FluxPipeline,
-  QwenImagePipeline (checked in the tests for SD and Flux). With a bare model, or a pipeline that does
-  neither, set ``handle.state.set_step(i, n)`` yourself or pass ``callback_on_step_end=handle.step_callback``.
-- **branch per batch row**: Flux and Qwen pipelines wrap each call in ``transformer.cache_context("cond" |
-  "uncond")``; the hook receives that context (it is a stateful diffusers hook) and marks every row.
-  SD/SDXL/SD3 pipelines batch [uncond, cond] when ``pipeline.do_classifier_free_guidance``; the hook marks
-  the first half "uncond" and the second "cond" (and every row "cond" without CFG). PAG pipelines
-  ([uncond, cond, perturbed]) are not labelled, so ``branches="cond"`` raises there instead of guessing.
+  that value to the denoiser (StableDiffusion(XL), SD3, Flux, QwenImage pipelines). With a bare model, or a
+  loop that does neither, call ``state.set_step(i, n)`` or pass ``callback_on_step_end=handle.step_callback``.
+- **branch per batch row** (never guessed): a ``cache_context("cond" | "uncond")`` around the call (Flux and
+  Qwen pipelines; the hook receives it as a stateful diffusers hook) or a guider's pass
+  (:mod:`.guiders`) labels every row; a classic pipeline that batches [uncond, cond] and says so
+  (``pipeline.do_classifier_free_guidance`` readable and true, even batch) labels the halves, and one that
+  says it runs without CFG labels every row "cond". Anything else — a modular pipeline, a hand-written
+  loop, PAG's [uncond, cond, perturbed] — leaves the rows unknown, and ``branches="cond"`` raises naming
+  the fixes instead of guessing.
 """
 from __future__ import annotations
 
-import difflib
-import re
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
+from .core import AttentionState, LayerSlot, is_observer, registry_of
+from .selection import LayerInfo, attention_modules, resolve_model, select_layers, static_kind
+
 __all__ = ["AttentionState", "AttentionHandle", "LayerInfo", "install_attention_fn", "list_attention_layers",
-           "format_attention_layers", "resolve_model"]
+           "format_attention_layers", "resolve_model", "VIAS"]
 
-_MARK = "_hopfield_gag_handle"
+VIAS = ("auto", "processors", "hooks")
 _HOOK = "hopfield_gag_state"
-# architecture -> which kinds "auto" selects, and an optional name filter
-_AUTO = {
-    "UNet2DConditionModel": (("cross",), ("down_blocks.", "up_blocks.")),  # PLADIS: up + down attn2, not mid
-    "SD3Transformer2DModel": (("joint",), None),
-    "FluxTransformer2DModel": (("joint",), None),
-    "QwenImageTransformer2DModel": (("joint",), None),
-}
 
 
-# ---------------------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class AttentionState:
-    """Mutable state shared by every installed processor and read at each attention call.
-
-    Attributes
-    ----------
-    step, num_steps : int or None
-        Denoising step index (0-based) and schedule length.
-    timestep, sigma : float or None
-        The scheduler's timestep and sigma of this step.
-    branch : str or None
-        Name of the active ``cache_context`` ("cond"/"uncond") of the current denoiser call.
-    batch_branches : tuple of str or None
-        Per batch row, for pipelines that batch [uncond, cond].
-    calls : int
-        Denoiser calls seen by the hook.
-    """
-
-    step: Optional[int] = None
-    num_steps: Optional[int] = None
-    timestep: Optional[float] = None
-    sigma: Optional[float] = None
-    branch: Optional[str] = None
-    batch_branches: Optional[tuple] = None
-    calls: int = 0
-
-    def set_step(self, step: int, num_steps: Optional[int] = None, timestep=None, sigma=None) -> None:
-        """Set the step counter by hand (bare models, custom loops)."""
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        if num_steps is not None and (not isinstance(num_steps, int) or num_steps <= step):
-            raise ValueError(f"num_steps must be an int > step={step}, got {num_steps!r}")
-        self.step, self.num_steps = step, num_steps if num_steps is not None else self.num_steps
-        self.timestep = None if timestep is None else float(timestep)
-        self.sigma = None if sigma is None else float(sigma)
-
-    def branches_for(self, batch: int) -> Optional[tuple]:
-        """Branch of each of ``batch`` rows: the cache context's name, else the CFG batch layout."""
-        if self.branch is not None:
-            return (self.branch,) * batch
-        if self.batch_branches is not None and len(self.batch_branches) == batch:
-            return self.batch_branches
-        return None
+# ---------------------------------------------------------------------------------------------------- state hook
 
 
 def _scalar(t) -> Optional[float]:
@@ -100,7 +61,41 @@ def _scalar(t) -> Optional[float]:
         return None
 
 
-def _make_hook(state: AttentionState, pipeline):
+def _batch_layout(pipeline, batch: int) -> Optional[tuple]:
+    """Per-row branches of a classic pipeline's batch, or None when the pipeline does not say (never a guess)."""
+    if pipeline is None:
+        return None
+    if getattr(pipeline, "do_perturbed_attention_guidance", False):
+        return None  # PAG pipelines batch [uncond, cond, perturbed]
+    try:
+        cfg = pipeline.do_classifier_free_guidance
+    except Exception:  # no such attribute (modular pipelines), or not set outside the pipeline's __call__
+        return None
+    if not isinstance(cfg, bool):
+        return None
+    if not cfg:
+        return ("cond",) * batch
+    if batch % 2:
+        return None
+    return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
+
+
+@torch._dynamo.disable
+def _on_denoiser_call(reg, args, kwargs) -> None:
+    """One denoiser call: count it, follow the step, label the batch rows.
+
+    Outside dynamo: under ``torch.compile`` the counter and the timestep lookup (``Tensor.item``) would
+    otherwise be traced, recompiling at every call and warning of a graph break."""
+    state = reg.state
+    state.calls += 1
+    sample = args[0] if args else next((kwargs[n] for n in ("sample", "hidden_states") if n in kwargs), None)
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    _track_step(state, reg.pipeline, _scalar(t))
+    if reg.pipeline is not None and isinstance(sample, torch.Tensor):
+        state.batch_branches = _batch_layout(reg.pipeline, sample.shape[0])
+
+
+def _diffusers_state_hook(reg):
     from diffusers.hooks.hooks import ModelHook, StateManager
 
     class _ContextSink(StateManager):
@@ -111,7 +106,7 @@ def _make_hook(state: AttentionState, pipeline):
 
         def set_context(self, context) -> None:
             self._context = context
-            state.branch = None if context is None else context.name
+            reg.state.branch = None if context is None else context.name
 
     class _StateHook(ModelHook):
         _is_stateful = True
@@ -124,23 +119,32 @@ def _make_hook(state: AttentionState, pipeline):
             return module
 
         def pre_forward(self, module, *args, **kwargs):
-            state.calls += 1
-            sample = args[0] if args else next((kwargs[n] for n in ("sample", "hidden_states") if n in kwargs), None)
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            _track_step(state, pipeline, _scalar(t))
-            if pipeline is not None and isinstance(sample, torch.Tensor):
-                try:
-                    cfg = bool(getattr(pipeline, "do_classifier_free_guidance", False))
-                except Exception:  # some pipelines compute it from attributes set later in __call__
-                    cfg = False
-                b = sample.shape[0]
-                if getattr(pipeline, "do_perturbed_attention_guidance", False):
-                    state.batch_branches = None  # PAG pipelines batch [uncond, cond, perturbed]: not labelled
-                else:
-                    state.batch_branches = (("uncond",) * (b // 2) + ("cond",) * (b // 2)) if cfg and b % 2 == 0 else ("cond",) * b
+            _on_denoiser_call(reg, args, kwargs)
             return args, kwargs
 
     return _StateHook()
+
+
+def _install_state_hook(model, reg) -> None:
+    if _is_diffusers_model(model):
+        from diffusers.hooks.hooks import HookRegistry
+
+        registry = HookRegistry.check_if_exists_or_initialize(model)
+        registry.register_hook(_diffusers_state_hook(reg), _HOOK)
+        reg.teardown.append(lambda: registry.remove_hook(_HOOK, recurse=False))
+    else:  # a pure-torch model (the shipped DiT): no cache_context, a plain forward pre-hook
+        h = model.register_forward_pre_hook(lambda m, a, kw: _on_denoiser_call(reg, a, kw), with_kwargs=True)
+        reg.teardown.append(h.remove)
+
+
+def _is_diffusers_model(model) -> bool:
+    import sys
+
+    if "diffusers" not in sys.modules:  # a model of diffusers would have imported it
+        return False
+    from diffusers.models.modeling_utils import ModelMixin
+
+    return isinstance(model, ModelMixin)
 
 
 def _track_step(state: AttentionState, pipeline, t: Optional[float]) -> None:
@@ -170,48 +174,16 @@ def _track_step(state: AttentionState, pipeline, t: Optional[float]) -> None:
 # ---------------------------------------------------------------------------------------------------- layers
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """One attention module: its ``named_modules()`` name, kind, stock processor type and sizes."""
+def _adapter_for(processor):
+    """The processor-path adapter class for ``processor``, or None (diffusers imported only for its types)."""
+    own = getattr(type(processor), "hopfield_gag_adapter", None)
+    if callable(own):
+        return own()
+    if not type(processor).__module__.startswith("diffusers."):
+        return None
+    from .processors import adapter_for
 
-    name: str
-    kind: str
-    processor: str
-    supported: bool
-    heads: int
-    head_dim: int
-    query_dim: int
-    key_dim: int
-    text_dim: Optional[int]
-
-    def __str__(self):
-        text = f" text_dim={self.text_dim}" if self.text_dim else ""
-        flag = "" if self.supported else "  (unsupported processor)"
-        return (f"{self.name:<60} {self.kind:<6} {self.processor:<34} heads={self.heads} head_dim={self.head_dim} "
-                f"query_dim={self.query_dim} key_dim={self.key_dim}{text}{flag}")
-
-
-def resolve_model(model_or_pipeline):
-    """(denoiser model, pipeline or None): a pipeline's ``unet`` or ``transformer``, or the model itself."""
-    if isinstance(model_or_pipeline, torch.nn.Module):
-        return model_or_pipeline, None
-    for attr in ("unet", "transformer"):
-        m = getattr(model_or_pipeline, attr, None)
-        if isinstance(m, torch.nn.Module):
-            return m, model_or_pipeline
-    raise TypeError(f"expected a diffusers model (torch.nn.Module) or a pipeline with a .unet or .transformer, "
-                    f"got {type(model_or_pipeline).__name__}")
-
-
-def _attention_modules(model):
-    """[(name, module, parent)] of every module carrying an attention processor, in model order."""
-    mods = dict(model.named_modules())
-    out = []
-    for name, m in mods.items():
-        if name and hasattr(m, "processor") and callable(getattr(m, "set_processor", None)):
-            parent = mods.get(name.rpartition(".")[0]) if "." in name else model
-            out.append((name, m, parent))
-    return out
+    return adapter_for(processor)
 
 
 def _original(proc):
@@ -219,141 +191,42 @@ def _original(proc):
     return getattr(proc, "original", None) if hasattr(proc, "layer") and hasattr(proc, "fn") else proc
 
 
-def _kind(module, parent) -> str:
-    if getattr(module, "is_cross_attention", False):
-        return "cross"
-    if getattr(module, "added_kv_proj_dim", None) is not None or getattr(module, "add_k_proj", None) is not None:
-        return "joint"
-    if type(parent).__name__ == "FluxSingleTransformerBlock":  # text and image concatenated by the block
-        return "joint"
-    return "self"
-
-
-def _info(name, module, parent) -> LayerInfo:
-    from .processors import adapter_for
-
+def _layer_info(name, module, parent, slot=None) -> LayerInfo:
     proc = _original(module.processor)
     heads = int(getattr(module, "heads", 0))
     head_dim = int(getattr(module, "head_dim", 0) or (getattr(module, "inner_dim", 0) // max(heads, 1)))
     to_q, to_k, add_k = getattr(module, "to_q", None), getattr(module, "to_k", None), getattr(module, "add_k_proj", None)
+    supported = _adapter_for(proc) is not None
+    if slot is not None:
+        path = slot.path
+    elif supported:
+        path = "processors"
+    else:
+        from .hooks import hook_problem
+
+        path = "hooks" if hook_problem(module) is None else "none"
     return LayerInfo(
-        name=name, kind=_kind(module, parent), processor=type(proc).__name__, supported=adapter_for(proc) is not None,
+        name=name, kind=static_kind(name, module, parent), processor=type(proc).__name__, supported=supported,
         heads=heads, head_dim=head_dim,
         query_dim=int(getattr(to_q, "in_features", 0)), key_dim=int(getattr(to_k, "in_features", 0)),
-        text_dim=int(add_k.in_features) if isinstance(add_k, torch.nn.Linear) else None,
+        text_dim=int(add_k.in_features) if isinstance(add_k, torch.nn.Linear) else None, path=path,
     )
 
 
 def list_attention_layers(model_or_pipeline) -> list:
     """Every attention module of the model as a :class:`LayerInfo` (name, kind cross/joint/self, processor
-    type, heads, head_dim, query/key/text dims), in model order; ``print(format_attention_layers(model))``
-    shows them as a table. The names are what ``layers=`` selects."""
+    type, heads, head_dim, query/key/text dims, and the path — ``processors``, ``hooks`` or ``none`` — an
+    attention function installed with ``via="auto"`` would take), in model order;
+    ``print(format_attention_layers(model))`` shows them as a table. The names are what ``layers=`` selects."""
     model, _ = resolve_model(model_or_pipeline)
-    return [_info(n, m, p) for n, m, p in _attention_modules(model)]
+    reg = registry_of(model)
+    slots = reg.slots if reg is not None else {}
+    return [_layer_info(n, m, p, slots.get(n)) for n, m, p in attention_modules(model)]
 
 
 def format_attention_layers(model_or_pipeline) -> str:
     """The table of :func:`list_attention_layers`, one line per layer."""
     return "\n".join(str(i) for i in list_attention_layers(model_or_pipeline))
-
-
-def _prefixes(name: str) -> list:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def _match_string(spec: str, names: list) -> list:
-    """Names matched by ``spec``: the full name, or a dot-bounded leading part of it, matches ``spec`` as
-    an anchored regex (so ``blocks.1`` never selects ``blocks.10``; ``transformer_blocks.1`` selects every
-    attention module inside block 1)."""
-    spec = spec[: -len(".processor")] if spec.endswith(".processor") else spec
-    try:
-        rx = re.compile(spec)
-    except re.error:
-        rx = re.compile(re.escape(spec))
-    return [n for n in names if any(rx.fullmatch(p) for p in _prefixes(n))]
-
-
-def _no_match(spec, names) -> ValueError:
-    pool = sorted({p for n in names for p in _prefixes(n)})
-    close = difflib.get_close_matches(str(spec), pool, n=6, cutoff=0.5)
-    hint = f"; close matches: {close}" if close else ""
-    return ValueError(f"layers: {spec!r} matches no attention layer{hint} (list_attention_layers(model) shows all names)")
-
-
-def _select(model, infos: list, layers, kinds) -> list:
-    names = [i.name for i in infos]
-    by_name = {i.name: i for i in infos}
-    if isinstance(layers, str) and layers == "auto":
-        cls = type(model).__name__
-        # a model class outside diffusers may declare its own rule (the shipped models of hopfield_gag.models)
-        rule = _AUTO.get(cls, getattr(type(model), "hopfield_gag_auto_layers", None))
-        if rule is None:
-            raise ValueError(f"layers='auto' has no rule for the architecture {cls}; supported: {sorted(_AUTO)}. "
-                             f"Pass layers= explicitly (list_attention_layers(model) shows the choices)")
-        auto_kinds, prefixes = rule
-        chosen = [i.name for i in infos if i.kind in auto_kinds and (prefixes is None or i.name.startswith(prefixes))]
-        if kinds is not None:
-            chosen = [n for n in chosen if by_name[n].kind in kinds]
-        if not chosen:
-            raise ValueError(f"layers='auto' found no {auto_kinds} attention layer in {cls}")
-        return chosen
-
-    specs = list(layers) if isinstance(layers, (list, tuple, set)) else [layers]
-    if not specs:
-        raise ValueError("layers is empty")
-    chosen = set()
-    for spec in specs:
-        exact = False
-        if isinstance(spec, LayerInfo):
-            spec = spec.name
-        if isinstance(spec, str):
-            stripped = spec[: -len(".processor")] if spec.endswith(".processor") else spec
-            exact = stripped in by_name
-            hit = _match_string(spec, names)
-        elif isinstance(spec, bool):
-            raise TypeError(f"layers: {spec!r} is not a layer selector")
-        elif isinstance(spec, int):
-            hit = _index_hits(model, "transformer_blocks", spec, names)
-        elif isinstance(spec, dict):
-            hit = []
-            for fqn, idx in spec.items():
-                for i in ([idx] if isinstance(idx, int) else idx):
-                    hit += _index_hits(model, fqn, i, names)
-        elif callable(spec):
-            mods = dict(model.named_modules())
-            hit = [n for n in names if spec(n, mods[n])]
-            if not hit:
-                raise ValueError(f"layers: the predicate {spec!r} selected no attention layer")
-        else:
-            raise TypeError(f"layers: expected 'auto', a name/regex, an int index, a dict {{fqn: indices}}, a "
-                            f"predicate (name, module) -> bool, or a list of these; got {type(spec).__name__}")
-        if not hit:
-            raise _no_match(spec, names)
-        if kinds is not None:
-            kept = [n for n in hit if by_name[n].kind in kinds]
-            if not kept or exact:
-                bad = [n for n in hit if by_name[n].kind not in kinds]
-                if bad:
-                    raise ValueError(
-                        f"layers: {spec!r} selects {bad} of kind {sorted({by_name[n].kind for n in bad})}, but this "
-                        f"function acts on {tuple(kinds)} layers (a layer without text keys, e.g. SD3.5's image-only "
-                        f"attn2, has nothing to guide; apply_gag(..., guide_self=True) guides self-attention)")
-            hit = kept
-        chosen.update(hit)
-    return [n for n in names if n in chosen]
-
-
-def _index_hits(model, fqn: str, index: int, names: list) -> list:
-    blocks = model
-    for part in fqn.split("."):
-        blocks = getattr(blocks, part, None)
-    if not isinstance(blocks, torch.nn.ModuleList):
-        raise ValueError(f"layers: an index selects a block of {type(model).__name__}.{fqn}, which it does not have")
-    if not -len(blocks) <= index < len(blocks):
-        raise ValueError(f"layers: index {index} is out of range for {fqn} ({len(blocks)} blocks)")
-    prefix = f"{fqn}.{index % len(blocks)}."
-    return [n for n in names if n.startswith(prefix)]
 
 
 # ---------------------------------------------------------------------------------------------------- handle
@@ -362,36 +235,28 @@ def _index_hits(model, fqn: str, index: int, names: list) -> list:
 class AttentionHandle:
     """What :func:`install_attention_fn` returns.
 
-    ``remove()`` (idempotent) puts the exact original processor objects back and removes the hooks; as a
-    context manager the handle removes itself on exit, also when the body raises.
+    ``remove()`` (idempotent) detaches the function; a layer no other function uses gets its exact original
+    processor back (processor path) or loses its hook (hook path), and the state hook goes with the last
+    handle. As a context manager the handle removes itself on exit, also when the body raises.
 
     Attributes
     ----------
     model : the denoiser; layers : list of selected module names; fn : the attention function;
-    state : :class:`AttentionState`; processors : {name: adapter}.
+    state : :class:`AttentionState` (shared by every function installed in the model);
+    processors : {name: the adapter processor or hook running the layer}; paths : {name: "processors"|"hooks"}.
     """
 
-    def __init__(self, model, fn, layers, state, originals, processors, removers):
+    def __init__(self, model, fn, layers, state):
         self.model, self.fn, self.layers, self.state = model, fn, layers, state
-        self._originals, self.processors, self._removers = originals, processors, removers
+        self.processors: dict = {}
+        self.paths: dict = {}
         self.removed = False
 
     def remove(self) -> None:
         if self.removed:
             return
-        errors = []
-        for name, (module, proc) in self._originals.items():
-            try:
-                module.set_processor(proc)
-            except Exception as e:  # keep restoring the others
-                errors.append(f"{name}: {e}")
-        for r in self._removers:
-            try:
-                r()
-            except Exception as e:
-                errors.append(str(e))
-        if getattr(self.model, _MARK, None) is self:
-            delattr(self.model, _MARK)
+        reg = registry_of(self.model)
+        errors = reg.remove_handle(self) if reg is not None else []
         self.removed = True
         if errors:
             raise RuntimeError("restoring the original attention processors failed for: " + "; ".join(errors))
@@ -422,24 +287,34 @@ class AttentionHandle:
         return f"AttentionHandle({type(self.model).__name__}, {len(self.layers)} layers, fn={self.fn!r}, removed={self.removed})"
 
 
+def _unsupported(rows) -> ValueError:
+    return ValueError(f"no adapter for the processor type(s) {sorted({t for _, t in rows})} (layers "
+                      f"{[n for n, _ in rows][:4]}...); the processor path supports AttnProcessor2_0, "
+                      f"JointAttnProcessor2_0, FluxAttnProcessor, QwenDoubleStreamAttnProcessor2_0 (exact types). "
+                      f"Use via='hooks' (or 'auto') to keep the module's own processor, or undo the "
+                      f"enable_xformers/IP-Adapter/LoRA processor swap")
+
+
 def install_attention_fn(model_or_pipeline, fn: Callable[[Any], torch.Tensor], layers="auto", *, kinds=None,
-                         state: Optional[AttentionState] = None) -> AttentionHandle:
+                         state: Optional[AttentionState] = None, via: str = "auto") -> AttentionHandle:
     """Run ``fn(call: AttentionCall) -> Tensor (B, H, Lq, Dv)`` inside the selected attention layers.
 
     Parameters
     ----------
-    model_or_pipeline : a diffusers denoiser (UNet2DConditionModel, SD3/Flux/QwenImage transformer, ...) or a
-        pipeline (its ``unet``/``transformer`` is used, and its scheduler drives the step counter).
-    fn : the attention function; ``call.dense()`` inside it is the stock attention.
-    layers : "auto" | str | int | dict | callable | list of these
-        "auto": UNet down+up cross-attention (not mid, as PLADIS), all joint layers of SD3/Flux/Qwen-Image.
-        A string selects the layers whose name, or a dot-bounded leading part of it, fully matches it as a
-        regex (``"up_blocks"``, ``"transformer_blocks.1"``, ``r".*attn2"``); an int indexes
-        ``transformer_blocks``; ``{"single_transformer_blocks": [0, 2]}`` indexes any block list; a callable
-        is a predicate ``(name, module) -> bool``.
+    model_or_pipeline : a diffusers denoiser (UNet2DConditionModel, SD3/Flux/QwenImage/PixArt/Sana/Wan/...
+        transformer), a shipped model of :mod:`hopfield_gag.models`, or a pipeline (its ``unet``/
+        ``transformer`` is used, and its scheduler drives the step counter).
+    fn : the attention function; ``call.dense()`` inside it is the stock attention, ``call.inner()`` the
+        output of the functions installed inside it. A function with a true ``observer`` attribute
+        (capture) composes with a replacing one (GAG) on the same layer (:mod:`.core` for the order).
+    layers : "auto" | str | int | dict | callable | list of these; :mod:`.selection` for the one meaning
+        ("auto": UNet down+up cross-attention, every joint layer of SD3/Flux/Qwen-Image, every
+        cross-attention layer of other diffusers models).
     kinds : tuple of {"cross", "joint", "self"}, optional
         The kinds ``fn`` acts on: "auto" keeps only these; an explicit selection of another kind raises.
-    state : AttentionState, optional (a fresh one by default)
+    state : AttentionState, optional (the model's shared state; a fresh one for the first function)
+    via : {"auto", "processors", "hooks"}
+        The path (module docstring). A layer that already runs a function keeps its path.
 
     Returns
     -------
@@ -447,58 +322,104 @@ def install_attention_fn(model_or_pipeline, fn: Callable[[Any], torch.Tensor], l
 
     Raises
     ------
-    RuntimeError : the model already has an installed function (remove its handle first).
+    RuntimeError : a selected layer already runs a replacing function (remove its handle first).
     ValueError : no rule for "auto" on this architecture, a selector that matches nothing (close matches
-        listed), a selected layer of a kind outside ``kinds``, or a selected processor type with no adapter.
+        listed), a selected layer of a kind outside ``kinds``, a layer neither path can reach, or a processor
+        with no adapter under ``via="processors"``.
     """
     model, pipeline = resolve_model(model_or_pipeline)
-    prev = getattr(model, _MARK, None)
-    if prev is not None and not prev.removed:
-        raise RuntimeError(f"{type(model).__name__} already has an attention function installed by hopfield_gag "
-                           f"({prev!r}); call handle.remove() (or leave its `with` block) before applying again")
     if not callable(fn):
         raise TypeError(f"fn must be callable (AttentionCall -> Tensor), got {type(fn).__name__}")
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, got {via!r}")
     if kinds is not None:
         kinds = tuple(kinds)
         bad = [k for k in kinds if k not in ("cross", "joint", "self")]
         if bad or not kinds:
             raise ValueError(f"kinds must be a non-empty subset of ('cross', 'joint', 'self'), got {kinds}")
-    from .processors import adapter_for
-
-    mods = _attention_modules(model)
+    mods = attention_modules(model)
     if not mods:
         raise ValueError(f"{type(model).__name__} has no attention module with a processor (unknown architecture)")
-    infos = [_info(n, m, p) for n, m, p in mods]
-    selected = _select(model, infos, layers, kinds)
+    reg = registry_of(model)
+    if reg is not None and state is not None and state is not reg.state:
+        raise ValueError("state: this model already has functions installed sharing another AttentionState; "
+                         "leave state=None (installed(model)[0].state is the shared one)")
+    slots = reg.slots if reg is not None else {}
+    infos = [_layer_info(n, m, p, slots.get(n)) for n, m, p in mods]
+    selected = select_layers(model, infos, layers, kinds)
     table = {n: (m, p) for n, m, p in mods}
-    unsupported = [(n, type(table[n][0].processor).__name__) for n in selected if adapter_for(table[n][0].processor) is None]
-    if unsupported:
-        raise ValueError(f"no adapter for the processor type(s) {sorted({t for _, t in unsupported})} "
-                         f"(layers {[n for n, _ in unsupported][:4]}...); supported: AttnProcessor2_0, "
-                         f"JointAttnProcessor2_0, FluxAttnProcessor, QwenDoubleStreamAttnProcessor2_0. "
-                         f"Install guidance after enable_xformers/IP-Adapter/LoRA processor swaps are undone")
-    state = AttentionState() if state is None else state
-    originals, processors, removers = {}, {}, []
-    handle = AttentionHandle(model, fn, selected, state, originals, processors, removers)
+    info = {i.name: i for i in infos}
+    observer = is_observer(fn)
+    taken = [n for n in selected if n in slots and not observer and slots[n].replacing() is not None]
+    if taken:
+        prev = slots[taken[0]].replacing()[0]
+        raise RuntimeError(f"{type(model).__name__} already has an attention function installed by hopfield_gag on "
+                           f"{taken[:3]} ({prev!r}); call handle.remove() (or leave its `with` block) before applying "
+                           f"again (an observer such as capture composes with it)")
+    plan = {}
+    for n in selected:
+        if n in slots:
+            plan[n] = slots[n].path
+        elif via == "processors" or (via == "auto" and info[n].supported):
+            plan[n] = "processors"
+        else:
+            plan[n] = "hooks"
+    bad = [(n, info[n].processor) for n in selected if plan[n] == "processors" and n not in slots and not info[n].supported]
+    if bad:
+        raise _unsupported(bad)
+    hook_layers = [n for n in selected if plan[n] == "hooks" and n not in slots]
+    if hook_layers:
+        from .hooks import hook_problem
+
+        problems = [(n, hook_problem(table[n][0])) for n in hook_layers]
+        problems = [(n, p) for n, p in problems if p is not None]
+        if problems:
+            raise ValueError(f"layers {[n for n, _ in problems][:4]} cannot be reached by the hook path: "
+                             f"{problems[0][1]}")
+    fresh = reg is None
+    reg = registry_of(model, create=True, state=state)
+    if pipeline is not None:
+        reg.pipeline = pipeline
+    handle = AttentionHandle(model, fn, selected, reg.state)
+    reg.handles.append(handle)
     try:
+        if fresh:
+            _install_state_hook(model, reg)
         for name in selected:
             module, parent = table[name]
-            proc = adapter_for(module.processor)(fn, name, state, module.processor)
-            originals[name] = (module, module.processor)
-            module.set_processor(proc)
-            processors[name] = proc
-            if type(parent).__name__ == "FluxSingleTransformerBlock":
-                removers.append(parent.register_forward_pre_hook(_text_len_hook(proc), with_kwargs=True).remove)
-        from diffusers.hooks.hooks import HookRegistry
+            slot = reg.slots.get(name)
+            if slot is None:
+                slot = LayerSlot(name, reg.state, plan[name])
+                if plan[name] == "processors":
+                    _attach_processor(slot, module, parent)
+                else:
+                    from .hooks import attach_hook
 
-        registry = HookRegistry.check_if_exists_or_initialize(model)
-        registry.register_hook(_make_hook(state, pipeline), _HOOK)
-        removers.append(lambda: registry.remove_hook(_HOOK, recurse=False))
-        setattr(model, _MARK, handle)
+                    attach_hook(slot, module, parent, model)
+                reg.slots[name] = slot
+            slot.entries.append((handle, fn))
+            handle.processors[name] = slot.runner
+            handle.paths[name] = slot.path
     except BaseException:
         handle.remove()
         raise
     return handle
+
+
+def _attach_processor(slot: LayerSlot, module, parent) -> None:
+    original = module.processor
+    proc = _adapter_for(original)(slot, slot.layer, slot.state, original)
+    removers = []
+
+    def teardown():
+        module.set_processor(original)
+        for r in removers:
+            r()
+
+    module.set_processor(proc)
+    slot.runner, slot.teardown = proc, teardown
+    if type(parent).__name__ == "FluxSingleTransformerBlock":
+        removers.append(parent.register_forward_pre_hook(_text_len_hook(proc), with_kwargs=True).remove)
 
 
 def _text_len_hook(proc):

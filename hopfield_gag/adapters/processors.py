@@ -30,62 +30,17 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
 
-from .call import AttentionCall
+from .core import ProcessorAdapter
 
 __all__ = ["ADAPTERS", "adapter_for", "AdaptedAttnProcessor2_0", "AdaptedJointAttnProcessor2_0",
            "AdaptedFluxAttnProcessor", "AdaptedQwenDoubleStreamAttnProcessor2_0"]
-
-
-def _state_fields(state) -> dict:
-    if state is None:
-        return {}
-    return dict(step=state.step, num_steps=state.num_steps, timestep=state.timestep, sigma=state.sigma)
-
-
-@torch._dynamo.disable
-def _run(proc, q, k, v, mask, scale, dense, kind, text_keys, image_queries, extra):
-    """Build the :class:`AttentionCall` and run the function eagerly.
-
-    Outside dynamo on purpose: the function reads mutable state (lambda, step, branch) that would
-    otherwise become guards and recompile the model whenever it changes."""
-    state = proc.state
-    branches = state.branches_for(q.shape[0]) if state is not None else None
-    call = AttentionCall(q=q, k=k, v=v, mask=mask, scale=scale, dense=dense, layer=proc.layer, kind=kind,
-                         text_keys=text_keys, image_queries=image_queries, branches=branches, extra=extra,
-                         **_state_fields(state))
-    out = proc.fn(call)
-    if not isinstance(out, torch.Tensor) or out.shape[:-1] != q.shape[:-1]:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"attention function {proc.fn!r} returned {got} at layer {proc.layer!r}; "
-                         f"expected a tensor (B, H, Lq, Dv) with (B, H, Lq) = {tuple(q.shape[:-1])}")
-    # the stock kernels return (B, H, Lq, Dv) laid out as (B, Lq, H, Dv) in memory; returning that layout
-    # whatever the function computed keeps the stock reshape a view and spares torch.compile a stride guard
-    # (a recompile whenever guidance switches on or off); a no-op for call.dense()
-    return out.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-class _Adapter:
-    """Shared bookkeeping: the function, the layer name, the shared state, the replaced processor."""
-
-    def _setup(self, fn, layer: str, state=None, original=None):
-        self.fn = fn
-        self.layer = layer
-        self.state = state
-        self.original = original
-        # keep a backend / context-parallel choice made on the stock processor
-        for attr in ("_attention_backend", "_parallel_config"):
-            if original is not None and hasattr(original, attr) and hasattr(type(self), attr):
-                setattr(self, attr, getattr(original, attr))
-
-    def __repr__(self):
-        return f"{type(self).__name__}(layer={self.layer!r}, fn={self.fn!r})"
 
 
 # ------------------------------------------------------------------------------------------- legacy (BHSD)
 
 
 
-class AdaptedAttnProcessor2_0(_Adapter, AttnProcessor2_0):
+class AdaptedAttnProcessor2_0(ProcessorAdapter, AttnProcessor2_0):
     """``AttnProcessor2_0`` (UNet ``attn1``/``attn2``, PixArt) with a pluggable attention function."""
 
     def __init__(self, fn, layer: str, state=None, original=None):
@@ -134,7 +89,7 @@ class AdaptedAttnProcessor2_0(_Adapter, AttnProcessor2_0):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 
         lq, lk = query.shape[2], key.shape[2]
-        hidden_states = _run(self, query, key, value, attention_mask, None, dense, "cross" if cross else "self",
+        hidden_states = self.run(query, key, value, attention_mask, None, dense, "cross" if cross else "self",
                              slice(0, lk) if cross else None, slice(0, lq), {})
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
@@ -149,7 +104,7 @@ class AdaptedAttnProcessor2_0(_Adapter, AttnProcessor2_0):
         return hidden_states
 
 
-class AdaptedJointAttnProcessor2_0(_Adapter, JointAttnProcessor2_0):
+class AdaptedJointAttnProcessor2_0(ProcessorAdapter, JointAttnProcessor2_0):
     """``JointAttnProcessor2_0`` (SD3 joint ``attn``; SD3.5 image-only ``attn2``), joint order [image, text]."""
 
     def __init__(self, fn, layer: str, state=None, original=None):
@@ -192,7 +147,7 @@ class AdaptedJointAttnProcessor2_0(_Adapter, JointAttnProcessor2_0):
 
         joint = encoder_hidden_states is not None
         n = key.shape[2]
-        hidden_states = _run(self, query, key, value, None, None, dense, "joint" if joint else "self",
+        hidden_states = self.run(query, key, value, None, None, dense, "joint" if joint else "self",
                              slice(n_img, n) if joint else None, slice(0, n_img), {"n_text": n - n_img if joint else 0})
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
@@ -214,7 +169,7 @@ class AdaptedJointAttnProcessor2_0(_Adapter, JointAttnProcessor2_0):
 # ------------------------------------------------------------------------------------------- dispatch (BSHD)
 
 
-class AdaptedFluxAttnProcessor(_Adapter, FluxAttnProcessor):
+class AdaptedFluxAttnProcessor(ProcessorAdapter, FluxAttnProcessor):
     """``FluxAttnProcessor``: double blocks ([text, image] from two streams) and single blocks (text and
     image concatenated by the block; the text length comes from the block's pre-hook)."""
 
@@ -261,7 +216,7 @@ class AdaptedFluxAttnProcessor(_Adapter, FluxAttnProcessor):
             kind, text_keys, image_queries = "self", None, slice(0, n)
         else:
             kind, text_keys, image_queries = "joint", slice(0, n_text), slice(n_text, n)
-        out = _run(self, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask, None, dense,
+        out = self.run(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask, None, dense,
                    kind, text_keys, image_queries, {"n_text": n_text or 0})
         hidden_states = out.transpose(1, 2)
 
@@ -278,7 +233,7 @@ class AdaptedFluxAttnProcessor(_Adapter, FluxAttnProcessor):
         return hidden_states
 
 
-class AdaptedQwenDoubleStreamAttnProcessor2_0(_Adapter, QwenDoubleStreamAttnProcessor2_0):
+class AdaptedQwenDoubleStreamAttnProcessor2_0(ProcessorAdapter, QwenDoubleStreamAttnProcessor2_0):
     """``QwenDoubleStreamAttnProcessor2_0``: [text, image], boolean mask from ``encoder_hidden_states_mask``,
     complex RoPE per stream."""
 
@@ -345,7 +300,7 @@ class AdaptedQwenDoubleStreamAttnProcessor2_0(_Adapter, QwenDoubleStreamAttnProc
         if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
             mask = mask != 0
         n = joint_key.shape[1]
-        out = _run(self, joint_query.transpose(1, 2), joint_key.transpose(1, 2), joint_value.transpose(1, 2), mask, None,
+        out = self.run(joint_query.transpose(1, 2), joint_key.transpose(1, 2), joint_value.transpose(1, 2), mask, None,
                    dense, "joint", slice(0, seq_txt), slice(seq_txt, n),
                    {"n_text": seq_txt, "image_rotary_emb": image_rotary_emb, "encoder_hidden_states_mask": encoder_hidden_states_mask})
         joint_hidden_states = out.transpose(1, 2)

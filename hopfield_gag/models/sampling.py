@@ -27,6 +27,36 @@ from .data import NUM_CLASSES
 __all__ = ["sample"]
 
 
+def _is_grid(model: nn.Module) -> bool:
+    """A ``digit-grid`` model reads token prompts (B, prompt_length) instead of class labels (B,)."""
+    return getattr(model, "prompt_length", None) is not None
+
+
+def _grid_tokens(prompts) -> Tensor:
+    from .grid_data import PROMPT_LENGTH, layouts_to_tokens, prompts_to_layouts
+
+    if isinstance(prompts, Tensor):
+        if prompts.dtype != torch.int64 or prompts.dim() != 2 or prompts.shape[1] != PROMPT_LENGTH or not len(prompts):
+            raise ValueError(f"grid prompts given as a tensor must be int64 tokens (B, {PROMPT_LENGTH}), got "
+                             f"{prompts.dtype} {tuple(prompts.shape)}")
+        from .grid_data import tokens_to_layouts
+
+        tokens_to_layouts(prompts)  # validates the token range
+        return prompts
+    return layouts_to_tokens(prompts_to_layouts(prompts))
+
+
+def _conditions(model: nn.Module, prompts) -> tuple[Tensor, Tensor]:
+    """(conditions for the model, the null condition of the same shape) for digit labels or grid prompts."""
+    if _is_grid(model):
+        from .grid_data import NULL_TOKEN
+
+        tokens = _grid_tokens(prompts)
+        return tokens, torch.full_like(tokens, NULL_TOKEN)
+    y = _labels(prompts)
+    return y, torch.full_like(y, NULL_CLASS)
+
+
 def _labels(labels) -> Tensor:
     y = torch.as_tensor(labels)
     if y.dim() != 1 or y.numel() == 0 or y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -45,15 +75,17 @@ def _installed_handle(model: nn.Module):
 
 
 @torch.inference_mode()
-def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg_scale: float = 2.0,
+def sample(model: nn.Module, prompts: Sequence | Tensor, steps: int = 8, cfg_scale: float = 2.0,
            method: str = "dense", seed: int = 0, layers="auto", guide_self: bool = False, progress: bool = False,
            guider=None, **attention_params) -> Tensor:
-    r"""Sample digits of the given classes from a shipped model (:func:`~hopfield_gag.models.load_model`).
+    r"""Sample images for the given prompts from a shipped model (:func:`~hopfield_gag.models.load_model`).
 
     Parameters
     ----------
-    model : the DiT or UNet of :func:`load_model`.
-    labels : B digit classes in [0, 9].
+    model : a model of :func:`load_model` (digit models ``*-digits``, grid models ``*-grid*``).
+    prompts : digit models: B digit classes in [0, 9]. Grid models: B prompts, each a string like
+        ``"r0c0:3 r2c1:7"`` or a list of (row, col, digit) triples (a single string is one prompt), or
+        already-encoded tokens (B, 9) int64 (:mod:`hopfield_gag.models.grid_data`).
     steps : Euler steps, 1..50.
     cfg_scale : classifier-free guidance weight :math:`w \ge 0` (1 = no guidance).
     method : ``"dense"`` (stock attention) or a :func:`hopfield_gag.gag_attention` method ("gag", "pladis",
@@ -73,9 +105,9 @@ def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg
 
     Returns
     -------
-    Tensor (B, 1, R, R) float32 in [0, 1] (R = 8 for the shipped models).
+    Tensor (B, 1, R, R) float32 in [0, 1] (R = 8 for the digit models, 24 for the grid models).
     """
-    y = _labels(labels)
+    y, y_null = _conditions(model, prompts)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 50:
         raise ValueError(f"steps must be an int in [1, 50], got {steps!r}")
     if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale) or cfg_scale < 0:
@@ -87,7 +119,7 @@ def sample(model: nn.Module, labels: Sequence[int] | Tensor, steps: int = 8, cfg
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((b, 1, res, res), generator=gen)
     cfg = float(cfg_scale) != 1.0
-    y_in = torch.cat([torch.full_like(y, NULL_CLASS), y]) if cfg else y
+    y_in = torch.cat([y_null, y]) if cfg else y
 
     own = None
     if method != "dense" or attention_params:
