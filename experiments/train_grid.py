@@ -74,7 +74,7 @@ def _save_ckpt(ema, directory: Path, step: int) -> None:
     save_file({k: v.detach().contiguous() for k, v in ema.state_dict().items()}, str(directory / f"step{step:05d}.safetensors"))
 
 
-def train(args, name: str, model, batch_fn) -> None:
+def train(args, name: str, model, batch_fn, cpu_offset: float = 0.0) -> None:
     """Generic loop: ``batch_fn(step) -> (x_t, t, tokens, target)``; writes weights, record and curve."""
     commit = _commit()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -85,7 +85,7 @@ def train(args, name: str, model, batch_fn) -> None:
     log = open(log_path, "w")
     print(f"{name}: {n_params} parameters, up to {args.steps} steps of batch {args.batch}, "
           f"{args.cpu_minutes} CPU-min, {args.threads} threads", flush=True)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0 = time.process_time() - cpu_offset, time.perf_counter()
     window, curve, stopped_by, step = [], [], "steps", 0
     ckpt_dir = Path(args.ckpt_dir) / name if args.ckpt_every else None
     for step in range(args.steps):
@@ -124,7 +124,8 @@ def train(args, name: str, model, batch_fn) -> None:
         lr=args.lr, ema=args.ema, p_uncond=args.p_uncond, seed=args.seed, threads=args.threads,
         cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1), final_loss=curve[-1]["loss"] if curve else None,
         commit=commit, command="python experiments/train_grid.py " + " ".join(sys.argv[1:]),
-        loadavg_at_end=os.getloadavg(),
+        loadavg_at_end=os.getloadavg(), fp16=args.fp16, card_model=args.model,
+        notes=getattr(args, "notes", []),
     )
     registry.save(name, ema, meta, WEIGHTS, half=args.fp16)
     print(f"saved {name}: cpu {cpu:.0f}s wall {wall:.0f}s loss {meta['final_loss']:.4f}", flush=True)
@@ -163,6 +164,106 @@ def train_and_save_canvas_features(args) -> int:
     return 0
 
 
+def train_student(args) -> None:
+    """Reflow then distillation of the grid DiT into a 1-2-step student.
+
+    1. Reflow pairs: ``--pairs`` noises z and the teacher's 16-step Euler samples x1 = T(z, prompt) with CFG
+       ``--teacher-cfg`` for training-distribution prompts (10% null prompts, sampled without CFG: the
+       teacher's unconditional map), all seeded.
+    2. The student starts from the teacher's weights and regresses the straight-line velocity x1 - z at
+       x_t = (1 - t) z + t x1 with t drawn 40% at 0 (the 1-step map), 20% at 0.5 (the second of 2 steps) and
+       40% uniform (keeps the field usable at other step counts). CFG is distilled into the conditional output:
+       sample the student with cfg_scale=1.
+    """
+    from hopfield_gag.models import load_model, sample
+    from hopfield_gag.models.grid_data import layouts_to_tokens, random_layouts
+
+    teacher = load_model("dit-grid")
+    gen = torch.Generator().manual_seed(args.seed)
+    cpu0 = time.process_time()
+    zs, x1s, toks = [], [], []
+    for i in range(0, args.pairs, args.batch):
+        n = min(args.batch, args.pairs - i)
+        tokens = layouts_to_tokens(random_layouts(n, gen), gen)
+        null = torch.rand(n, generator=gen) < args.p_uncond
+        tokens[null] = NULL_TOKEN
+        seed = args.seed * 100003 + i
+        z = torch.randn((n, 1, 24, 24), generator=torch.Generator().manual_seed(seed))  # = sample()'s noise
+        x_c = sample(teacher, tokens, steps=16, cfg_scale=args.teacher_cfg, seed=seed)
+        x_u = sample(teacher, tokens, steps=16, cfg_scale=1.0, seed=seed) if null.any() else x_c
+        x1 = torch.where(null[:, None, None, None], x_u, x_c) * 2.0 - 1.0
+        zs.append(z), x1s.append(x1), toks.append(tokens)
+        print(json.dumps(dict(pairs=i + n, cpu_s=round(time.process_time() - cpu0, 1))), flush=True)
+    z_all, x1_all, tok_all = torch.cat(zs), torch.cat(x1s), torch.cat(toks)
+    pair_cpu = time.process_time() - cpu0
+    student = registry.build("dit-grid-student", json.loads((WEIGHTS / "dit-grid.json").read_text())["config"])
+    student.load_state_dict(teacher.state_dict())
+    student.train().requires_grad_(True)
+
+    def batch_fn(step):
+        idx = torch.randint(len(z_all), (args.batch,), generator=gen)
+        z, x1 = z_all[idx], x1_all[idx]
+        u = torch.rand(args.batch, generator=gen)
+        t = torch.where(u < 0.4, torch.zeros_like(u), torch.where(u < 0.6, torch.full_like(u, 0.5),
+                                                                   torch.rand(args.batch, generator=gen)))
+        xt = (1 - t)[:, None, None, None] * z + t[:, None, None, None] * x1
+        return xt, t, tok_all[idx], x1 - z
+
+    args.notes = [f"reflow pairs: {args.pairs} teacher samples (16 Euler steps, CFG {args.teacher_cfg:g}; 10% null "
+                  f"prompts without CFG), {pair_cpu:.0f} CPU-s (included in the CPU time)"]
+    train(args, "dit-grid-student", student, batch_fn, cpu_offset=pair_cpu)
+
+
+def ship_checkpoint(args) -> None:
+    """Ship one saved EMA checkpoint of the grid DiT run as ``dit-grid-undertrained``."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(args.from_checkpoint)
+    step = int(ckpt.stem.replace("step", ""))
+    full = json.loads((WEIGHTS / "dit-grid.json").read_text())
+    model = registry.build("dit-grid-undertrained", full["config"])
+    model.load_state_dict(load_file(str(ckpt)))
+    curve = [json.loads(x) for x in (WEIGHTS / "dit-grid.train.jsonl").read_text().splitlines() if x]
+    upto = [r for r in curve if r["step"] <= step]
+    tr = dict(full["training"])
+    tr.update(name="dit-grid-undertrained", steps_done=step, stopped_by=f"checkpoint at step {step} of the dit-grid run",
+              cpu_seconds=upto[-1]["cpu_s"] if upto else None, wall_seconds=upto[-1]["wall_s"] if upto else None,
+              final_loss=upto[-1]["loss"] if upto else None, card_model="undertrained",
+              command=tr["command"] + f" --ckpt-every ...; then python experiments/train_grid.py --model undertrained "
+                                      f"--from-checkpoint {ckpt.name}")
+    (WEIGHTS / "dit-grid-undertrained.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in upto))
+    registry.save("dit-grid-undertrained", model, tr, WEIGHTS)
+
+
+def scan_checkpoints(args) -> int:
+    """Exact match at 16 steps without CFG (and with CFG) of every saved dit-grid checkpoint, to choose the
+    under-trained one (wanted: no-CFG exact in [0.3, 0.7]); appends to /work/train_logs/dit-grid-scan.jsonl."""
+    from safetensors.torch import load_file
+
+    from hopfield_gag.models.grid_card import CARD_CFG, evaluate_grid
+    from hopfield_gag.models.grid_data import eval_prompts
+    from hopfield_gag.models.grid_judge import load_grid_judge
+
+    judge = load_grid_judge()
+    prompts = eval_prompts("in-distribution", args.scan_n)
+    out = Path(args.ckpt_dir).parent / "dit-grid-scan.jsonl"
+    done = {json.loads(x)["ckpt"] for x in out.read_text().splitlines()} if out.is_file() else set()
+    model = registry.build("dit-grid")
+    for ckpt in sorted((Path(args.ckpt_dir) / "dit-grid").glob("step*.safetensors")):
+        if ckpt.name in done:
+            continue
+        model.load_state_dict(load_file(str(ckpt)))
+        model.eval()
+        rec = dict(ckpt=ckpt.name, n=args.scan_n)
+        for w in (1.0, CARD_CFG):
+            m, _ = evaluate_grid(model, judge, prompts, 16, w)
+            rec[f"exact_cfg{w:g}"], rec[f"cell_cfg{w:g}"] = m["exact"], m["cell_accuracy"]
+        with open(out, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["dit", "unet", "sd3", "student", "undertrained", "canvas-features"], required=True)
@@ -179,6 +280,11 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt-dir", default="/work/train_logs/ckpt")
     p.add_argument("--fp16", action="store_true", help="store the weights in fp16")
     p.add_argument("--config", default=None, help="JSON architecture overrides")
+    p.add_argument("--pairs", type=int, default=2048, help="student: reflow pairs from the teacher")
+    p.add_argument("--teacher-cfg", type=float, default=3.0, help="student: CFG scale of the teacher's pairs")
+    p.add_argument("--from-checkpoint", default=None, help="undertrained: the checkpoint to ship")
+    p.add_argument("--scan", action="store_true", help="dit: evaluate the saved checkpoints (16 steps, +-CFG)")
+    p.add_argument("--scan-n", type=int, default=100)
     p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,15 +294,38 @@ def main(argv=None) -> int:
     args.batch = args.batch or batch
     args.lr = args.lr or lr
     name = NAMES.get(args.model)
+    if args.scan:
+        return scan_checkpoints(args)
     if args.model == "canvas-features":
         return train_and_save_canvas_features(args)
     if not args.card_only:
         if args.model in ("dit", "unet", "sd3"):
             model = registry.build(name, json.loads(args.config) if args.config else None)
             train(args, name, model, flow_batches(args))
-        else:
-            raise SystemExit(f"--model {args.model}: not implemented yet")
+        elif args.model == "student":
+            train_student(args)
+        elif args.model == "undertrained":
+            if not args.from_checkpoint:
+                raise SystemExit("--model undertrained needs --from-checkpoint PATH (a step*.safetensors of the dit run)")
+            ship_checkpoint(args)
+    if args.card_only:
+        write_card(name)
     return 0
+
+
+def write_card(name: str) -> None:
+    from hopfield_gag.models.grid_card import CARD_CFG, headroom, student_lines, write_grid_card
+    from hopfield_gag.models.grid_judge import load_grid_judge
+
+    if name == "dit-grid-student":
+        from hopfield_gag.models import load_model
+
+        results = headroom(load_model(name), load_grid_judge(), steps=(1, 2, 4, 16), cfgs=(1.0, CARD_CFG),
+                           gag_settings=((1, 1.0), (2, 1.0)))
+        teacher = json.loads((WEIGHTS / "dit-grid.metrics.json").read_text())
+        print(write_grid_card(name, WEIGHTS, results, extra_lines=student_lines(results, teacher)))
+    else:
+        print(write_grid_card(name, WEIGHTS))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@ their samples, and the ``demo`` main job.
 
 - :func:`load_model` ``("dit-digits" | "unet-digits")``: a class-conditional DiT and a diffusers
   ``UNet2DConditionModel``, flow matching on scikit-learn's 8x8 digits, cross-attention to an 8-token prompt;
+- the ``digit-grid`` models (names containing ``grid``, see :data:`MODELS`): 24x24 compositional canvases
+  (3x3 cells of real digits) from prompts like ``"r0c0:3 r2c1:7"`` (:mod:`.grid_data`), as the project's DiT,
+  a diffusers ``UNet2DConditionModel``, a diffusers ``SD3Transformer2DModel`` (joint attention), an
+  under-trained DiT checkpoint and a few-step (reflow-distilled) DiT student;
 - :func:`sample`: Euler flow-matching sampler with CFG and the attention method per call;
-- :func:`load_judge`: a digit classifier as a proxy judge (accuracy, Fréchet distance, diversity).
+- :func:`load_judge`: a digit classifier as a proxy judge (accuracy, Fréchet distance, diversity);
+  ``load_judge("digit-grid")`` the canvas judge (cell reading, exact match, Fréchet distances, realism).
 """
 from .registry import MODELS, load_model
 from .sampling import sample

@@ -162,9 +162,22 @@ def train_judge(seed: int = 0, epochs: int = 30) -> tuple[JudgeNet, dict]:
                  "epochs": epochs, "seed": seed}
 
 
-def load_judge() -> Judge:
-    """The shipped judge, loaded offline from the package."""
+def load_judge(task: str = "digits"):
+    """The shipped judge, loaded offline from the package.
+
+    ``task``: ``"digits"`` (default) -> :class:`Judge` of single 8x8 digits; ``"digit-grid"`` or the name of a
+    grid model (``"dit-grid"``, ...) -> :class:`~hopfield_gag.models.grid_judge.GridJudge` of 24x24 canvases.
+    """
     from safetensors.torch import load_file
+
+    if not isinstance(task, str):
+        raise ValueError(f"task must be a string ('digits', 'digit-grid' or a model name), got {task!r}")
+    if "grid" in task:
+        from .grid_judge import load_grid_judge
+
+        return load_grid_judge()
+    if task != "digits" and not task.endswith("-digits"):
+        raise ValueError(f"task must be 'digits', 'digit-grid' or a model name, got {task!r}")
 
     root = resources.files("hopfield_gag.models").joinpath("weights")
     net = JudgeNet()
