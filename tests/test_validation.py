@@ -115,6 +115,12 @@ def test_params_object_and_keywords_give_the_same_call():
     assert torch.equal(H.GAGAttention(p)(q, k, v), want)
     assert torch.equal(H.reference_gag_attention(q, k, v, params=p), H.reference_gag_attention(q, k, v, **{
         "method": "pladis", "lam": 2.0, "alpha": 2.0, "strength": 0.7}))
+    # the theory's gag_output takes the same object (its method is not read: it is the gag rule)
+    d, s = q[0, 0].double(), v[0, 0, :3].double()
+    g = GagParams(lam=3.0, eta=0.5, zeta=0.3, parallel="positive")
+    assert torch.equal(H.gag_output(d, s, params=g), H.gag_output(d, s, 3.0, 0.5, 0.3, "positive"))
+    with pytest.raises(TypeError, match="either params or"):
+        H.gag_output(d, s, 3.0, params=g)
 
 
 def test_eta_none_is_the_uncapped_rule_on_every_path():

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .._validation import check_int, check_output_pair, check_scalar, check_tensor, compute_dtype
 from ..ops.combine import cap_factor, combine
+from ..ops.params import GagParams
 from ..hopfield.dynamics import retrieval_map
 from ..hopfield.diagnostics import separation
 from .discrepancy import sparse_dense_discrepancy
@@ -46,7 +47,8 @@ def norm_cap(g: Tensor, eta: float | None) -> Tensor:
 
 
 def gag_output(
-    dense: Tensor, sparse: Tensor, lam: float, eta: float | None, zeta: float = 0.0, parallel: str = "paper"
+    dense: Tensor, sparse: Tensor, lam: float = GagParams.lam, eta: float | None = GagParams.eta,
+    zeta: float = GagParams.zeta, parallel: str = GagParams.parallel, *, params: GagParams | None = None,
 ) -> Tensor:
     r"""The GAG formula on output vectors (:func:`hopfield_gag.ops.combine.combine` with ``method="gag"``).
 
@@ -73,6 +75,9 @@ def gag_output(
         Weight of the orthogonal part (paper default 0).
     parallel : {"paper", "positive"}
         ``"positive"`` replaces :math:`c` by :math:`\max(c, 0)` in the parallel part.
+    params : GagParams, optional
+        The four options above as one validated :class:`~hopfield_gag.GagParams` (its ``method`` is not read);
+        then they are not passed separately.
 
     Returns
     -------
@@ -82,6 +87,10 @@ def gag_output(
     Improvements ``guidance_math.py`` and kmittle/RepLDM ``attention_baselines.py``.
     """
     check_output_pair(dense, sparse)
+    if params is not None:  # the validated parameter object supplies lam, eta, zeta, parallel
+        if (lam, eta, zeta, parallel) != (GagParams.lam, GagParams.eta, GagParams.zeta, GagParams.parallel):
+            raise TypeError("gag_output: pass either params or lam/eta/zeta/parallel, not both")
+        return combine(params.replace(method="gag"), dense, sparse).output.to(dense.dtype)
     lam = check_scalar("lam", lam, ge=0.0)
     zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
     return combine("gag", dense, sparse, lam=lam, eta=eta, zeta=zeta, parallel=parallel).output.to(dense.dtype)
