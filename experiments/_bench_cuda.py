@@ -50,7 +50,7 @@ def _inputs(shape, dtype, seed=0):
 def _contenders(q, k, v):
     import entmax as entmax_pkg
 
-    from hopfield_gag import gag_attention
+    from hopfield_gag import GagParams, gag_attention
     from hopfield_gag.ops import triton_attention as ta
 
     scale = q.shape[-1] ** -0.5
@@ -68,8 +68,7 @@ def _contenders(q, k, v):
         "PLADIS reference": pladis_reference,
     }
     if ta.triton_applies(q, k, v):
-        fns["ours gag, kernel only"] = lambda: ta.fused_forward(
-            q, k, v, None, shape, scale, None, "gag", 10.0, 15.0, 0.0, 1.5, 1.0)
+        fns["ours gag, kernel only"] = lambda: ta.fused_forward(q, k, v, None, shape, scale, GagParams())
     if importlib.util.find_spec("adasplash") is not None:
         from adasplash import adasplash
 
