@@ -118,20 +118,26 @@ def test_kappa_variant_sets_eta_per_layer_from_the_calibration():
     assert only == {"a"}  # median P(c<0) = 0.2: only layer a is at or below it
 
 
-def test_prune_keeps_effects_references_and_best_per_family():
-    def row(variant, family, dexact, ci):
+def test_prune_keeps_helpers_references_and_best_per_family():
+    def row(variant, family, dexact, ci, dfd=0.0, fci=1.0):
         return {"variant": variant, "family": family, "model": "m", "steps": 1, "guidance": "cfg", "w": 1.0,
-                "dexact_mean": dexact, "dexact_ci": ci, "dfd_cells_mean": 0.0, "dfd_cells_ci": 1.0}
+                "dexact_mean": dexact, "dexact_ci": ci, "dfd_cells_mean": dfd, "dfd_cells_ci": fci}
 
     rows = [row("dense", "dense", "", ""), row("pladis l2", "pladis", 0.0, 0.1), row("pladis l3", "pladis", -0.5, 0.1),
-            row("pladis l1.5", "pladis", -0.01, 0.1), row("gag l1 e15 z0", "gag", 0.0, 0.1),
+            row("pladis l1.5", "pladis", -0.01, 0.1), row("gag l1 e15 z0", "gag", 0.0, 0.1, dfd=-5.0, fci=1.0),
             row("gag l2 e15 z0", "gag", 0.01, 0.1), row("gag l5 e15 z0", "gag", -0.02, 0.1),
-            row("gag l10 e15 z0", "gag", -0.9, 0.1)]
+            row("gag l10 e15 z0", "gag", -0.9, 0.1), row("aa", "aa", 0.0, 0.1)]
     kept, why = prune_variants(rows, keep_per_family=1)
-    assert "pladis l3" in kept and why["pladis l3"].startswith("effect")  # interval excludes 0
-    assert "gag l10 e15 z0" in kept  # the paper's setting is always kept
-    assert "gag l2 e15 z0" in kept and "gag l5 e15 z0" not in kept and "gag l1 e15 z0" not in kept
-    assert why["gag l5 e15 z0"].startswith("pruned")
+    assert why["pladis l3"].startswith("pruned: only hurts")  # interval excludes 0, but below it
+    assert "gag l10 e15 z0" in kept and why["gag l10 e15 z0"] == "kept: reference setting"
+    assert why["gag l1 e15 z0"].startswith("kept: helps")  # Frechet down with an interval excluding 0
+    assert why["gag l2 e15 z0"].startswith("kept: best of gag")
+    assert "gag l5 e15 z0" not in kept and why["gag l5 e15 z0"].startswith("pruned")
+    assert kept[0] == "dense" and "aa" in kept
+    capped, why = prune_variants(rows, keep_per_family=1, max_kept=5)
+    # references first, then helpers, then the best per family (in table order); aa falls over the cap
+    assert capped == ["dense", "pladis l2", "gag l1 e15 z0", "gag l2 e15 z0", "gag l10 e15 z0"]
+    assert why["aa"].startswith("pruned: over the cap")
 
 
 # --------------------------------------------------------------------------------------- the study

@@ -178,9 +178,9 @@ settings x 3 windows x 2 splits x 5 seeds, ~185k sampling runs — does not fit 
 
 1. coarse: every attention setting of :func:`full_variant_grid` (41), main grid DiT and the under-trained DiT,
    steps {1, 4, 16}, CFG w in {1, 2}, in-distribution prompts, 2 seeds. Prune (:func:`prune_variants`):
-   keep a setting if its paired Delta exact or Delta Frechet (cells) interval excludes 0 in any cell, or it
-   is among the best two per family by mean Delta exact; always keep dense, PLADIS lambda = 2, the paper's
-   GAG (lambda 10, eta 15, zeta 0) and its one-sided twin.
+   keep a setting if it helps somewhere with a paired interval excluding 0 (Delta exact up or Delta Frechet
+   (cells) down), or it is the best of its family; always keep dense, PLADIS lambda = 2, the paper's GAG
+   (lambda 10, eta 15, zeta 0) and its one-sided twin; cap the kept list at what the budget allows.
 2. fine: the kept settings on every grid model (student: steps {1, 2}), steps {1, 2, 4, 8, 16}, CFG
    w in {1, 2, 4} and APG w in {2, 4}, both prompt splits, >= 5 seeds.
 3. windows, layer groups, theory rules: the best GAG setting of pass 2 on the main grid DiT with step
@@ -189,34 +189,53 @@ settings x 3 windows x 2 splits x 5 seeds, ~185k sampling runs — does not fit 
 """
 
 
-def prune_variants(rows: list[dict], keep_per_family: int = 2, always: Iterable[Variant] = ()) -> tuple[list, dict]:
-    """The coarse-to-fine pruning rule (:data:`PLAN`). ``rows``: a coarse study table. Returns (kept
-    variant names in first-seen order, reasons {name: why kept or pruned})."""
+def prune_variants(rows: list[dict], keep_per_family: int = 1, always: Iterable[Variant] = (),
+                   max_kept: int | None = None) -> tuple[list, dict]:
+    """The coarse-to-fine pruning rule (:data:`PLAN`). ``rows``: a coarse study table.
+
+    A setting is kept if it is a reference (dense, PLADIS lambda = 2, the paper's GAG and its one-sided twin,
+    ``always``); if it *helps* somewhere with a paired interval excluding 0 (Delta exact > 0 or Delta
+    Frechet (cells) < 0); or if it is among the ``keep_per_family`` best of its family by the mean paired
+    Delta exact, ties broken by the mean paired Delta Frechet. Settings that only hurt are pruned (the
+    references show where guidance hurts). ``max_kept`` caps the list in that priority order. Returns (kept
+    names in first-seen order, reasons {name: why kept or pruned})."""
     names = list(dict.fromkeys(r["variant"] for r in rows))
     always = {v.name for v in always} | {"dense", "pladis l2", PAPER.name,
                                          replace(PAPER, parallel="positive").name}
-    reasons, kept = {}, []
+    reasons, priority = {}, {}
     by_family: dict = {}
     for n in names:
         rs = [r for r in rows if r["variant"] == n]
         fam = rs[0]["family"]
-        effect = [r for r in rs if _excludes_zero(r, "dexact") or _excludes_zero(r, "dfd_cells")]
-        vals = [x for x in (_num(r["dexact_mean"]) for r in rs) if math.isfinite(x)]
-        mean_dexact = float(np.mean(vals)) if vals else math.nan
-        by_family.setdefault(fam, []).append((mean_dexact, n))
+        helps = [r for r in rs if (_excludes_zero(r, "dexact") and _num(r["dexact_mean"]) > 0)
+                 or (_excludes_zero(r, "dfd_cells") and _num(r["dfd_cells_mean"]) < 0)]
+        hurts = [r for r in rs if (_excludes_zero(r, "dexact") and _num(r["dexact_mean"]) < 0)
+                 or (_excludes_zero(r, "dfd_cells") and _num(r["dfd_cells_mean"]) > 0)]
+        dx = [x for x in (_num(r["dexact_mean"]) for r in rs) if math.isfinite(x)]
+        df = [x for x in (_num(r["dfd_cells_mean"]) for r in rs) if math.isfinite(x)]
+        score = (round(float(np.mean(dx)), 4) if dx else -math.inf, -float(np.mean(df)) if df else -math.inf)
+        if fam != "dense":
+            by_family.setdefault(fam, []).append((score, n))
         if n in always:
-            reasons[n] = "always kept (reference setting)"
-        elif effect:
-            e = effect[0]
-            reasons[n] = f"effect: {e['model']} steps {e['steps']} {e['guidance']} w={e['w']}"
+            reasons[n], priority[n] = "kept: reference setting", 0
+        elif helps:
+            e = helps[0]
+            reasons[n], priority[n] = f"kept: helps at {e['model']} steps {e['steps']} {e['guidance']} w={e['w']}", 1
+        elif hurts:
+            e = hurts[0]
+            reasons[n] = f"pruned: only hurts (e.g. {e['model']} steps {e['steps']} {e['guidance']} w={e['w']})"
     for fam, lst in by_family.items():
-        for _, n in sorted((x for x in lst if not math.isnan(x[0])), reverse=True)[:keep_per_family]:
-            reasons.setdefault(n, f"top {keep_per_family} of {fam} by mean Delta exact")
+        for _, n in sorted(lst, reverse=True)[:keep_per_family]:
+            if n not in priority:
+                reasons[n], priority[n] = f"kept: best of {fam} by mean Delta exact (then Delta Frechet)", 2
+    kept = [n for n in names if n in priority]
+    if max_kept is not None and len(kept) > max_kept:
+        order = sorted(kept, key=lambda n: (priority[n], names.index(n)))
+        for n in order[max_kept:]:
+            reasons[n] = f"pruned: over the cap of {max_kept} settings ({reasons[n][6:]})"
+        kept = [n for n in kept if n in set(order[:max_kept])]
     for n in names:
-        if n in reasons:
-            kept.append(n)
-        else:
-            reasons[n] = "pruned: no paired interval excluding 0 and not among the best of its family"
+        reasons.setdefault(n, "pruned: no paired interval excluding 0 and not the best of its family")
     return kept, reasons
 
 
@@ -266,6 +285,10 @@ class GuidanceConfig:
 
     def steps_of(self, model: str) -> tuple:
         return dict(self.steps_for).get(model, self.steps)
+
+    def splits_of(self, model: str) -> tuple:
+        """The prompt splits of ``model``: the digit models have in-distribution prompts only."""
+        return self.splits if _is_grid(model) else tuple(s for s in self.splits if s == "in-distribution")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -507,7 +530,7 @@ class _GuidanceMap:
         variants = [v for v in cfg.variants if v.method != "dense"]
         stats = Stats()
         with torch_threads(cfg.threads), torch.inference_mode():
-            for split in cfg.splits:
+            for split in cfg.splits_of(name):
                 prompts = prompts_for(name, split, cfg.n_prompts, seed)
                 pfp = _fingerprint(torch.tensor([ord(ch) for ch in repr(prompts)]))
                 for steps in cfg.steps_of(name):
