@@ -173,6 +173,9 @@ DAMAGES = {
                        r"'shards\[0\]\.records\[0\]\.shapes\.q' must be a list"),
     "unknown_dtype": (_set(lambda m: R0 + ("dtypes", "q"), "complex64"), "open",
                       r"'shards\[0\]\.records\[0\]\.dtypes\.q' must be one of"),
+    # found by the mutation test below: an unhashable dtype raised TypeError
+    "dtype_is_list": (_set(lambda m: R0 + ("dtypes", "k"), []), "open",
+                      r"'shards\[0\]\.records\[0\]\.dtypes\.k' must be one of"),
     "record_without_layer": (_set(lambda m: R0 + ("layer",), None), "open",
                              r"'shards\[0\]\.records\[0\]\.layer' must be a non-empty string"),
     "layer_list_extra": (_set(lambda m: ("layers",), list(LAYERS) + ["ghost"]), "open",
@@ -352,7 +355,7 @@ def test_study_directional(damaged, tmp_path, monkeypatch):
         assert SHARD_LAYER[shard] in str(exc.value)
 
 
-def test_every_case_is_caught_by_verify_and_the_checks_can_fail(valid_store, tmp_path):
+def test_every_damage_changes_the_store(valid_store, tmp_path):
     """Each damage changes something (the fixture builds a different store), and the audit hook sees a
     planted read outside the store."""
     for name, (damage, _, _) in DAMAGES.items():
@@ -373,3 +376,88 @@ def test_the_audit_sees_a_read_outside(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="opened outside the store"):
         with nothing_read_outside(tmp_path / "store", tmp_path, monkeypatch):
             (tmp_path / "outside.txt").read_text()
+
+
+# ------------------------------------------------------------------------------ the class, not the examples
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=12),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                     max_leaves=6)
+
+
+def _paths(obj, prefix=()):
+    """Every position in a JSON document (the root excluded)."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, val in items:
+        yield prefix + (key,)
+        yield from _paths(val, prefix + (key,))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@example(data=None)  # the unmutated store: the property's "valid" branch
+def test_any_mutation_of_the_manifest_is_a_store_error_or_harmless(valid_store, tmp_path, data):
+    """Replace or delete any one field of a valid manifest with any JSON value: opening raises StoreError, or
+    the store opens and every reader either works or raises ShardError -- never another exception."""
+    import tempfile
+
+    manifest = json.loads((valid_store / "manifest.json").read_text())
+    if data is not None:
+        where = data.draw(st.sampled_from(sorted(_paths(manifest), key=repr)))
+        *head, last = where
+        obj = manifest
+        for key in head:
+            obj = obj[key]
+        if isinstance(obj, dict) and data.draw(st.booleans()):
+            del obj[last]
+        else:
+            obj[last] = data.draw(_JSON)
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        store = Path(d) / "store"
+        shutil.copytree(valid_store, store)
+        (store / "manifest.json").write_text(json.dumps(manifest))
+        try:
+            st_ = ActivationStore(store)
+        except StoreError as exc:
+            assert "\n" not in str(exc) and ("field" in str(exc) or "version" in str(exc)), str(exc)
+            return
+        st_.info()
+        report = st_.verify(raise_on_error=False)
+        for verify in (False, True):
+            try:
+                n = len(list(st_.records(verify=verify)))
+            except ShardError:
+                assert isinstance(report, dict)
+            else:
+                assert verify is False or not isinstance(report, dict)
+                assert n == len(st_)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pos=st.floats(0.0, 1.0, exclude_max=True), header=st.booleans(), value=st.integers(0, 255))
+def test_any_changed_byte_of_a_shard_is_a_shard_error_or_harmless(valid_store, tmp_path, pos, header, value):
+    """Overwrite one byte of shard 0 (in its header or anywhere): the hashed readers always raise ShardError
+    (unless the byte was unchanged); the unhashed read raises ShardError or returns every record."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        store = Path(d) / "store"
+        shutil.copytree(valid_store, store)
+        data = bytearray(_shard(store).read_bytes())
+        n_head = 8 + int.from_bytes(data[:8], "little")
+        i = int(pos * (n_head if header else len(data)))
+        changed = data[i] != value
+        data[i] = value
+        _shard(store).write_bytes(bytes(data))
+        st_ = ActivationStore(store)
+        try:
+            assert len(list(st_.records())) == 3
+        except ShardError as exc:
+            assert exc.shard == "shard-000000.safetensors" and exc.layers == [LAYERS[0]]
+        if changed:
+            with pytest.raises(ShardError, match="checksum mismatch"):
+                list(st_.records(verify=True))
+            assert set(st_.verify(raise_on_error=False)) == {"shard-000000.safetensors"}
+        else:
+            assert st_.verify().records == 3

@@ -294,7 +294,7 @@ def _check_record_facts(f, at: str, err) -> None:
     if set(dtypes) != set(shapes):
         raise err(f"{at}.dtypes", f"must have the same keys as shapes ({sorted(shapes)}), got {sorted(dtypes)}")
     for key, dt in dtypes.items():
-        if dt not in _DTYPES:
+        if not isinstance(dt, str) or dt not in _DTYPES:
             raise err(f"{at}.dtypes.{key}", f"must be one of {sorted(_DTYPES)}, got {dt!r}")
 
 
@@ -468,7 +468,8 @@ def _check_header(header: dict, fail, ref_records: Optional[list], manifest_meta
             where = f"record {i} (layer {f['layer']!r}): tensor {key!r}"
             if not isinstance(t, dict):
                 raise fail(f"{where} is listed but not in the file")
-            if _ST_DTYPES.get(t.get("dtype")) != f["dtypes"][key]:
+            code = t.get("dtype")
+            if not isinstance(code, str) or _ST_DTYPES.get(code) != f["dtypes"][key]:
                 raise fail(f"{where} has dtype {t.get('dtype')!r} in the file, the facts say {f['dtypes'][key]!r}")
             if t.get("shape") != shape:
                 raise fail(f"{where} has shape {t.get('shape')!r} in the file, the facts say {shape!r}")
