@@ -17,7 +17,9 @@ and over canvases, realism of the cells) and diversity.
   prompts (both through ``torchmetrics``' ``FrechetInceptionDistance`` with a custom feature module; not
   comparable to Inception FIDs). ``nn_distance``: mean L2 distance (pixels in [0, 1], per 8x8 cell) of each
   requested digit cell to its nearest real digit image, which catches blurred averages that still read as
-  the right class; ``confidence``: the reader's mean max-softmax probability on those cells.
+  the right class; ``confidence``: the reader's mean max-softmax probability on those cells (reported, but
+  it does *not* catch blur: an average of 8 same-class real digits reads with confidence 0.99996, real
+  digits 0.996, see ``tests/test_grid.py``).
 * **Diversity.** Mean pairwise judge-feature distance between requested cells of the same digit
   (:meth:`~.judge.Judge.diversity` on the cells).
 """
