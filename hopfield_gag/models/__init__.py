@@ -8,6 +8,9 @@ their samples, and the ``demo`` main job.
   a diffusers ``UNet2DConditionModel``, a diffusers ``SD3Transformer2DModel`` (joint attention), an
   under-trained DiT checkpoint and a few-step (reflow-distilled) DiT student;
 - :func:`sample`: Euler flow-matching sampler with CFG and the attention method per call;
+- :mod:`.denoisers`: a saved diffusers denoiser (UNet, SD3, Flux, Qwen-Image) loaded from its directory and run
+  by an Euler flow loop from seeded noise, without its pipeline (``hopfield-gag capture --model PATH``);
+- :mod:`.report`: the sample grid PNG and the judge's metrics shared by the demo and the model cards;
 - :func:`load_judge`: a digit classifier as a proxy judge (accuracy, Fréchet distance, diversity);
   ``load_judge("digit-grid")`` the canvas judge (cell reading, exact match, Fréchet distances, realism).
 """
