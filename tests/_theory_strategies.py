@@ -193,3 +193,74 @@ def adversarial_attention(draw):
         mask = torch.rand(1, lq, lk, generator=g) > 0.4
         mask[..., 0] = True
     return regime, Attention(q, k, v, scale, mask)
+
+
+@st.composite
+def false_certificate_hunt(draw):
+    """(regime, Attention, alpha, dtype) aimed at *false certificates* for c >= 0 (THEORY.md "Sound
+    allowances"): inputs where the exact c of the given floats is near 0 and the computed one can have the
+    other sign. The tensors are already in ``dtype`` (their float values are the exact inputs).
+
+    * "big_scores":  |q| up to 2^30 (score rounding: fp32 from ~2^10, fp64 from ~2^30);
+    * "cancel":      q = (A, x, -A) against keys (1, y, 1): scores < 1 after cancellation inside q.k;
+    * "near_dup":    near-duplicate keys (10^-9 .. 10^-3 apart);
+    * "edge":        1-D scores with one key placed on the entmax support boundary (alpha up to 3);
+    * values are then tuned so that the *computed* <Delta, s> is a tiny positive number (a relative
+      10^-16 .. 10^-4 of the scale of the values), the worst case for a certificate."""
+    regime = draw(st.sampled_from(["big_scores", "cancel", "near_dup", "edge"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    alpha = draw(st.sampled_from([1.25, 1.5, 2.0, 2.5, 3.0]))
+    g = _gen(draw(seeds))
+    lk = draw(st.integers(2, 6))
+    if regime == "big_scores":
+        d = draw(st.integers(1, 4))
+        A = 2.0 ** draw(st.integers(4, 30))
+        q = torch.randn(1, 1, d, generator=g, dtype=F64) * A
+        k = torch.randn(1, lk, d, generator=g, dtype=F64) / A * draw(st.floats(0.5, 4.0))
+        k[0, :, 0] += 1.0  # a large common score, O(1) differences
+        scale = 1.0
+    elif regime == "cancel":
+        A = 2.0 ** draw(st.integers(6, 16))
+        x = draw(st.floats(0.1, 2.0))
+        q = torch.tensor([[[A, x, -A]]], dtype=F64)
+        k = torch.cat([torch.ones(1, lk, 1, dtype=F64), torch.rand(1, lk, 1, generator=g, dtype=F64),
+                       torch.ones(1, lk, 1, dtype=F64)], -1)
+        scale = 1.0
+    elif regime == "near_dup":
+        d = draw(st.integers(1, 4))
+        k = torch.randn(1, 1, d, generator=g, dtype=F64) + 10.0 ** draw(st.floats(-9, -3)) * torch.randn(
+            1, lk, d, generator=g, dtype=F64)
+        q = torch.randn(1, 1, d, generator=g, dtype=F64) * 10.0 ** draw(st.floats(0, 4))
+        scale = 1.0
+    else:  # a key exactly on the support boundary of alpha-entmax, in exact binary scores
+        z = torch.sort(torch.rand(lk - 1, generator=g, dtype=F64) * 2.0, descending=True).values
+        z = torch.round(z * 256) / 256
+        from hopfield_gag.ops.normalizers import normalize
+
+        p = normalize(z, alpha)
+        tau = (alpha - 1) * float(z.max()) - float(p.max()) ** (alpha - 1)
+        zb = tau / (alpha - 1) + draw(st.sampled_from([0.0, 2.0**-40, -(2.0**-40), 2.0**-20]))
+        k = torch.cat([z, torch.tensor([zb], dtype=F64)]).reshape(1, lk, 1)
+        q = torch.ones(1, 1, 1, dtype=F64)
+        scale = 1.0
+    q, k = q.to(dtype), k.to(dtype)
+    # values (1-D, plus an optional second coordinate) tuned on the computed weights so that the computed
+    # <Delta, s> is a tiny positive number
+    from hopfield_gag.theory import sparse_dense_discrepancy
+
+    v0 = torch.randn(1, lk, 1, generator=g, dtype=F64).to(dtype)
+    r = sparse_dense_discrepancy(q, k, v0.abs() + 1, scale, alpha)
+    D = (r.p_sparse - r.p_dense).to(F64)[0, 0]
+    j = int(D.abs().argmax())
+    w = torch.randn(lk, generator=g, dtype=F64)
+    w[j] = 0.0
+    w[j] = -float((D * w).sum()) / float(D[j]) if float(D[j]) != 0 else 1.0  # <D, w> = 0
+    ps = r.p_sparse.to(F64)[0, 0]
+    shift = 1.0 + float(w.abs().max())
+    v = w + shift  # s = <p_s, v> != 0; <Delta, s> = <D, v> s = <D, w> s ~ 0
+    v = v * (1 + 10.0 ** draw(st.floats(-16, -4)) * torch.randn(lk, generator=g, dtype=F64))
+    v = v.reshape(1, lk, 1)
+    if draw(st.booleans()):
+        v = torch.cat([v, 1e-3 * torch.randn(1, lk, 1, generator=g, dtype=F64)], -1)
+    _ = ps
+    return regime, Attention(q, k, v.to(dtype), scale, None), alpha, dtype

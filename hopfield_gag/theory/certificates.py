@@ -32,7 +32,10 @@ from torch import Tensor
 
 from .._validation import check_scalar, check_tensor, compute_dtype
 from .gag import gag_output
-from .discrepancy import SparseDenseDiscrepancy, crossing_certificate, sparse_dense_discrepancy
+from .discrepancy import SparseDenseDiscrepancy, sparse_dense_discrepancy
+from .enclosure import gamma, unit_roundoff
+
+F64 = torch.float64
 
 __all__ = [
     "ParallelBounds",
@@ -54,20 +57,25 @@ _E_GRID = (0.0, 0.0625, 0.25, 1.0, 4.0)  # e, relative to max|w| / max|z|
 
 @dataclass(frozen=True)
 class ParallelBounds:
-    r"""Lower bounds on :math:`\langle\Delta, \hat s\rangle` (all (..., Lq), compute dtype), allowance
-    already subtracted; ``>= 0`` proves :math:`c \ge 0`.
+    r"""Sound lower bounds on the *exact* :math:`\langle\Delta^\ast, \hat s^\ast\rangle = c^\ast\lVert s^\ast\rVert`
+    of the given inputs (all (..., Lq), float64, value units); ``>= 0`` proves :math:`c^\ast \ge 0`. Each bound
+    already includes the rigorous error bound of :mod:`hopfield_gag.theory.enclosure` (score rounding, the
+    weights' enclosure, matmul rounding, its own evaluation).
 
     Attributes
     ----------
+    direct : Tensor
+        The a-posteriori certificate: computed :math:`\langle\hat\Delta, \hat s\rangle` minus its error bound,
+        divided by a bound on :math:`\lVert s^\ast\rVert`. Needs s and d; it dominates the other three up to
+        their own rounding (each is a lower bound on the same quantity).
     transport, norm, split : Tensor
-        The three certificates of the module docstring (``-inf`` where :math:`\lVert s\rVert` is below the
-        noise floor: no direction to certify).
+        The mechanism bounds of the module docstring, made sound the same way.
     sharp : Tensor
-        Their maximum.
+        The maximum of the four.
     allowance : Tensor
-        The rounding allowance subtracted from each.
+        The error bound of ``direct``, :math:`E_X/\lVert\hat s\rVert` (``inf`` where nothing can be certified).
     exact : Tensor
-        :math:`\langle\Delta, \hat s\rangle` itself (``parallel_coef * ||s||``), for coverage studies.
+        The computed :math:`\langle\hat\Delta, \hat s\rangle` (``parallel_coef * ||s||``), for coverage studies.
     """
 
     transport: Tensor
@@ -76,49 +84,116 @@ class ParallelBounds:
     sharp: Tensor
     allowance: Tensor
     exact: Tensor
+    direct: Tensor | None = None
 
 
-def _allowance(disc: SparseDenseDiscrepancy) -> tuple[Tensor, Tensor]:
-    """(allowance, ||s||): rounding allowance of a lower bound on <Delta, s_hat>, in value units.
-
-    s, d carry an absolute error below the vector noise floor f = 64 eps sqrt(Lk) max||v|| (noise_floor);
-    a difference of squared norms ||s||^2 - ||d||^2 then errs by <= 2 (||s|| + ||d||) f + 64 eps (||s||^2 +
-    ||d||^2), divided by 2 ||s||. The transport and split bounds are inner products of the same vectors and
-    carry errors of the same order (one more factor Lk u on sums of Lk terms, inside the 64)."""
-    floor = disc.floor()
-    eps = torch.finfo(disc.z.dtype).eps
-    sn = torch.linalg.vector_norm(disc.sparse, dim=-1)
-    dn = torch.linalg.vector_norm(disc.dense, dim=-1)
-    safe = torch.where(sn > floor, sn, torch.ones_like(sn))
-    allow = ((sn + dn) * floor + 32 * eps * (sn * sn + dn * dn)) / safe + floor
-    return allow, sn
+_U64 = 2.0**-53
 
 
-def _split_bound(disc: SparseDenseDiscrepancy, v: Tensor) -> Tensor:
-    """max over (a, e) of <D, f> + TV (min_{S+} r - max_{S-} r), r = V s - f, f = a p_s + e z; divided by ||s||."""
-    D = disc.p_sparse - disc.p_dense
-    tv = 0.5 * D.abs().sum(-1)
-    w = disc.sparse @ v.transpose(-1, -2)  # (..., Lq, Lk): <v_j, s> = (G p_s)_j
-    z = torch.where(torch.isfinite(disc.z), disc.z, torch.zeros_like(disc.z))
-    ps = disc.p_sparse
+def _unit_and_scores(disc: SparseDenseDiscrepancy, enc):
+    """float64: D = p_s - p_d, P, N (mass moved up / down), w = V u_hat with u_hat = s_hat/||s_hat||, the bound
+    on |fl(w_j) - w_j|, and the conversion error of a lower bound Y on <s~ - d~, u_hat> into one on
+    X_hat / ||s_hat|| (matmul rounding + the unit vector's rounding)."""
+    V = disc._need("values").to(F64)
+    D = disc.p_sparse.to(F64) - disc.p_dense.to(F64)  # sign of a float difference is exact
+    P = torch.clamp(D, min=0.0).sum(-1)
+    N = torch.clamp(-D, min=0.0).sum(-1)
+    s_hat = disc.sparse.to(F64)
+    sn = enc.s_norm
+    safe = torch.where(sn > 0, sn, torch.ones_like(sn))
+    u_hat = s_hat / safe.unsqueeze(-1)
+    w = u_hat @ V.transpose(-1, -2)
+    dv = V.shape[-1]
+    vn = torch.linalg.vector_norm(V, dim=-1)  # (..., Lk)
+    err_w = gamma(dv + 3, _U64) * vn.amax(-1, keepdim=True) * 1.01  # |fl(w_j) - <v_j, u_hat>|, ||u_hat|| <= 1.01
+    convert = enc.e_matmul * 1.01 + enc.delta_norm * (dv + 4) * 1.1 * _U64
+    return D, P, N, w, err_w, convert
+
+
+def _transport_y(D, P, N, w, err_w, n):
+    """Lower bound on <D, w_exact> by the transport lemma: <D, w> >= P min_{S+} w - N max_{S-} w (exact for
+    any D; no sum-zero assumption), minus the rounding of w and of this evaluation."""
+    inf = torch.full_like(w, math.inf)
+    lo = torch.where(D > 0, w, inf).amin(-1)
+    hi = torch.where(D < 0, w, -inf).amax(-1)
+    lo_t = torch.where(P > 0, P * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo)), torch.zeros_like(P))
+    hi_t = torch.where(N > 0, N * torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi)), torch.zeros_like(N))
+    y = lo_t - hi_t
+    return y - (P + N) * err_w - gamma(n + 4, _U64) * (lo_t.abs() + hi_t.abs()), lo, hi
+
+
+def _split_y(disc: SparseDenseDiscrepancy, D, P, N, w, err_w, n):
+    """max over the (a, e) grid of a sound lower bound on <D, w>: <D, f> + P min_{S+} r - N max_{S-} r with
+    r = w - f, f = a p_s + e z (any f gives a valid identity; the grid picks a good one)."""
+    ps = disc.p_sparse.to(F64)
+    z = disc.z.to(F64)
+    z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
     wmax = w.abs().amax(-1, keepdim=True)
-    a_unit = wmax / ps.amax(-1, keepdim=True)
+    a_unit = wmax / ps.amax(-1, keepdim=True).clamp(min=1e-300)
     zmax = z.abs().amax(-1, keepdim=True)
     e_unit = torch.where(zmax > 0, wmax / torch.where(zmax > 0, zmax, torch.ones_like(zmax)), torch.zeros_like(zmax))
-    pos, neg = D > 0, D < 0
-    inf = torch.full_like(w, math.inf)
-    best = torch.full(tv.shape, -math.inf, dtype=w.dtype, device=w.device)
+    pos_pen = torch.where(D > 0, torch.zeros_like(w), torch.full_like(w, math.inf))
+    neg_pen = torch.where(D < 0, torch.zeros_like(w), torch.full_like(w, -math.inf))
+    absD = D.abs()
+    g = gamma(n + 4, _U64)
+    best = torch.full(P.shape, -math.inf, dtype=F64, device=w.device)
     for ea in _E_GRID:
         fe = (ea * e_unit) * z
         for aa in _A_GRID:
             f = (aa * a_unit) * ps + fe
             r = w - f
-            lo = torch.where(pos, r, inf).amin(-1)
-            hi = torch.where(neg, r, -inf).amax(-1)
-            gap = torch.where(torch.isfinite(lo) & torch.isfinite(hi), lo - hi, torch.zeros_like(lo))
-            best = torch.maximum(best, (D * f).sum(-1) + tv * gap)
-    sn = torch.linalg.vector_norm(disc.sparse, dim=-1)
-    return best / torch.where(sn > 0, sn, torch.ones_like(sn))
+            lo = (r + pos_pen).amin(-1)
+            hi = (r + neg_pen).amax(-1)
+            lo_t = torch.where(P > 0, P * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo)), torch.zeros_like(P))
+            hi_t = torch.where(N > 0, N * torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi)), torch.zeros_like(N))
+            df = (D * f).sum(-1)
+            err = g * ((absD * f.abs()).sum(-1) + lo_t.abs() + hi_t.abs()) + (P + N) * (err_w + 2 * _U64 * r.abs().amax(-1))
+            best = torch.maximum(best, df + lo_t - hi_t - err)
+    return best
+
+
+def bounds_of_discrepancy(disc: SparseDenseDiscrepancy) -> ParallelBounds:
+    r""":func:`parallel_bounds` from an existing :class:`SparseDenseDiscrepancy` (built by
+    :func:`hopfield_gag.theory.sparse_dense_discrepancy`, which keeps its q, k, v); same as
+    ``disc.parallel_bounds()``."""
+    enc = disc.enclosure()
+    n = disc.n_keys
+    sn = enc.s_norm
+    D, P, N, w, err_w, convert = _unit_and_scores(disc, enc)
+
+    def sound(y_lo: Tensor) -> Tensor:  # lower bound on <s~ - d~, u_hat>  ->  on <Delta*, s*>/||s*||
+        x_hat_lo = sn * (y_lo - convert)
+        x_hat_lo = x_hat_lo - x_hat_lo.abs() * 8 * _U64
+        return enc.per_unit(enc.x_lower(x_hat_lo))
+
+    transport = sound(_transport_y(D, P, N, w, err_w, n)[0])
+    split = sound(_split_y(disc, D, P, N, w, err_w, n))
+    dn2 = (disc.dense.to(F64) ** 2).sum(-1)
+    dv = disc.sparse.shape[-1]
+    norm_x = 0.5 * (sn * sn - dn2) - gamma(dv + 4, _U64) * (sn * sn + dn2)  # <= X_hat (polarization, T5f)
+    norm = enc.per_unit(enc.x_lower(norm_x))
+    direct = enc.per_unit(enc.x_lower())
+    ok = (sn > 0) & enc.verified
+    ninf = torch.full_like(sn, -math.inf)
+    transport, norm, split, direct = (torch.where(ok, b, ninf) for b in (transport, norm, split, direct))
+    sharp = torch.maximum(torch.maximum(transport, norm), torch.maximum(split, direct))
+    allowance = torch.where(ok, enc.e_x / torch.where(sn > 0, sn, torch.ones_like(sn)), torch.full_like(sn, math.inf))
+    return ParallelBounds(transport=transport, norm=norm, split=split, sharp=sharp, allowance=allowance,
+                          exact=(disc.parallel_coef * torch.linalg.vector_norm(disc.sparse, dim=-1)).to(F64),
+                          direct=direct)
+
+
+def transport_certificate_of_discrepancy(disc: SparseDenseDiscrepancy) -> Tensor:
+    r"""The sound transport bracket (T5a): :math:`\min_{S^+}w - \max_{S^-}w` (:math:`w = V\hat s`) lowered so
+    that ``>= 0`` proves :math:`c^\ast \ge 0` for the exact inputs: the sound transport bound of
+    :func:`parallel_bounds` divided by the moved mass :math:`\mathrm{TV}` where it certifies, else the
+    bracket minus the error bound per unit mass (negative). (..., Lq), float64."""
+    b = bounds_of_discrepancy(disc)
+    D = disc.p_sparse.to(F64) - disc.p_dense.to(F64)
+    tv = 0.5 * D.abs().sum(-1)
+    safe = torch.where(tv > 0, tv, torch.ones_like(tv))
+    return torch.where(tv > 0, b.transport / safe, torch.where(b.transport >= 0, b.transport,
+                                                               torch.full_like(tv, -math.inf)))
 
 
 def parallel_bounds(
@@ -129,15 +204,19 @@ def parallel_bounds(
     alpha: float = 1.5,
     mask: Tensor | None = None,
 ) -> ParallelBounds:
-    r"""The transport, norm and split lower bounds on :math:`\langle\Delta, \hat s\rangle` and their maximum
-    (module docstring; ``THEORY.md`` T5a, T5e, T5f).
+    r"""Sound lower bounds on the exact :math:`\langle\Delta^\ast, \hat s^\ast\rangle` of the given inputs: the
+    a-posteriori (direct) bound and the transport, norm and split mechanism bounds, and their maximum (module
+    docstring; ``THEORY.md`` T5a, T5f, "Sound allowances"). With :math:`w = V\hat u`, :math:`\hat u = \hat s/
+    \lVert\hat s\rVert`, :math:`P, N` the mass moved up / down:
 
     .. math::
 
-        \langle\Delta, \hat s\rangle \ \ge\ \max\Big(\mathrm{TV}\,(\min_{S^+}w - \max_{S^-}w),\ \
-        \frac{\lVert s\rVert^2 - \lVert d\rVert^2}{2\lVert s\rVert},\ \
-        \max_{a, e \ge 0}\frac{\langle D, f\rangle + \mathrm{TV}(\min_{S^+}r - \max_{S^-}r)}{\lVert s\rVert}\Big)
-        - \text{allowance}.
+        \langle\hat D, w\rangle \ge \max\Big(P\min_{S^+}w - N\max_{S^-}w,\ \
+        \frac{\lVert\hat s\rVert^2 - \lVert\hat d\rVert^2}{2\lVert\hat s\rVert},\ \
+        \max_{a, e \ge 0}\langle\hat D, f\rangle + P\min_{S^+}r - N\max_{S^-}r\Big),\quad r = w - f,
+
+    each minus its evaluation error, then carried to the exact inputs with
+    :class:`hopfield_gag.theory.enclosure.OutputEnclosure` (``x_lower`` / ``per_unit``).
 
     Parameters
     ----------
@@ -146,32 +225,9 @@ def parallel_bounds(
 
     Returns
     -------
-    ParallelBounds (tensors (..., Lq), compute dtype).
+    ParallelBounds (tensors (..., Lq), float64).
     """
     return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).parallel_bounds()
-
-
-def bounds_of_discrepancy(disc: SparseDenseDiscrepancy) -> ParallelBounds:
-    r""":func:`parallel_bounds` from an existing :class:`SparseDenseDiscrepancy` (built by
-    :func:`hopfield_gag.theory.sparse_dense_discrepancy`, which keeps its q, k, v); same as
-    ``disc.parallel_bounds()``."""
-    vc = disc._need("values")
-    allow, sn = _allowance(disc)
-    ok = sn > disc.floor()
-    safe = torch.where(ok, sn, torch.ones_like(sn))
-    D = disc.p_sparse - disc.p_dense
-    tv = 0.5 * D.abs().sum(-1)
-    shat = disc.sparse / safe.unsqueeze(-1)
-    cert_t = crossing_certificate(disc.p_sparse, disc.p_dense, shat @ vc.transpose(-1, -2))
-    transport = torch.where(torch.isfinite(cert_t), tv * cert_t, torch.zeros_like(tv))  # D = 0: <D, w> = 0
-    dn = torch.linalg.vector_norm(disc.dense, dim=-1)
-    norm = (sn * sn - dn * dn) / (2 * safe)
-    split = _split_bound(disc, vc)
-    ninf = torch.full_like(sn, -math.inf)
-    transport, norm, split = (torch.where(ok, b - allow, ninf) for b in (transport, norm, split))
-    return ParallelBounds(transport=transport, norm=norm, split=split,
-                          sharp=torch.maximum(torch.maximum(transport, norm), split), allowance=allow,
-                          exact=disc.parallel_coef * sn)
 
 
 def parallel_certificate_sharp(
@@ -291,14 +347,32 @@ def perturbative_parallel_certificate(
     """
     check_tensor("v", v, min_dim=2)
     disc = sparse_dense_discrepancy(q, k, v, scale, alpha, mask)
+    return perturbative_of_discrepancy(disc)
+
+
+def perturbative_of_discrepancy(disc: SparseDenseDiscrepancy) -> Tensor:
+    r""":func:`perturbative_parallel_certificate` from an existing discrepancy, sound for the exact inputs:
+    the gap :math:`\lVert p^\ast_s\rVert^2 - \lVert p^\ast_d\rVert^2` is bounded below from the weights'
+    enclosure, and :math:`\varepsilon` above by the fit's float value plus the Gram matrix's rounding
+    (:math:`a, b` are any numbers in T5e, so their own rounding costs nothing). (..., Lq), float64."""
+    v = disc._need("values")
+    enc = disc.enclosure()
     fit = equiangular_fit(v)
-    gap = (disc.p_sparse.square().sum(-1) - disc.p_dense.square().sum(-1))
-    a = fit.a.to(gap.dtype).unsqueeze(-1)
-    eps = fit.eps.to(gap.dtype).unsqueeze(-1)
-    # rounding of a Gram entry: ~ dv u ||v||^2; of ||p||^2: ~ Lk u
-    u = torch.finfo(gap.dtype).eps
-    slack = 64 * u * (v.shape[-1] + disc.n_keys) * (a.abs() + eps + fit.b.to(gap.dtype).abs().unsqueeze(-1))
-    return torch.clamp(a, min=0.0) * 0.5 * gap - eps - slack
+    ps, pd = disc.p_sparse.to(F64), disc.p_dense.to(F64)
+    lo_s = torch.clamp(ps - enc.r_sparse, min=0.0)
+    hi_d = pd + enc.r_dense
+    n = disc.n_keys
+    gap = (lo_s * lo_s).sum(-1) * (1 - gamma(n + 2, _U64)) - (hi_d * hi_d).sum(-1) * (1 + gamma(n + 2, _U64))
+    a = fit.a.to(F64).unsqueeze(-1)
+    b = fit.b.to(F64).unsqueeze(-1)
+    u = unit_roundoff(fit.a.dtype)
+    vmax2 = (v.to(F64) ** 2).sum(-1).amax(-1).unsqueeze(-1)
+    # |fl(G) - G| <= gamma_dv max||v||^2; the subtraction G - aI - b and the max: 3 more roundings
+    eps = (fit.eps.to(F64).unsqueeze(-1) + gamma(v.shape[-1], u) * vmax2 * 1.01
+           + 4 * u * (vmax2 * 1.01 + a.abs() + b.abs())) * 1.01
+    out = torch.clamp(a, min=0.0) * 0.5 * gap
+    out = out - out.abs() * 4 * _U64 - eps
+    return torch.where(enc.verified, out, torch.full_like(out, -math.inf))
 
 
 def sign_flip_margin(
@@ -341,10 +415,53 @@ def sign_flip_of_discrepancy(disc: SparseDenseDiscrepancy, lam: float = 10.0, et
     ``disc.sign_flip_margin(lam, eta, zeta, parallel)``. Returns (..., Lq)."""
     o = gag_output(disc.dense, disc.sparse, lam, eta, zeta, parallel)
     ss = (disc.sparse * disc.sparse).sum(-1)
-    sn = ss.sqrt()
-    ok = sn > disc.floor()
-    return torch.where(ok, (o * disc.sparse).sum(-1) / torch.where(ok, ss, torch.ones_like(ss)),
-                       torch.zeros_like(ss))
+    m = torch.where(ss > 0, (o * disc.sparse).sum(-1) / torch.where(ss > 0, ss, torch.ones_like(ss)),
+                    torch.zeros_like(ss))
+    lo, hi = _flip_interval(disc, lam, eta, zeta, parallel)
+    decided = (lo > 0) | (hi < 0)
+    # the computed m where the exact m* provably has its sign; 0 where rounding could change the sign
+    return torch.where(decided & (torch.sign(m) == torch.sign(lo)), m, torch.zeros_like(m)).to(m.dtype)
+
+
+def _flip_interval(disc: SparseDenseDiscrepancy, lam, eta, zeta, parallel) -> tuple[Tensor, Tensor]:
+    r"""An interval containing the exact :math:`m^\ast = 1 + \lambda\tilde c^\ast\min(1, \eta/\lVert g^\ast\rVert)`
+    ("The sign flip"), from the enclosure's :math:`c^\ast` and :math:`\lVert s^\ast\rVert` intervals and
+    :math:`|\tilde c|\lVert s\rVert \le \lVert g\rVert \le \zeta\lVert\Delta\rVert + (|\tilde c| + \zeta|c|)\lVert s\rVert`."""
+    lam = check_scalar("lam", lam, ge=0.0)
+    zeta = check_scalar("zeta", zeta, ge=0.0, le=1.0)
+    enc = disc.enclosure()
+    c_lo, c_hi = enc.c_bounds()
+    if parallel == "positive":
+        t_lo, t_hi = torch.clamp(c_lo, min=0.0), torch.clamp(c_hi, min=0.0)
+    else:
+        t_lo, t_hi = c_lo, c_hi
+    s_lo, s_hi = enc.s_norm_bounds()
+    straddle = (t_lo <= 0) & (t_hi >= 0)
+    t_absmin = torch.where(straddle, torch.zeros_like(t_lo), torch.minimum(t_lo.abs(), t_hi.abs()))
+    t_absmax = torch.maximum(t_lo.abs(), t_hi.abs())
+    c_absmax = torch.maximum(c_lo.abs(), c_hi.abs())
+    if eta is None:
+        f_lo = f_hi = torch.ones_like(t_lo)
+    else:
+        eta = check_scalar("eta", eta, gt=0.0)
+        g_lo = t_absmin * s_lo
+        g_hi = zeta * (enc.delta_norm + enc.e_sparse + enc.e_dense) + (t_absmax + zeta * c_absmax) * s_hi
+        f_lo = torch.clamp(eta / torch.where(g_hi > 0, g_hi, torch.ones_like(g_hi)), max=1.0)
+        f_lo = torch.where(g_hi > 0, f_lo, torch.ones_like(f_lo))
+        f_hi = torch.clamp(eta / torch.where(g_lo > 0, g_lo, torch.ones_like(g_lo)), max=1.0)
+        f_hi = torch.where(g_lo > 0, f_hi, torch.ones_like(f_hi))
+    corners = torch.stack([t_lo * f_lo, t_lo * f_hi, t_hi * f_lo, t_hi * f_hi]).nan_to_num(nan=0.0)
+    lo = 1 + lam * corners.amin(0)
+    hi = 1 + lam * corners.amax(0)
+    bad = ~(torch.isfinite(c_lo) & torch.isfinite(c_hi))  # ||s*|| may be 0: c* unknown
+    if parallel != "positive":
+        lo = torch.where(bad, torch.full_like(lo, -math.inf), lo)
+    hi = torch.where(bad, torch.full_like(hi, math.inf), hi)
+    lo = lo - lo.abs() * 1e-12 - 1e-300  # the float64 evaluation of the interval itself
+    hi = hi + hi.abs() * 1e-12 + 1e-300
+    if lam == 0.0:
+        lo, hi = torch.ones_like(lo), torch.ones_like(hi)
+    return lo, hi
 
 
 def flipped_tokens(

@@ -141,6 +141,7 @@ class SparseDenseDiscrepancy:
     queries: Tensor | None = None
     keys: Tensor | None = None
     values: Tensor | None = None
+    mask: Tensor | None = None
 
     @property
     def n_keys(self) -> int:
@@ -161,6 +162,18 @@ class SparseDenseDiscrepancy:
             raise ValueError(f"this SparseDenseDiscrepancy carries no {name}; build it with "
                              "sparse_dense_discrepancy(q, k, v, ...)")
         return x
+
+    def enclosure(self):
+        r"""The sound link between these computed quantities and the exact ones of the given inputs
+        (:class:`hopfield_gag.theory.enclosure.OutputEnclosure`: score, weight and output error bounds);
+        computed once per discrepancy and cached."""
+        cached = self.__dict__.get("_enclosure")
+        if cached is None:
+            from .enclosure import output_enclosure
+
+            cached = output_enclosure(self)
+            object.__setattr__(self, "_enclosure", cached)
+        return cached
 
     def key_retrievals(self) -> tuple[Tensor, Tensor]:
         r"""The dense and sparse retrievals in key space, :math:`(p_d K, p_s K)`, each (..., Lq, d).
@@ -188,8 +201,13 @@ class SparseDenseDiscrepancy:
         return _cosine(s_key - d_key, self._need("queries"), self.key_floor(), torch.zeros(()))
 
     def parallel_margin(self) -> Tensor:
-        r""":func:`parallel_margin` of these tokens: :math:`\cos(\Delta, s)`, (..., Lq)."""
-        return _cosine(self.delta, self.sparse, self.floor(), self.floor())
+        r""":func:`parallel_margin` of these tokens: :math:`\cos(\hat\Delta, \hat s)` where the sign of the exact
+        :math:`c^\ast` is proved by the enclosure (:meth:`enclosure`), 0 where rounding could change it,
+        (..., Lq)."""
+        m = _cosine(self.delta, self.sparse, torch.zeros(()), torch.zeros(()))
+        c_lo, c_hi = self.enclosure().c_bounds()
+        decided = ((c_lo > 0) & (m > 0)) | ((c_hi < 0) & (m < 0))
+        return torch.where(decided, m, torch.zeros_like(m))
 
     def value_scores(self) -> Tensor:
         r""":math:`w_j = \langle v_j, \hat s\rangle`, :math:`\hat s = s/\lVert s\rVert` (0 where :math:`s = 0`),
@@ -199,8 +217,10 @@ class SparseDenseDiscrepancy:
         return shat @ self._need("values").transpose(-1, -2)
 
     def parallel_certificate(self) -> Tensor:
-        r""":func:`parallel_certificate` (the transport bracket, T5a, no allowance) of these tokens, (..., Lq)."""
-        return crossing_certificate(self.p_sparse, self.p_dense, self.value_scores())
+        r""":func:`parallel_certificate` (the sound transport bracket, T5a) of these tokens, (..., Lq)."""
+        from .certificates import transport_certificate_of_discrepancy
+
+        return transport_certificate_of_discrepancy(self)
 
     def descent_margin(self, energy_alpha: float = 1.0) -> Tensor:
         r""":func:`descent_margin` of these tokens (Hopfield reading: the keys are the stored patterns and the
@@ -285,7 +305,7 @@ def sparse_dense_discrepancy(
     return SparseDenseDiscrepancy(
         z=z, p_dense=p_d, p_sparse=p_s, dense=dense, sparse=sparse, delta=delta, parallel_coef=c,
         delta_parallel=d_par, delta_perp=delta - d_par, scale=beta, alpha=alpha, value_norm_max=vmax,
-        queries=qc, keys=kc, values=vc,
+        queries=qc, keys=kc, values=vc, mask=mask,
     )
 
 
