@@ -86,6 +86,9 @@ __all__ = ["gag_attention", "GAGParts", "METHODS", "GAGAttention", "GagParams", 
 METHODS = COMBINE_METHODS
 _SCORE_TEMPORARIES = 5  # z, p_dense, p_sparse, and two transient buffers of the normalizers
 _HALF_OR_F32 = (torch.float16, torch.bfloat16, torch.float32)
+# the Status bits as plain ints for the per-call paths (IntFlag arithmetic costs ~10 us an operation)
+_ITER, _KV = int(Status.ITER_LIMIT), int(Status.KV_NONFINITE)
+_NONFINITE, _MASKED = int(Status.NONFINITE_SCORES), int(Status.FULLY_MASKED)
 
 
 @dataclass(frozen=True)
@@ -228,10 +231,10 @@ def _run_chunked_c(call: _Call):
     for rows, q_chunk, z in _score_chunks(call, cd):
         n = rows.stop - rows.start
         maps, f = fused.dual_normalize(z, p.alpha)
-        if f & Status.ITER_LIMIT:
+        if f & _ITER:
             # the kernel's entmax rows are only estimates: the op falls back to its exact default
             maps[..., 1, :, :], f_op = normalizers.entmax_op(z, p.alpha)
-            f = (f & ~Status.ITER_LIMIT) | int(f_op)
+            f = (f & ~_ITER) | int(f_op)
         flags |= f
         r = torch.matmul(maps.view(*maps.shape[:-3], 2 * n, maps.shape[-1]), read)
         r = r.view(*r.shape[:-2], 2, n, r.shape[-1])
@@ -342,14 +345,14 @@ def _forward(call: _Call, path: Path, checks: bool):
     """Run ``path`` (and its ``on_iter_limit`` fallback); returns (out, status, parts) with the status word
     completed by the k/v check when ``checks`` and the path does not cover it (no host read here)."""
     out, status, parts = path.run(call)
-    if path.on_iter_limit is not None and int(status) & Status.ITER_LIMIT:
+    if path.on_iter_limit is not None and int(status) & _ITER:
         # (never seen on real rows) an entmax row at the iteration limit: the fallback recomputes exactly
         path = _BY_NAME[path.on_iter_limit]
         out, status, parts = path.run(call)
     if checks and status is None:  # (stock) no scores were computed here: their conditions from the inputs
         status = _stock_status(call, out)
     if checks and not path.covers_kv:
-        status = nonfinite_any(call.k, call.v).to(torch.int64) * int(Status.KV_NONFINITE) | status
+        status = nonfinite_any(call.k, call.v).to(torch.int64) * _KV | status
     return out, status, parts
 
 
@@ -368,7 +371,7 @@ def _stock_status(call: _Call, out: Tensor) -> Tensor:
             empty = (mask == -math.inf).all(-1).any()
     overflow = nonfinite_any(out) & ~nonfinite_any(call.k, call.v) & ~empty
     bad = nonfinite_any(call.q, call.k) | bad_mask | overflow
-    return bad.to(torch.int64) * int(Status.NONFINITE_SCORES) | empty.to(torch.int64) * int(Status.FULLY_MASKED)
+    return bad.to(torch.int64) * _NONFINITE | empty.to(torch.int64) * _MASKED
 
 
 # ---------------------------------------------------------------------------------------------------- op

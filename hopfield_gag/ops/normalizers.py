@@ -309,7 +309,7 @@ def raise_for_status(status, q: Tensor, k: Tensor, v: Tensor, mask=None, name: s
     the one host read) and, if any error bit is set, raise the error that names the culprit: a non-finite
     q, k or v; NaN/+inf in an additive mask; then the scores' own condition. ``ITER_LIMIT`` is not an error
     (the paths that set it use the bracket estimate, or recompute)."""
-    f = int(status) & ~int(Status.ITER_LIMIT)
+    f = int(status) & ~_FLAG_MAXIT
     if f == 0:
         return
     check_finite("q", q)
