@@ -168,7 +168,7 @@ def train_student(args) -> None:
     """Reflow then distillation of the grid DiT into a 1-2-step student.
 
     1. Reflow pairs: ``--pairs`` noises z and the teacher's 16-step Euler samples x1 = T(z, prompt) with CFG
-       ``--teacher-cfg`` for training-distribution prompts (10% null prompts, sampled without CFG: the
+       ``--teacher-cfg`` for training-distribution prompts (10% null prompts, where CFG reduces to the
        teacher's unconditional map), all seeded.
     2. The student starts from the teacher's weights and regresses the straight-line velocity x1 - z at
        x_t = (1 - t) z + t x1 with t drawn 40% at 0 (the 1-step map), 20% at 0.5 (the second of 2 steps) and
@@ -189,9 +189,8 @@ def train_student(args) -> None:
         tokens[null] = NULL_TOKEN
         seed = args.seed * 100003 + i
         z = torch.randn((n, 1, 24, 24), generator=torch.Generator().manual_seed(seed))  # = sample()'s noise
-        x_c = sample(teacher, tokens, steps=16, cfg_scale=args.teacher_cfg, seed=seed)
-        x_u = sample(teacher, tokens, steps=16, cfg_scale=1.0, seed=seed) if null.any() else x_c
-        x1 = torch.where(null[:, None, None, None], x_u, x_c) * 2.0 - 1.0
+        # null rows: v_u + w (v_u - v_u) = v_u, so the CFG sampler gives the teacher's unconditional map there
+        x1 = sample(teacher, tokens, steps=16, cfg_scale=args.teacher_cfg, seed=seed) * 2.0 - 1.0
         zs.append(z), x1s.append(x1), toks.append(tokens)
         print(json.dumps(dict(pairs=i + n, cpu_s=round(time.process_time() - cpu0, 1))), flush=True)
     z_all, x1_all, tok_all = torch.cat(zs), torch.cat(x1s), torch.cat(toks)
@@ -210,7 +209,7 @@ def train_student(args) -> None:
         return xt, t, tok_all[idx], x1 - z
 
     args.notes = [f"reflow pairs: {args.pairs} teacher samples (16 Euler steps, CFG {args.teacher_cfg:g}; 10% null "
-                  f"prompts without CFG), {pair_cpu:.0f} CPU-s (included in the CPU time)"]
+                  f"prompts), {pair_cpu:.0f} CPU-s (included in the CPU time)"]
     train(args, "dit-grid-student", student, batch_fn, cpu_offset=pair_cpu)
 
 
@@ -250,7 +249,7 @@ def scan_checkpoints(args) -> int:
     done = {json.loads(x)["ckpt"] for x in out.read_text().splitlines()} if out.is_file() else set()
     model = registry.build("dit-grid")
     for ckpt in sorted((Path(args.ckpt_dir) / "dit-grid").glob("step*.safetensors")):
-        if ckpt.name in done:
+        if ckpt.name in done or int(ckpt.stem[4:]) < args.scan_min_step:
             continue
         model.load_state_dict(load_file(str(ckpt)))
         model.eval()
@@ -285,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-checkpoint", default=None, help="undertrained: the checkpoint to ship")
     p.add_argument("--scan", action="store_true", help="dit: evaluate the saved checkpoints (16 steps, +-CFG)")
     p.add_argument("--scan-n", type=int, default=100)
+    p.add_argument("--scan-min-step", type=int, default=0)
     p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CARD_CFG", "STEPS", "BAR", "evaluate_grid", "headroom", "write_grid_card", "save_canvas_png"]
+__all__ = ["CARD_CFG", "STEPS", "BAR", "evaluate_grid", "headroom", "write_grid_card", "student_lines"]
 
 CARD_CFG = 3.0
 STEPS = (1, 2, 4, 16)
 BAR = dict(cell_accuracy=0.95, exact=0.80)
-N_IN, N_HELD = 200, 100
+N_IN, N_HELD = 150, 60
 GAG = dict(lam=10.0, eta=15.0)
 ARCH = {
     "dit": "the project's DiT (patch 2 -> 144 image tokens, 4 blocks of self-attention + cross-attention to the "
@@ -103,22 +103,6 @@ def summarize(rows) -> dict:
     return out
 
 
-def save_canvas_png(images: torch.Tensor, ncol: int, path: Path, scale: int = 3) -> None:
-    """Tile canvases (N, 1, H, W) in [0, 1] into a grayscale PNG, ``ncol`` per row, 2-px separators."""
-    import numpy as np
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    nrow = (n + ncol - 1) // ncol
-    pad = 2
-    big = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        big[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0].numpy()
-    img = Image.fromarray((big * 255).round().astype(np.uint8)).resize((big.shape[1] * scale, big.shape[0] * scale), Image.NEAREST)
-    img.save(str(path))
-
-
 def _fmt(v):
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -138,6 +122,7 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
     from .grid_data import eval_prompts
     from .grid_judge import load_grid_judge
     from .registry import load_model
+    from .report import save_grid_png
     from .sampling import sample
 
     directory = Path(directory)
@@ -146,7 +131,7 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
         results = headroom(model, judge)
     (directory / f"{name}.metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     prompts = eval_prompts("in-distribution", 16)
-    save_canvas_png(sample(model, prompts, steps=16, cfg_scale=CARD_CFG, seed=0), 8, directory / f"{name}.png")
+    save_grid_png(sample(model, prompts, steps=16, cfg_scale=CARD_CFG, seed=0), 2, directory / f"{name}.png", scale=3)
     meta = json.loads((directory / f"{name}.json").read_text())
     tr = meta["training"]
     s = results["summary"]
