@@ -354,3 +354,16 @@ def test_positive_rule_as_aa1_step(seed, dv, lam, eta, zeta):
     torch.testing.assert_close(s - r.gamma[:, None] * r.difference, ref, rtol=1e-12, atol=atol)
     gam = r.mixing_operator()
     torch.testing.assert_close(s - (gam @ (s - d).unsqueeze(-1)).squeeze(-1), ref, rtol=1e-10, atol=1e-10 * (1 + lam))
+
+
+@given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["dense", "sparse", "pladis", "gag"]),
+       lam=st.floats(0.0, 12.0), eta=st.one_of(st.none(), st.floats(0.05, 20.0)), zeta=st.floats(0.0, 1.0),
+       parallel=st.sampled_from(["paper", "positive"]))
+def test_combine_takes_a_gag_params_with_the_same_result(seed, method, lam, eta, zeta, parallel):
+    d, s = _pair(seed, 6, 5)
+    p = H.GagParams(method=method, lam=lam, eta=eta, zeta=zeta, parallel=parallel)
+    a = combine(p, d, s)
+    b = combine(method, d, s, lam=lam, eta=eta, zeta=zeta, parallel=parallel)
+    for x, y in zip((a.output, a.parallel_coef, a.cap_active, a.token_scale, a.cap_factor),
+                    (b.output, b.parallel_coef, b.cap_active, b.token_scale, b.cap_factor)):
+        assert torch.equal(x, y)
