@@ -195,6 +195,7 @@ class ModelRegistry:
     def __init__(self, model, state: AttentionState):
         self.model, self.state = model, state
         self.pipeline = None  # the pipeline whose scheduler the state hook follows, when one was passed
+        self.told_branches = None  # the batch layout the state hook last set (a user's own is kept)
         self.slots: dict = {}
         self.handles: list = []
         self.teardown: list = []

@@ -92,7 +92,10 @@ def _on_denoiser_call(reg, args, kwargs) -> None:
     t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
     _track_step(state, reg.pipeline, _scalar(t))
     if reg.pipeline is not None and isinstance(sample, torch.Tensor):
-        state.batch_branches = _batch_layout(reg.pipeline, sample.shape[0])
+        told = _batch_layout(reg.pipeline, sample.shape[0])
+        if told is not None or state.batch_branches is reg.told_branches:
+            # what the pipeline says, else unknown; a layout the user set by hand is kept
+            state.batch_branches = reg.told_branches = told
 
 
 def _diffusers_state_hook(reg):
