@@ -11,8 +11,15 @@ GPU clocks/load hits all alike), medians reported, plus the peak extra memory of
   - ours pladis: ``gag_attention(method="pladis", lam=2)``;
   - PLADIS reference: SDPA for the dense output + ``entmax.entmax15(scores) @ V`` for the sparse one,
     blended d + 2 (s - d) (what a diffusers processor built on the entmax package does);
-  - AdaSplash (deep-spin's alpha-entmax flash attention, PyPI ``adasplash``), if installed: the sparse
-    output alone (alpha = 1.5, non-causal), i.e. one half of what ours computes.
+  - AdaSplash (deep-spin's alpha-entmax flash attention, PyPI ``adasplash``), if installed, **only on the
+    shapes it supports**: it takes the sequence length from q and needs keys shaped like the queries
+    (self-attention), a power-of-two length and no mask — on a cross-attention shape it would read past K and V.
+    Its row is labelled "forward, sparse only": the sparse output alone (alpha = 1.5, non-causal), one half of
+    what ours computes; elsewhere the table says why it was not run.
+
+Shapes: SD1.5-style cross-attention at two resolutions, SDXL's cross-attention (2, 20, 1024, 77, 64), the
+text partition of Flux's joint attention (1, 24, 4096, 512, 128: image queries over the 512 T5 tokens), and one
+self-attention shape where AdaSplash can run.
 
 Targets (issue 9): ours gag <= 1.5x SDPA at Lk = 77, and >= 5x faster than the PLADIS reference.
 Without a CUDA device (or without triton) it exits with a message, not a traceback.
@@ -26,7 +33,22 @@ import sys
 import torch
 import torch.nn.functional as F
 
-SHAPES = [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 8, 1024, 1024, 64)]
+SHAPES = [(2, 8, 1024, 77, 64), (2, 8, 4096, 77, 64), (2, 20, 1024, 77, 64), (1, 24, 4096, 512, 128),
+          (2, 8, 1024, 1024, 64)]
+ADASPLASH_ROW = "AdaSplash (forward, sparse only)"
+
+
+def adasplash_supports(shape, masked: bool = False):
+    """(True, "") when AdaSplash can run on (B, H, Lq, Lk, D), else (False, why): it reads the sequence length
+    from q, so keys must be shaped like the queries (Lk == Lq), of a power-of-two length, with no mask."""
+    b, h, lq, lk, d = shape
+    if lk != lq:
+        return False, f"cross-attention (Lk={lk} != Lq={lq}): AdaSplash needs keys shaped like the queries"
+    if lq & (lq - 1):
+        return False, f"length {lq} is not a power of two"
+    if masked:
+        return False, "a mask (AdaSplash takes none)"
+    return True, ""
 DTYPES = (torch.float16, torch.float32)
 
 
@@ -69,10 +91,11 @@ def _contenders(q, k, v):
     }
     if ta.triton_applies(q, k, v):
         fns["ours gag, kernel only"] = lambda: ta.fused_forward(q, k, v, None, shape, scale, GagParams())
-    if importlib.util.find_spec("adasplash") is not None:
+    ok, _ = adasplash_supports((*q.shape[:-1], k.shape[-2], q.shape[-1]))
+    if ok and importlib.util.find_spec("adasplash") is not None:
         from adasplash import adasplash
 
-        fns["AdaSplash (sparse only)"] = lambda: adasplash(q, k, v, alpha=1.5, is_causal=False)
+        fns[ADASPLASH_ROW] = lambda: adasplash(q, k, v, alpha=1.5, is_causal=False)
     return fns
 
 
@@ -133,10 +156,13 @@ def run(rounds: int = 9) -> list:
                 print(f"  {name:26s} {ms:10.3f} {ms / sdpa:8.2f} {mem[name]:15.1f}")
             for name, why in failed.items():
                 print(f"  {name:26s} failed: {why}")
+            ok, why = adasplash_supports(shape)
+            if not ok:
+                print(f"  {ADASPLASH_ROW:26s} not run: {why}")
             ratio = med["ours gag"] / sdpa
             ref_ratio = med["PLADIS reference"] / med["ours gag"]
             print(f"  PLADIS reference / ours gag = {ref_ratio:.2f}\n")
-            if shape[3] == 77:
+            if shape[3] == 77 and shape[1] == 8:  # the issue-9 targets were set on these shapes
                 tag = f"{shape} {str(dtype).replace('torch.', '')}"
                 verdicts.append((f"{tag}: gag / SDPA <= 1.5", ratio, ratio <= 1.5))
                 verdicts.append((f"{tag}: PLADIS ref / gag >= 5", ref_ratio, ref_ratio >= 5.0))
