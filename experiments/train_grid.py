@@ -178,7 +178,14 @@ def train_student(args) -> None:
     from hopfield_gag.models import load_model, sample
     from hopfield_gag.models.grid_data import layouts_to_tokens, random_layouts
 
-    teacher = load_model("dit-grid")
+    if args.teacher:  # a saved EMA checkpoint of the dit run instead of the shipped dit-grid (dry runs)
+        from safetensors.torch import load_file
+
+        teacher = registry.build("dit-grid").eval().requires_grad_(False)
+        teacher.load_state_dict(load_file(args.teacher))
+    else:
+        teacher = load_model("dit-grid")
+    config = json.loads((WEIGHTS / "dit-grid.json").read_text())["config"] if not args.teacher else None
     gen = torch.Generator().manual_seed(args.seed)
     cpu0 = time.process_time()
     zs, x1s, toks = [], [], []
@@ -195,7 +202,7 @@ def train_student(args) -> None:
         print(json.dumps(dict(pairs=i + n, cpu_s=round(time.process_time() - cpu0, 1))), flush=True)
     z_all, x1_all, tok_all = torch.cat(zs), torch.cat(x1s), torch.cat(toks)
     pair_cpu = time.process_time() - cpu0
-    student = registry.build("dit-grid-student", json.loads((WEIGHTS / "dit-grid.json").read_text())["config"])
+    student = registry.build("dit-grid-student", config)
     student.load_state_dict(teacher.state_dict())
     student.train().requires_grad_(True)
 
@@ -281,6 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="JSON architecture overrides")
     p.add_argument("--pairs", type=int, default=2048, help="student: reflow pairs from the teacher")
     p.add_argument("--teacher-cfg", type=float, default=3.0, help="student: CFG scale of the teacher's pairs")
+    p.add_argument("--teacher", default=None, help="student: teacher checkpoint (default: the shipped dit-grid)")
     p.add_argument("--from-checkpoint", default=None, help="undertrained: the checkpoint to ship")
     p.add_argument("--scan", action="store_true", help="dit: evaluate the saved checkpoints (16 steps, +-CFG)")
     p.add_argument("--scan-n", type=int, default=100)
