@@ -221,24 +221,38 @@ def train_student(args) -> None:
 
 
 def ship_checkpoint(args) -> None:
-    """Ship one saved EMA checkpoint of the grid DiT run as ``dit-grid-undertrained``."""
+    """Ship one saved EMA checkpoint: ``--model undertrained`` (a checkpoint of the dit-grid run, shipped as
+    ``dit-grid-undertrained``), or ``--model dit|unet|sd3`` whose run was stopped before it wrote its weights
+    (then the record says so). The run's training log must be in the weights directory."""
     from safetensors.torch import load_file
 
     ckpt = Path(args.from_checkpoint)
     step = int(ckpt.stem.replace("step", ""))
-    full = json.loads((WEIGHTS / "dit-grid.json").read_text())
-    model = registry.build("dit-grid-undertrained", full["config"])
-    model.load_state_dict(load_file(str(ckpt)))
-    curve = [json.loads(x) for x in (WEIGHTS / "dit-grid.train.jsonl").read_text().splitlines() if x]
+    name = NAMES[args.model]
+    source = "dit-grid" if args.model == "undertrained" else name
+    curve = [json.loads(x) for x in (WEIGHTS / f"{source}.train.jsonl").read_text().splitlines() if x]
     upto = [r for r in curve if r["step"] <= step]
-    tr = dict(full["training"])
-    tr.update(name="dit-grid-undertrained", steps_done=step, stopped_by=f"checkpoint at step {step} of the dit-grid run",
+    if args.model == "undertrained":
+        full = json.loads((WEIGHTS / "dit-grid.json").read_text())
+        tr, config = dict(full["training"]), full["config"]
+        tr.update(stopped_by=f"checkpoint at step {step} of the dit-grid run", card_model="undertrained",
+                  command=tr["command"] + "; then python experiments/train_grid.py --model undertrained "
+                                          f"--from-checkpoint {ckpt.name}")
+        (WEIGHTS / "dit-grid-undertrained.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in upto))
+    else:
+        config = None
+        tr = dict(parameters=None, steps=args.steps, batch=args.batch, lr=args.lr, ema=args.ema,
+                  p_uncond=args.p_uncond, seed=args.seed, threads=args.threads, commit=_commit(), fp16=args.fp16,
+                  card_model=args.model, loadavg_at_end=os.getloadavg(),
+                  stopped_by=f"stopped by hand at the session deadline; EMA checkpoint at step {step}",
+                  command=args.run_command or "python experiments/train_grid.py --model " + args.model,
+                  notes=[f"shipped with `python experiments/train_grid.py {' '.join(sys.argv[1:])}`"])
+    model = registry.build(name, config)
+    model.load_state_dict(load_file(str(ckpt)))
+    tr.update(name=name, steps_done=step, parameters=sum(p.numel() for p in model.parameters()),
               cpu_seconds=upto[-1]["cpu_s"] if upto else None, wall_seconds=upto[-1]["wall_s"] if upto else None,
-              final_loss=upto[-1]["loss"] if upto else None, card_model="undertrained",
-              command=tr["command"] + f" --ckpt-every ...; then python experiments/train_grid.py --model undertrained "
-                                      f"--from-checkpoint {ckpt.name}")
-    (WEIGHTS / "dit-grid-undertrained.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in upto))
-    registry.save("dit-grid-undertrained", model, tr, WEIGHTS)
+              final_loss=upto[-1]["loss"] if upto else None)
+    registry.save(name, model, tr, WEIGHTS, half=bool(tr.get("fp16")))
 
 
 def scan_checkpoints(args) -> int:
@@ -293,6 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--scan", action="store_true", help="dit: evaluate the saved checkpoints (16 steps, +-CFG)")
     p.add_argument("--scan-n", type=int, default=100)
     p.add_argument("--scan-min-step", type=int, default=0)
+    p.add_argument("--run-command", default=None, help="with --from-checkpoint: the command of the stopped run")
     p.add_argument("--card-only", action="store_true", help="only (re)write the model card from the shipped weights")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -307,12 +322,12 @@ def main(argv=None) -> int:
     if args.model == "canvas-features":
         return train_and_save_canvas_features(args)
     if not args.card_only:
-        if args.model in ("dit", "unet", "sd3"):
+        if args.model in ("dit", "unet", "sd3") and not args.from_checkpoint:
             model = registry.build(name, json.loads(args.config) if args.config else None)
             train(args, name, model, flow_batches(args))
         elif args.model == "student":
             train_student(args)
-        elif args.model == "undertrained":
+        elif args.model == "undertrained" or args.from_checkpoint:
             if not args.from_checkpoint:
                 raise SystemExit("--model undertrained needs --from-checkpoint PATH (a step*.safetensors of the dit run)")
             ship_checkpoint(args)
