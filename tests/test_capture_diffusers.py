@@ -67,7 +67,34 @@ def _qwen():
                    encoder_hidden_states_mask=mask, timestep=torch.tensor([1.0]), img_shapes=[(1, 4, 4)])
 
 
-MODELS = {"unet": _unet, "sd3": _sd3, "flux": _flux, "qwen": _qwen}
+def _wan():
+    # no processor copy: capture reaches it through the hook path (q/k/v after its q/k RMS norms and RoPE)
+    from diffusers import WanTransformer3DModel
+
+    m = _seeded(WanTransformer3DModel, dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=256, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32))
+    g = torch.Generator().manual_seed(1)
+    return m, dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g),
+                   encoder_hidden_states=torch.randn(1, 6, 16, generator=g), timestep=torch.tensor([1]))
+
+
+def _pixart():
+    # AttnProcessor2_0, so the processor path; a padded prompt's additive mask
+    from diffusers import PixArtTransformer2DModel
+
+    m = _seeded(PixArtTransformer2DModel, dict(
+        sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6))
+    g = torch.Generator().manual_seed(1)
+    return m, dict(hidden_states=torch.randn(2, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(2, 5, 32, generator=g),
+                   timestep=torch.tensor([1, 1]), added_cond_kwargs={"aspect_ratio": None, "resolution": None},
+                   encoder_attention_mask=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
+
+
+MODELS = {"unet": _unet, "sd3": _sd3, "flux": _flux, "qwen": _qwen, "wan": _wan, "pixart": _pixart}
 
 
 def _attention_modules(model):
