@@ -2,11 +2,14 @@ r"""``capture``: record attention tensors of a running model into an :class:`Act
 
 Two routes, one recorder:
 
-* **Adapters** (diffusers UNet / SD3 / Flux / Qwen models and pipelines, the shipped models): capture is
-  an attention function installed with :func:`hopfield_gag.adapters.install_attention_fn`. It receives each
+* **Adapters** (diffusers models and pipelines — UNet / SD3 / Flux / Qwen through processor copies, PixArt,
+  Wan, LTX, ... through the hook path — and the shipped models): capture is an attention function installed
+  with :func:`hopfield_gag.adapters.install_attention_fn`; it *observes*, so it composes with
+  :func:`~hopfield_gag.adapters.apply_gag` on the same layers and records a guided run. It receives each
   :class:`~hopfield_gag.adapters.AttentionCall` (q, k, v exactly as the kernel sees them: after head split,
   q/k norms and RoPE; the key partition; step, timestep, CFG branches), queues a copy, and returns
-  ``call.dense()``, the stock kernel on the same inputs, so the model's output is bit-identical.
+  ``call.inner()``: the stock kernel on the same inputs when nothing else is installed (the model's output is
+  bit-identical), the guided output when GAG is.
 * **Torch hooks** (any other ``nn.Module``): ``register_forward_hook(..., with_kwargs=True)`` on the q/k/v
   projections of each attention module (:class:`ProjectionExtractor`), or on user-named modules with a
   user extractor (:class:`Extractor`). Hooks return ``None``, so the output is untouched.
