@@ -132,13 +132,14 @@ def _bind(lib):
         fn.argtypes = [ctypes.POINTER(ctype), ctypes.POINTER(ctype), ctypes.c_int64, ctypes.c_int64,
                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_double,
                        ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int]
-    fn = lib.gag_forward_f32
-    fn.restype = ctypes.c_int64
-    # q, k, v, mask, moff; msi; out; G, Lq, Lk, D, Dv; beta, alpha; kind; hi0; method, parallel;
-    # lam, eta, zeta, strength, aa_lo, aa_hi; nthreads
-    fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5
-                   + [ctypes.c_double] * 2 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int] * 2
-                   + [ctypes.c_double] * 6 + [ctypes.c_int])
+    for name in ("gag_forward_f32", "gag_forward_bf16", "gag_forward_f16"):  # by the storage type of q, k, v, out
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int64
+        # q, k, v, mask, moff; msi; out; G, Lq, Lk, D, Dv; beta, alpha; kind; hi0; method, parallel;
+        # lam, eta, zeta, strength, aa_lo, aa_hi; nthreads
+        fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5
+                       + [ctypes.c_double] * 2 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int] * 2
+                       + [ctypes.c_double] * 6 + [ctypes.c_int])
     lib.hg_set_max_iter.argtypes = [ctypes.c_int]
     lib.hg_set_max_iter.restype = None
     lib.hg_get_max_iter.argtypes = []

@@ -131,6 +131,10 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
     return m, offs.reshape(-1).contiguous(), full.stride(-2)
 
 
+_FORWARD_ENTRY = {torch.float32: "gag_forward_f32", torch.bfloat16: "gag_forward_bf16",
+                  torch.float16: "gag_forward_f16"}  # the kernel's entry point by storage type
+
+
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batch: torch.Size, beta: float,
                       params: GagParams) -> tuple[Tensor, int]:
     r"""The guided attention forward in one fused C call, fp32 (inputs of half types are computed in fp32).
@@ -142,20 +146,22 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     not read: ``beta`` is the resolved scale); ``aa``: :math:`d + \lambda^\star(s - d)`
     with the AA(1) scale of :func:`hopfield_gag.ops.combine.aa_token_scale` from the key-space retrievals
     (the dense one by the same micro-kernel against K, the sparse one by the support gather), clamped to
-    ``aa_range``. Returns ``(out, flags)``: ``out`` (*batch, Lq, Dv) fp32, and the status word of
+    ``aa_range``. Returns ``(out, flags)``: ``out`` (*batch, Lq, Dv) in q's dtype (fp32 compute; the kernel
+    reads fp16/bf16 inputs and writes the output in their own type, rounded as ``.to()`` rounds, so the
+    result equals the fp32 computation on the upcast inputs, converted), and the status word of
     :func:`dual_normalize` (``Status.ITER_LIMIT``: recompute elsewhere) with ``Status.KV_NONFINITE`` set when k
     or v holds NaN or an infinity.
     """
     lib = _kernel.load()
     lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
-    f32 = torch.float32
-    out = torch.empty(*batch, lq, dv, dtype=f32)
+    io = q.dtype  # one storage type for q, k, v and out (gag_attention checks that they agree)
+    out = torch.empty(*batch, lq, dv, dtype=io)
     if out.numel() == 0:  # no query, no value column or an empty batch: nothing to compute
         return out, 0
     groups = math.prod(batch)
-    qg = q.to(f32).expand(*batch, lq, d).reshape(groups, lq, d).contiguous()
-    kg = k.to(f32).expand(*batch, lk, d).reshape(groups, lk, d).contiguous()
-    vg = v.to(f32).expand(*batch, lk, dv).reshape(groups, lk, dv).contiguous()
+    qg = q.to(io).expand(*batch, lq, d).reshape(groups, lq, d).contiguous()
+    kg = k.to(io).expand(*batch, lk, d).reshape(groups, lk, d).contiguous()
+    vg = v.to(io).expand(*batch, lk, dv).reshape(groups, lk, dv).contiguous()
     if mask is None:
         m_ptr, off_ptr, msi, keep = None, None, 0, ()
     else:
@@ -163,10 +169,11 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
         m_ptr, off_ptr, keep = m.data_ptr(), offs.data_ptr(), (m, offs)
     # raw addresses (void* arguments): the tensors stay alive in this frame for the call
     p = params
-    flags = lib.gag_forward_f32(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
-                                groups, lq, lk, d, dv, float(beta), *normalizers._c_setup(p.alpha, lk),
-                                int(p.method_code), int(p.parallel_code), p.lam, p.eta_value, p.zeta, p.strength,
-                                *p.aa_range, torch.get_num_threads())
+    forward = _FORWARD_ENTRY[io]
+    flags = getattr(lib, forward)(qg.data_ptr(), kg.data_ptr(), vg.data_ptr(), m_ptr, off_ptr, msi, out.data_ptr(),
+                                  groups, lq, lk, d, dv, float(beta), *normalizers._c_setup(p.alpha, lk),
+                                  int(p.method_code), int(p.parallel_code), p.lam, p.eta_value, p.zeta, p.strength,
+                                  *p.aa_range, torch.get_num_threads())
     del keep
     if flags & _OOM:
         raise MemoryError("gag_attention: the fused CPU kernel could not allocate its scratch")

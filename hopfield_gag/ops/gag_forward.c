@@ -73,9 +73,11 @@ DEFINE_COMBINE(combine_rows_f32, combine_one_f32, float)
 DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
 
 /* ------------------------------------------------------------------------------------------------------
- * The fused guided-attention forward, fp32 (hopfield_gag.ops.fused.attention_forward): per block of RB
- * queries of one (batch, head) g, everything stays in the thread's cache:
- *   S = (beta Q_blk) K^T (+ mask)                 register-tiled 6x16 micro-kernel, K packed in panels
+ * The fused guided-attention forward (hopfield_gag.ops.fused.attention_forward): fp32 compute on fp32, bf16
+ * or fp16 storage (converted while packing and when writing the output: no conversion pass over the tensors).
+ * Per block of RB queries of one (batch, head) g, everything stays in the thread's cache:
+ *   S = (beta Q_blk) K^T (+ mask)                 register-tiled micro-kernel (12x16 with AVX-512, else
+ *                                                 6x16), K packed in panels of 16 keys
  *   per row: entmax row -> its support (values, indices) -> s = sum_support p_j V_j    (sparse gather)
  *            softmax in place of the score row
  *   D = P_softmax V                               the same micro-kernel
@@ -84,14 +86,36 @@ DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
  * on peaked rows), against SDPA's two; the normalizations run on rows already in L1.
  * ------------------------------------------------------------------------------------------------------ */
 
+/* The micro-kernel: C[0..MR)[0..16) (row stride ldc) = A[0..MR)[0..K) (row stride lda) times B[0..K)[0..16)
+   (row stride ldb), accumulated over k in order (the same sum, rounding for rounding, at either width).
+   AVX-512: 12 rows of one 16-lane register each; otherwise 6 rows of two 8-lane registers. */
 typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loads/stores */
 #define V8LD(p) (*(const v8f *)(p))
 #define V8ST(p, x) (*(v8f *)(p) = (x))
-#define FUSED_MR 6
 #define FUSED_NR 16
-
-/* C[0..6)[0..16) (row stride ldc) = A[0..6)[0..K) (row stride lda) times B[0..K)[0..16) (row stride ldb). */
-static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+#if defined(__AVX512F__) && !defined(HG_NO_AVX512)
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+#define V16LD(p) (*(const v16f *)(p))
+#define V16ST(p, x) (*(v16f *)(p) = (x))
+#define FUSED_MR 12
+static inline void mk_tile(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                           int64_t ldc) {
+    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+    v16f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
+    for (int64_t k = 0; k < K; ++k) {
+        const v16f b = V16LD(B + k * ldb);
+        const float *a = A + k;
+        c0 += a[0] * b; c1 += a[lda] * b; c2 += a[2 * lda] * b; c3 += a[3 * lda] * b;
+        c4 += a[4 * lda] * b; c5 += a[5 * lda] * b; c6 += a[6 * lda] * b; c7 += a[7 * lda] * b;
+        c8 += a[8 * lda] * b; c9 += a[9 * lda] * b; c10 += a[10 * lda] * b; c11 += a[11 * lda] * b;
+    }
+    V16ST(C, c0); V16ST(C + ldc, c1); V16ST(C + 2 * ldc, c2); V16ST(C + 3 * ldc, c3);
+    V16ST(C + 4 * ldc, c4); V16ST(C + 5 * ldc, c5); V16ST(C + 6 * ldc, c6); V16ST(C + 7 * ldc, c7);
+    V16ST(C + 8 * ldc, c8); V16ST(C + 9 * ldc, c9); V16ST(C + 10 * ldc, c10); V16ST(C + 11 * ldc, c11);
+}
+#else
+#define FUSED_MR 6
+static inline void mk_tile(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
                            int64_t ldc) {
     v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
@@ -114,7 +138,7 @@ static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t 
     V8ST(C, c40); V8ST(C + 8, c41); C += ldc;
     V8ST(C, c50); V8ST(C + 8, c51);
 }
-
+#endif
 /* The nonzero entries of p[0..n) as (values, indices), in order; returns their count. val/idx hold n + 8. */
 #if defined(__AVX2__)
 static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
@@ -176,13 +200,6 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-/* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous; out (G, Lq, Dv) contiguous. mask: NULL, or an
-   additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column stride).
-   method: HG_METHOD_SPARSE, _PLADIS, _GAG (with parallel, combine_one), or _AA (aa_scale_f32 with
-   [aa_lo, aa_hi], which needs the key-space retrievals: the dense one by the micro-kernel against K, the
-   sparse one by the same support gather). kind, hi0: the entmax setup of rows of length Lk. Returns the
-   status bits of entmax_rows (rows without a distribution are NaN in the output; HG_STATUS_ITER_LIMIT: the
-   caller must recompute), and HG_STATUS_KV_NONFINITE: k or v holds a NaN or an infinity. */
 /* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
    residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
    |f_curr - f_prev|^2, 0 for a pair at rounding level (|diff|^2 <= (64 eps)^2 (|f_prev|^2 + |f_curr|^2) or
@@ -204,144 +221,237 @@ static inline double aa_scale_f32(const float *q, const float *kd, const float *
     return l < lo ? lo : (l > hi ? hi : l);
 }
 
-int64_t gag_forward_f32(const float *q, const float *k, const float *v, const float *mask, const int64_t *moff,
-                        int64_t msi, float *out, int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
-                        double beta, double alpha, int kind, double hi0, int method, int parallel,
-                        double lam, double eta, double zeta, double strength, double aa_lo, double aa_hi,
-                        int nthreads) {
-    const params P = make_params(alpha, kind, hi0);
-    const int64_t LkP = round_up(Lk, FUSED_NR), DvP = round_up(Dv, FUSED_NR), npan = LkP / FUSED_NR;
-    /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */
-    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;
-    RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);
-    const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;
-    const int par = (double)G * Lq * Lk * (D + Dv) >= 2e6;
-    /* K in panels of 16 keys, Kp[g][panel][d][16], zero-padded; V zero-padded to DvP columns if needed */
-    /* (+ 16: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call) */
-    float *Kp = (float *)malloc(((size_t)G * npan * D * FUSED_NR + 16) * sizeof(float));
-    float *Vp = Dv == DvP ? NULL : (float *)malloc((size_t)G * Lk * DvP * sizeof(float));
-    if (Kp == NULL || (Dv != DvP && Vp == NULL)) { free(Kp); free(Vp); return HG_STATUS_OUT_OF_MEMORY; }
-    /* the packing pass also checks k and v for NaN/inf (x - x is 0 exactly for finite x): with the
-       score flags this makes the caller's value checks free of any extra pass over the inputs */
-    int kv_bad = 0;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if(par) reduction(| : kv_bad)")
-    for (int64_t gp = 0; gp < G * npan; ++gp) {
-        const int64_t g = gp / npan, j0 = (gp % npan) * FUSED_NR;
-        float *dst = Kp + gp * D * FUSED_NR;
-        for (int64_t jj = 0; jj < FUSED_NR; ++jj) {
-            const int64_t j = j0 + jj;
-            const float *src = k + (g * Lk + j) * D;
-            if (j < Lk) {
-                for (int64_t d = 0; d < D; ++d) {
-                    dst[d * FUSED_NR + jj] = src[d];
-                    kv_bad |= !(src[d] - src[d] == 0.0f);
-                }
-            } else {
-                for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;
-            }
-        }
-        if (gp % npan == 0) {
-            const float *vs = v + g * Lk * Dv;
-            int bad = 0;
-            _Pragma("omp simd reduction(| : bad)")
-            for (int64_t i = 0; i < Lk * Dv; ++i) bad |= !(vs[i] - vs[i] == 0.0f);
-            kv_bad |= bad;
-            if (Vp != NULL) {
-                for (int64_t j = 0; j < Lk; ++j)
-                    for (int64_t c = 0; c < DvP; ++c) Vp[(g * Lk + j) * DvP + c] = c < Dv ? vs[j * Dv + c] : 0.0f;
-            }
-        }
-    }
-    const float *Vall = Vp != NULL ? Vp : v;
-    /* aa: K as a second value matrix, rows padded to DP columns */
-    const int aa = method == HG_METHOD_AA;
-    const int64_t DP = round_up(D, FUSED_NR);
-    float *Kr = NULL;
-    if (aa && D != DP) {
-        Kr = (float *)malloc((size_t)G * Lk * DP * sizeof(float));
-        if (Kr == NULL) { free(Kp); free(Vp); return HG_STATUS_OUT_OF_MEMORY; }
-        for (int64_t r = 0; r < G * Lk; ++r)
-            for (int64_t c = 0; c < DP; ++c) Kr[r * DP + c] = c < D ? k[r * D + c] : 0.0f;
-    }
-    const float *Kall = Kr != NULL ? Kr : k;
-    int64_t flags = 0;
-    _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags)")
-    {
-        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +
-                                                     (aa ? 2 * RB * DP : 0)));
-        double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));
-        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));
-        if (Qb == NULL || buf == NULL || idx == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;
-        float *S = Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP,
-              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP;
-        _Pragma("omp for schedule(dynamic, 1)")
-        for (int64_t task = 0; task < tasks; ++task) {
-            if (flags & HG_STATUS_OUT_OF_MEMORY) continue;
-            const int64_t g = task / nblk, i0 = (task % nblk) * RB;
-            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rows6 = round_up(rows, FUSED_MR);
-            const float fb = (float)beta;
-            for (int64_t i = 0; i < rows6; ++i) {
-                float *qd = Qb + i * D;
-                if (i < rows) {
-                    const float *qs = q + (g * Lq + i0 + i) * D;
-                    for (int64_t d = 0; d < D; ++d) qd[d] = fb * qs[d];
-                } else {
-                    for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;
-                }
-            }
-            const float *Kg = Kp + g * npan * D * FUSED_NR;
-            for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                for (int64_t p = 0; p < npan; ++p)
-                    mk_6x16(Qb + i * D, D, Kg + p * D * FUSED_NR, FUSED_NR, D, S + i * LkP + p * FUSED_NR, LkP);
-            const float *Vg = Vall + g * Lk * DvP;
-            unsigned char bad[48];
-            for (int64_t i = 0; i < rows; ++i) {
-                float *z = S + i * LkP;
-                if (mask != NULL) {
-                    const float *mr = mask + moff[g] + (i0 + i) * msi;
-                    _Pragma("omp simd")
-                    for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];
-                }
-                const int st = row_f32(z, prow, Lk, &P, buf);
-                flags |= st;
-                bad[i] = (st & HG_STATUS_NO_DISTRIBUTION) != 0;
-                if (bad[i]) continue;
-                const int64_t nnz = support_f32(prow, Lk, val, idx);
-                gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);
-                if (aa) gather_rows_f32(val, idx, nnz, Kall + g * Lk * DP, DP, DP, Oks + i * DP);
-                softmax_row_f32(z, z, Lk);
-            }
-            for (int64_t i = 0; i < rows6; ++i) {
-                float *z = S + i * LkP;
-                if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;
-            }
-            for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                for (int64_t c = 0; c < DvP; c += FUSED_NR)
-                    mk_6x16(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);
-            if (aa)
-                for (int64_t i = 0; i < rows6; i += FUSED_MR)
-                    for (int64_t c = 0; c < DP; c += FUSED_NR)
-                        mk_6x16(S + i * LkP, LkP, Kall + g * Lk * DP + c, DP, Lk, Okd + i * DP + c, DP);
-            for (int64_t i = 0; i < rows; ++i) {
-                float *o = out + (g * Lq + i0 + i) * Dv;
-                if (bad[i]) {
-                    for (int64_t c = 0; c < Dv; ++c) o[c] = NAN;
-                } else if (aa) {
-                    const double l = aa_scale_f32(q + (g * Lq + i0 + i) * D, Okd + i * DP, Oks + i * DP, D,
-                                                  aa_lo, aa_hi);
-                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, HG_METHOD_PLADIS, parallel, l, eta, zeta,
-                                    strength);
-                } else {
-                    combine_one_f32(Od + i * DvP, Os + i * DvP, o, Dv, method, parallel, lam, eta, zeta, strength);
-                }
-            }
-        }
-        free(Qb);
-        free(buf);
-        free(idx);
-    }
-    free(Kp);
-    free(Vp);
-    free(Kr);
-    return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);
+
+/* Storage types of q, k, v and the output: fp32, bf16 and fp16 are read and written in the kernel (no
+   conversion pass over the tensors); the compute is fp32 throughout. The roundings to bf16/fp16 are
+   torch's (to nearest, ties to even; NaN stays NaN), so the output equals the fp32 result converted. */
+static inline float ld_f32(const float *p) { return *p; }
+static inline void st_f32(float *p, float x) { *p = x; }
+static inline float ld_bf16(const uint16_t *p) {
+    union { uint32_t u; float f; } x;
+    x.u = (uint32_t)*p << 16;
+    return x.f;
 }
+static inline void st_bf16(uint16_t *p, float f) {
+    union { uint32_t u; float f; } x;
+    x.f = f;
+    *p = (x.u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0 : (uint16_t)((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
+}
+#if defined(__FLT16_MAX__) && !defined(HG_NO_FLOAT16)
+/* the compiler's IEEE binary16 (F16C / AVX512-FP16 instructions where the target has them) */
+static inline float ld_f16(const uint16_t *p) {
+    _Float16 h;
+    __builtin_memcpy(&h, p, 2);
+    return (float)h;
+}
+static inline void st_f16(uint16_t *p, float f) {
+    const _Float16 h = (_Float16)f;
+    __builtin_memcpy(p, &h, 2);
+}
+#else
+static inline float ld_f16(const uint16_t *p) {
+    const uint32_t h = *p, sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    union { uint32_t u; float f; } x;
+    if (e == 0x1f) x.u = sign | 0x7f800000u | (m << 13);          /* inf, NaN */
+    else if (e != 0) x.u = sign | ((e + 112) << 23) | (m << 13);   /* normal */
+    else { x.f = (float)m * 5.9604644775390625e-8f; x.u |= sign; } /* subnormal: m 2^-24, exact */
+    return x.f;
+}
+static inline void st_f16(uint16_t *p, float f) {
+    union { uint32_t u; float f; } x;
+    x.f = f;
+    const uint32_t sign = (x.u >> 16) & 0x8000u, a = x.u & 0x7fffffffu;
+    uint16_t h;
+    if (a > 0x7f800000u) h = 0x7e00;                                /* NaN */
+    else if (a >= 0x477ff000u) h = 0x7c00;                          /* rounds to inf (>= 65520) */
+    else if (a >= 0x38800000u) {                                    /* normal half */
+        const uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - (112u << 23);
+        h = (uint16_t)(r >> 13);
+    } else {                                                        /* subnormal or zero: |f| / 2^-24, RNE */
+        union { uint32_t u; float f; } y;
+        y.u = a;
+        h = (uint16_t)__builtin_nearbyintf(y.f * 16777216.0f); /* exact scaling; rint is ties-to-even */
+    }
+    *p = (uint16_t)(h | sign);
+}
+#endif
+
+/* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous, of storage type T; out (G, Lq, Dv) contiguous, T.
+   mask: NULL, or an additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column
+   stride). method: HG_METHOD_SPARSE, _PLADIS, _GAG (with parallel, combine_one), or _AA (aa_scale_f32 with
+   [aa_lo, aa_hi], which needs the key-space retrievals: the dense one by the micro-kernel against K, the
+   sparse one by the same support gather). kind, hi0: the entmax setup of rows of length Lk. Returns the
+   status bits of entmax_rows (rows without a distribution are NaN in the output; HG_STATUS_ITER_LIMIT: the
+   caller must recompute), and HG_STATUS_KV_NONFINITE: k or v holds a NaN or an infinity.
+
+   Scheduling: one parallel region; the blocks of queries are dealt one at a time from a shared counter
+   (schedule(dynamic, 1): an atomic increment per block), so a thread that the OS deschedules (a busy
+   machine) delays the call by at most one block, not by its static share of the work. There is no other
+   parallel region and no shared packing pass: each thread packs K (and V, K for aa, in fp32) of the group
+   it works on into its own buffers when its next block is of another group (a few microseconds against
+   the group's ~Lq/RB blocks), so no thread ever waits for another until the region ends. The packing also
+   checks k and v for NaN/inf (x - x is 0 exactly for finite x), which makes the caller's value checks free
+   of any extra pass over the inputs. */
+#define DEFINE_FORWARD(NAME, T, LD, ST)                                                                    \
+int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_t *moff, int64_t msi, T *out, \
+             int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, double beta, double alpha, int kind,  \
+             double hi0, int method, int parallel, double lam, double eta, double zeta, double strength,     \
+             double aa_lo, double aa_hi, int nthreads) {                                                    \
+    const params P = make_params(alpha, kind, hi0);                                                        \
+    const int64_t LkP = round_up(Lk, FUSED_NR), DvP = round_up(Dv, FUSED_NR), npan = LkP / FUSED_NR;       \
+    const int aa = method == HG_METHOD_AA;                                                                 \
+    const int64_t DP = round_up(D, FUSED_NR);                                                              \
+    /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */                              \
+    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;                                                      \
+    RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);                                                   \
+    const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;                                             \
+    const int par = nthreads > 1 && (double)G * Lq * Lk * (D + Dv) >= 2e6 && tasks > 1;                    \
+    /* fp32 storage whose rows need no padding is read in place; otherwise each thread keeps an fp32 copy */ \
+    const int own_v = sizeof(T) != sizeof(float) || Dv != DvP, own_k = aa && (sizeof(T) != sizeof(float) || D != DP); \
+    int64_t flags = 0;                                                                                     \
+    int kv_bad = 0;                                                                                        \
+    _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags, kv_bad)")                     \
+    {                                                                                                      \
+        /* + 16 floats: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call */            \
+        float *Kp = (float *)malloc(((size_t)npan * D * FUSED_NR + 16) * sizeof(float));                   \
+        float *Vt = own_v ? (float *)malloc(((size_t)Lk * DvP + 16) * sizeof(float)) : NULL;               \
+        float *Kt = own_k ? (float *)malloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
+        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +    \
+                                                     (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
+        double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));                                  \
+        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));                                     \
+        int oom = Kp == NULL || Qb == NULL || buf == NULL || idx == NULL || (own_v && Vt == NULL) ||       \
+                  (own_k && Kt == NULL);                                                                   \
+        if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
+        float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP, \
+              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
+              *orow = aa ? Qr + RB * D : Okd;                                                              \
+        int64_t cur = -1; /* the group whose K (V) this thread holds packed */                             \
+        const float *Vg = NULL, *Kg2 = NULL;                                                               \
+        _Pragma("omp for schedule(dynamic, 1)")                                                            \
+        for (int64_t task = 0; task < tasks; ++task) {                                                     \
+            if (oom) continue; /* every thread reaches the worksharing loop, even one whose malloc failed */ \
+            const int64_t g = task / nblk, i0 = (task % nblk) * RB;                                        \
+            if (g != cur) {                                                                                \
+                cur = g;                                                                                   \
+                int bad = 0;                                                                               \
+                for (int64_t p = 0; p < npan; ++p) {                                                       \
+                    float *dst = Kp + p * D * FUSED_NR;                                                    \
+                    for (int64_t jj = 0; jj < FUSED_NR; ++jj) {                                            \
+                        const int64_t j = p * FUSED_NR + jj;                                               \
+                        const T *src = k + (g * Lk + j) * D;                                               \
+                        if (j < Lk) {                                                                      \
+                            for (int64_t d = 0; d < D; ++d) {                                              \
+                                const float x = LD(src + d);                                               \
+                                dst[d * FUSED_NR + jj] = x;                                                \
+                                bad |= !(x - x == 0.0f);                                                   \
+                            }                                                                              \
+                        } else {                                                                           \
+                            for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;                 \
+                        }                                                                                  \
+                    }                                                                                      \
+                }                                                                                          \
+                const T *vs = v + g * Lk * Dv;                                                             \
+                if (own_v) {                                                                               \
+                    for (int64_t j = 0; j < Lk; ++j) {                                                     \
+                        _Pragma("omp simd reduction(| : bad)")                                             \
+                        for (int64_t c = 0; c < Dv; ++c) {                                                 \
+                            const float x = LD(vs + j * Dv + c);                                           \
+                            Vt[j * DvP + c] = x;                                                           \
+                            bad |= !(x - x == 0.0f);                                                       \
+                        }                                                                                  \
+                        for (int64_t c = Dv; c < DvP; ++c) Vt[j * DvP + c] = 0.0f;                         \
+                    }                                                                                      \
+                    Vg = Vt;                                                                               \
+                } else {                                                                                   \
+                    const float *vf = (const float *)(const void *)vs;                                     \
+                    _Pragma("omp simd reduction(| : bad)")                                                 \
+                    for (int64_t i = 0; i < Lk * Dv; ++i) bad |= !(vf[i] - vf[i] == 0.0f);                 \
+                    Vg = vf;                                                                               \
+                }                                                                                          \
+                if (own_k) {                                                                               \
+                    for (int64_t j = 0; j < Lk; ++j)                                                       \
+                        for (int64_t c = 0; c < DP; ++c) Kt[j * DP + c] = c < D ? LD(k + (g * Lk + j) * D + c) : 0.0f; \
+                    Kg2 = Kt;                                                                              \
+                } else if (aa) {                                                                           \
+                    Kg2 = (const float *)(const void *)(k + g * Lk * D);                                   \
+                }                                                                                          \
+                kv_bad |= bad;                                                                             \
+            }                                                                                              \
+            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rowsM = round_up(rows, FUSED_MR);            \
+            const float fb = (float)beta;                                                                  \
+            for (int64_t i = 0; i < rowsM; ++i) {                                                          \
+                float *qd = Qb + i * D;                                                                    \
+                if (i < rows) {                                                                            \
+                    const T *qs = q + (g * Lq + i0 + i) * D;                                               \
+                    _Pragma("omp simd")                                                                    \
+                    for (int64_t d = 0; d < D; ++d) qd[d] = fb * LD(qs + d);                               \
+                    if (aa) {                                                                              \
+                        _Pragma("omp simd")                                                                \
+                        for (int64_t d = 0; d < D; ++d) Qr[i * D + d] = LD(qs + d);                        \
+                    }                                                                                      \
+                } else {                                                                                   \
+                    for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;                                          \
+                }                                                                                          \
+            }                                                                                              \
+            for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                                  \
+                for (int64_t p = 0; p < npan; ++p)                                                         \
+                    mk_tile(Qb + i * D, D, Kp + p * D * FUSED_NR, FUSED_NR, D, S + i * LkP + p * FUSED_NR, LkP); \
+            unsigned char bad[48];                                                                         \
+            for (int64_t i = 0; i < rows; ++i) {                                                           \
+                float *z = S + i * LkP;                                                                    \
+                if (mask != NULL) {                                                                        \
+                    const float *mr = mask + moff[g] + (i0 + i) * msi;                                     \
+                    _Pragma("omp simd")                                                                    \
+                    for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];                                        \
+                }                                                                                          \
+                const int st = row_f32(z, prow, Lk, &P, buf);                                              \
+                flags |= st;                                                                               \
+                bad[i] = (st & HG_STATUS_NO_DISTRIBUTION) != 0;                                            \
+                if (bad[i]) continue;                                                                      \
+                const int64_t nnz = support_f32(prow, Lk, val, idx);                                       \
+                gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);                                \
+                if (aa) gather_rows_f32(val, idx, nnz, Kg2, DP, DP, Oks + i * DP);                         \
+                softmax_row_f32(z, z, Lk);                                                                 \
+            }                                                                                              \
+            for (int64_t i = 0; i < rowsM; ++i) {                                                          \
+                float *z = S + i * LkP;                                                                    \
+                if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;                     \
+            }                                                                                              \
+            for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                                  \
+                for (int64_t c = 0; c < DvP; c += FUSED_NR)                                                \
+                    mk_tile(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);                     \
+            if (aa)                                                                                        \
+                for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                              \
+                    for (int64_t c = 0; c < DP; c += FUSED_NR)                                             \
+                        mk_tile(S + i * LkP, LkP, Kg2 + c, DP, Lk, Okd + i * DP + c, DP);                  \
+            for (int64_t i = 0; i < rows; ++i) {                                                           \
+                T *o = out + (g * Lq + i0 + i) * Dv;                                                       \
+                /* fp32 storage: combine straight into the output row; else into orow, then round */       \
+                float *of = sizeof(T) == sizeof(float) ? (float *)(void *)o : orow;                        \
+                if (bad[i]) {                                                                              \
+                    for (int64_t c = 0; c < Dv; ++c) of[c] = NAN;                                          \
+                } else if (aa) {                                                                           \
+                    const double l = aa_scale_f32(Qr + i * D, Okd + i * DP, Oks + i * DP, D, aa_lo, aa_hi); \
+                    combine_one_f32(Od + i * DvP, Os + i * DvP, of, Dv, HG_METHOD_PLADIS, parallel, l, eta, zeta, \
+                                    strength);                                                             \
+                } else {                                                                                   \
+                    combine_one_f32(Od + i * DvP, Os + i * DvP, of, Dv, method, parallel, lam, eta, zeta, strength); \
+                }                                                                                          \
+                if (sizeof(T) != sizeof(float))                                                            \
+                    for (int64_t c = 0; c < Dv; ++c) ST(o + c, of[c]);                                     \
+            }                                                                                              \
+        }                                                                                                  \
+        free(Kp);                                                                                          \
+        free(Vt);                                                                                          \
+        free(Kt);                                                                                          \
+        free(Qb);                                                                                          \
+        free(buf);                                                                                         \
+        free(idx);                                                                                         \
+    }                                                                                                      \
+    return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
+}
+
+DEFINE_FORWARD(gag_forward_f32, float, ld_f32, st_f32)
+DEFINE_FORWARD(gag_forward_bf16, uint16_t, ld_bf16, st_bf16)
+DEFINE_FORWARD(gag_forward_f16, uint16_t, ld_f16, st_f16)

@@ -1,0 +1,125 @@
+"""The one-call CPU kernel on bf16 / fp16 storage and its scheduling (issue 22).
+
+The kernel reads bf16/fp16 q, k, v and writes the output in that type itself (no conversion pass). Its
+compute is fp32 and its roundings are torch's (to nearest, ties to even), so the result must equal, bit
+for bit, the fp32 kernel on the upcast inputs converted with ``.to()``: that is the test, on shapes whose
+head dims are not multiples of the micro-kernel's 16 columns, several query blocks, masks, every method,
+outputs that reach the half types' subnormal and overflow ranges, and a build with the portable fp16
+conversions. Blocks are dealt to threads dynamically; a block's arithmetic does not depend on the thread
+that runs it, so 1 and 2 threads agree bit for bit.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from hopfield_gag import GagParams
+from hopfield_gag.ops import _kernel, fused
+from hopfield_gag.ops.codes import Status
+
+needs_kernel = pytest.mark.skipif(_kernel.load() is None, reason="no C compiler here: the fused kernel does not exist")
+
+PARAMS = [GagParams(method="gag"), GagParams(method="gag", parallel="positive"), GagParams(method="pladis", lam=2.0),
+          GagParams(method="sparse"), GagParams(method="aa")]
+
+
+def make(seed, b, h, lq, lk, d, dv, vscale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, h, lq, d, generator=g), torch.randn(b, h, lk, d, generator=g),
+            torch.randn(b, h, lk, dv, generator=g) * vscale)
+
+
+def run(q, k, v, params, mask=None):
+    return fused.attention_forward(q, k, v, mask, q.shape[:-2], q.shape[-1] ** -0.5, params)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"{p.method}-{p.parallel}")
+def test_half_storage_equals_fp32_compute_converted(dtype, params):
+    # D = 40, Dv = 24: neither a multiple of 16; Lq = 130: several blocks and a partial one
+    q, k, v = (t.to(dtype) for t in make(1, 2, 3, 130, 77, 40, 24))
+    mask = torch.zeros(2, 1, 130, 77)
+    mask[..., 60:] = float("-inf")
+    mask[1, 0, :5, 1:] = float("-inf")  # rows with a single key
+    for m in (None, mask):
+        out, flags = run(q, k, v, params, m)
+        ref, ref_flags = run(q.float(), k.float(), v.float(), params, m)
+        assert out.dtype == dtype and flags == ref_flags == 0
+        assert torch.equal(out, ref.to(dtype))
+
+
+def _extremes(dtype):
+    """Values whose outputs cross the half type's subnormal range and its overflow (fp16 only)."""
+    q, k, v = make(2, 1, 2, 40, 19, 16, 20)
+    if dtype == torch.float16:
+        # columns down to 1e-10 (below fp16's 6e-8) and up to fp16's max 65504 (finite inputs whose outputs
+        # overflow: pladis's d + 2 (s - d) reaches 3x the largest value)
+        v = (v * torch.logspace(-10, 5, 20)).clamp(-65504, 65504)
+    else:
+        v = v * torch.logspace(-42, 37, 20)  # bf16 shares fp32's range: subnormals and near-max values
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_rounding_at_the_range_ends(dtype):
+    q, k, v = _extremes(dtype)
+    assert v.isfinite().all()
+    for params in (GagParams(method="pladis", lam=2.0), GagParams(method="sparse")):
+        out, _ = run(q, k, v, params)
+        ref, _ = run(q.float(), k.float(), v.float(), params)
+        want = ref.to(dtype)
+        assert torch.equal(out.isinf(), want.isinf())
+        assert torch.equal(out, want)
+
+
+@needs_kernel
+def test_portable_fp16_conversions_agree(tmp_path, monkeypatch):
+    # compilers without _Float16 take the bit-level fp16 conversions: build them (-DHG_NO_FLOAT16, no
+    # -march=native) and compare with the native build, including subnormal and overflowing outputs
+    flags = tuple(f for f in _kernel._FLAGS if f != "-march=native") + ("-DHG_NO_FLOAT16",)
+    target = tmp_path / "kernel-portable-f16.so"
+    _kernel._compile(target, flags)
+    portable = _kernel._bind(ctypes.CDLL(str(target)))
+    cases = [_extremes(torch.float16), tuple(t.half() for t in make(3, 2, 2, 50, 77, 40, 24))]
+    params = GagParams(method="pladis", lam=2.0)
+    native = [run(*c, params)[0] for c in cases]
+    monkeypatch.setattr(_kernel, "_lib", portable)
+    for c, a in zip(cases, native):
+        b = run(*c, params)[0]
+        # the portable build has no FMA contraction: fp32 rounding differences before the final rounding
+        # are possible, so compare to the fp32 result of the same build converted (bit for bit) ...
+        assert torch.equal(b, run(*(t.float() for t in c), params)[0].half())
+        # ... and to the native build within one fp16 ulp
+        torch.testing.assert_close(b.float(), a.float(), rtol=2.0**-10, atol=2.0**-24)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nonfinite_k_or_v_flagged_in_every_storage_type(dtype):
+    q, k, v = (t.to(dtype) for t in make(4, 1, 2, 30, 20, 8, 8))
+    for t, where in ((k, (0, 1, 3, 2)), (v, (0, 0, 7, 5))):
+        saved = t[where].clone()
+        t[where] = float("inf")
+        assert run(q, k, v, GagParams(method="gag"))[1] & Status.KV_NONFINITE
+        t[where] = saved
+    assert run(q, k, v, GagParams(method="gag"))[1] == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dynamic_blocks_give_the_same_bits_at_1_and_2_threads(dtype):
+    q, k, v = (t.to(dtype) for t in make(5, 2, 4, 300, 77, 64, 64))  # large enough to run in parallel
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append([run(q, k, v, p)[0] for p in (GagParams(method="gag"), GagParams(method="aa"))])
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
