@@ -90,8 +90,14 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_interpreter(monkeypatch):
+    """CPU tensors take the C and torch paths unless a test asks for the interpreter (fixture below)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture
-def interpreter():
+def interpreter(no_interpreter):
     pytest.importorskip("triton", reason="triton is not installed: the Triton path is untestable")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")

@@ -44,9 +44,9 @@ Execution paths (:data:`PATHS`, tried in order; each declares the inputs it take
 the call runs it):
 
 ============== ==============================================================================================
+``stock``      ``strength == 0`` or ``method == "dense"`` without ``return_parts``: SDPA itself
 ``triton``     CUDA (or ``TRITON_INTERPRET=1``), fp16/bf16/fp32, Lk <= 512, head dims <= 256, no grad, not
                compiling: one fused launch (:mod:`hopfield_gag.ops.triton_attention`)
-``stock``      ``strength == 0`` or ``method == "dense"`` without ``return_parts``: SDPA itself
 ``one-call C`` eager CPU, fp16/bf16/fp32, no grad, no ``return_parts``: the whole forward in one C call per block
                of queries (scores, both normalizations, the sparse retrieval as a gather over the entmax
                support, the dense one, the combine; README "Speed"); a row at the entmax iteration limit
@@ -324,9 +324,9 @@ def _c_kernel(call: _Call) -> bool:
 
 _GUIDED = ("sparse", "pladis", "gag", "aa")
 PATHS = (
+    Path("stock", _run_stock, off=True),
     Path("triton", _run_triton, grad=False, compile=False, covers_kv=True,
          extra=lambda c: triton_attention.triton_applies(c.q, c.k, c.v, c.mask)),
-    Path("stock", _run_stock, off=True),
     Path("one-call C", _run_one_call_c, devices=("cpu",), dtypes=_HALF_OR_F32, methods=_GUIDED, grad=False,
          parts=False, compile=False, off=False, extra=_c_kernel, covers_kv=True, on_iter_limit="chunked C"),
     Path("chunked C", _run_chunked_c, devices=("cpu",), dtypes=(torch.float64,), methods=_GUIDED, grad=False,
