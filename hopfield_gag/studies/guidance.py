@@ -21,11 +21,14 @@ function of the seed only; the study records a fingerprint of the noise each run
 M_s(\text{dense})` removes the prompt and noise variance, and the reported interval is the Student-t interval
 of the mean of :math:`\delta_s` over seeds (:func:`~hopfield_gag.studies.sampling.mean_ci`).
 
-Metrics (per seed, over the batch): ``cell_acc`` (fraction of cells read right; digit models: accuracy),
-``exact`` (fraction of images whose every cell is right; digit models: accuracy), ``fd_cells`` (Fréchet
-distance of the judge's cell features to real held-out digits), ``fd_canvas`` (Fréchet distance of canvas
-features; digit models: empty), ``sharp`` (realism: the judge's measure — mean reader confidence, which
-drops on blurred averages that still read as the right digit), ``div`` (diversity), ``time_ratio``
+Metrics (per seed, over the batch; :meth:`hopfield_gag.models.grid_judge.GridJudge.evaluate` for the grid
+models): ``cell_acc`` (fraction of the 9 cells read right; digit models: accuracy), ``exact`` (fraction of
+canvases whose every cell is right; digit models: accuracy), ``misplaced`` (cells reading a digit the prompt
+asks for at another cell: the binding failure; digit models: empty), ``fd_cells`` (Fréchet distance of the
+judge's cell features to real held-out digits), ``fd_canvas`` (Fréchet distance of canvas features to real
+canvases of the same prompts; digit models: empty), ``sharp`` (the reader's mean confidence on requested
+cells) and ``nn_dist`` (mean L2 distance of each requested cell to its nearest real digit) — the realism
+measures that catch blurred averages still read as the right digit — ``div`` (diversity), ``time_ratio``
 (wall time over dense's, back to back in one process).
 
 Map-reduce over ``(model, seed)`` shards (:mod:`.mapreduce`): runnable on one core, a process pool or Dask,
@@ -56,8 +59,8 @@ __all__ = [
     "plot_where_it_helps", "headline", "PLAN",
 ]
 
-METRICS = ("cell_acc", "exact", "fd_cells", "fd_canvas", "sharp", "div", "time_ratio")
-DELTA_METRICS = ("cell_acc", "exact", "fd_cells", "fd_canvas", "sharp", "div")
+METRICS = ("cell_acc", "exact", "misplaced", "fd_cells", "fd_canvas", "sharp", "nn_dist", "div", "time_ratio")
+DELTA_METRICS = ("cell_acc", "exact", "misplaced", "fd_cells", "fd_canvas", "sharp", "nn_dist", "div")
 WINDOWS = {"all": None, "first60": (0.0, 0.6), "last40": (0.6, 1.0)}
 RULES = ("", "cert", "c+layers")
 GUIDANCE_COLUMNS = (
@@ -307,20 +310,9 @@ def _load(name: str, untrained: bool):
 
 
 def _load_judge(name: str):
-    from .. import models
+    from ..models import load_judge
 
-    if _is_grid(name):
-        return models.load_judge("grid") if _accepts(models.load_judge, 1) else models.load_grid_judge()
-    return models.load_judge()
-
-
-def _accepts(fn, n_args: int) -> bool:
-    import inspect
-
-    try:
-        return len(inspect.signature(fn).parameters) >= n_args
-    except (TypeError, ValueError):
-        return False
+    return load_judge("digit-grid" if _is_grid(name) else "digits")
 
 
 def prompts_for(model: str, split: str, n: int, seed: int):
@@ -349,16 +341,21 @@ def _sample(model, prompts, steps, kind, w, seed, apg_params):
 def _score(name: str, judge, images, prompts) -> dict:
     """Per-batch metrics (:data:`METRICS` except the time ratio)."""
     if _is_grid(name):
-        s = judge.score(images, prompts)
-        return {m: float(s.get(m, math.nan)) for m in METRICS if m != "time_ratio"}
+        s = judge.evaluate(images, prompts)
+        return {"cell_acc": s["cell_accuracy"], "exact": s["exact"], "misplaced": s["misplaced"],
+                "fd_cells": s["frechet_cells"], "fd_canvas": s.get("frechet_canvas", math.nan),
+                "sharp": s["confidence"], "nn_dist": s["nn_distance"], "div": s["diversity"]}
     labels = torch.as_tensor(prompts)
     acc = judge.accuracy(images, labels)
     with torch.inference_mode():
+        from ..models.data import real_digits
         from ..models.judge import _check_images
 
-        conf = torch.softmax(judge.net(_check_images(images)), -1).max(-1).values.mean()
-    return {"cell_acc": acc, "exact": acc, "fd_cells": judge.frechet_distance(images), "fd_canvas": math.nan,
-            "sharp": float(conf), "div": judge.diversity(images, labels)}
+        x = _check_images(images)
+        conf = torch.softmax(judge.net(x), -1).max(-1).values.mean()
+        nn_d = torch.cdist(x.flatten(1), real_digits()[0].flatten(1)).min(1).values.mean()
+    return {"cell_acc": acc, "exact": acc, "misplaced": math.nan, "fd_cells": judge.frechet_distance(images),
+            "fd_canvas": math.nan, "sharp": float(conf), "nn_dist": float(nn_d), "div": judge.diversity(images, labels)}
 
 
 def _fingerprint(t: torch.Tensor) -> float:
@@ -551,7 +548,7 @@ class _GuidanceMap:
                             scores = _score(name, judge, images, prompts)
                             scores["time_ratio"] = elapsed / base["_time"] if base else 1.0
                             for m in METRICS:
-                                stats.add(key, m, scores[m], _WIDE if m.startswith(("fd", "time")) else _UNIT)
+                                stats.add(key, m, scores[m], _WIDE if m.startswith(("fd", "time", "nn")) else _UNIT)
                             stats.add(key, "noise_fp", probe.fp, _FP)
                             stats.add(key, "prompt_fp", pfp, _FP)
                             if base is None:

@@ -94,8 +94,8 @@ def _cross_layers(model) -> list:
 
 
 def ablation_variants(model, best: Variant) -> list[Variant]:
-    """The variant on one layer group at a time, on each step window, and under the two theory rules
-    (certificate-gated tokens; c+layers), plus the variant itself."""
+    """The variant itself; on one layer group at a time; on each step window; under the theory-driven rules
+    (certificate-gated tokens, c+layers, and eta = kappa * m from the measured ||s|| for kappa 0.25 and 1)."""
     out = [best]
     for g, layers in layer_groups(model).items():
         out.append(replace(best, layers=tuple(layers), group=g))
@@ -103,6 +103,8 @@ def ablation_variants(model, best: Variant) -> list[Variant]:
         if w != "all":
             out.append(replace(best, window=w))
     out += [replace(best, rule="cert"), replace(best, rule="c+layers")]
+    if best.method == "gag":  # eta from the measured ||s|| (kappa * m) against the variant's own eta
+        out += [replace(best, eta=None, kappa=k) for k in (0.25, 1.0) if k != best.kappa]
     return out
 
 
