@@ -76,3 +76,23 @@ def test_store_maps_on_a_capture(tmp_path):
         store_maps(tmp_path / "store", tmp_path / "maps", branch="nope")
     with pytest.raises(ValueError, match="max_records"):
         store_maps(tmp_path / "store", tmp_path / "maps", max_records=0)
+
+
+def test_maps_command(tmp_path, capsys):
+    from hopfield_gag.capture import capture
+    from hopfield_gag.cli import main
+    from hopfield_gag.models import load_model, sample
+
+    model = load_model("dit-digits")
+    with torch.inference_mode(), capture(model, tmp_path / "store", via="adapters", layers=r"blocks\.0\.attn2"):
+        sample(model, [5], steps=2, cfg_scale=2.0, seed=0)
+    assert main(["maps", str(tmp_path / "store"), "--out", str(tmp_path / "m"), "--step", "1", "--lam", "5"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in printed] == ["maps_blocks.0.attn2_s1_cond.png"]
+    # user errors: one line on stderr, status 2
+    assert main(["maps", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]) == 2
+    assert main(["maps", str(tmp_path / "store"), "--out", str(tmp_path / "m"), "--layer", "blocks.9"]) == 2
+    assert main(["maps", str(tmp_path / "store"), "--out", str(tmp_path / "m"), "--step", "7"]) == 2
+    assert main(["maps", str(tmp_path / "store"), "--out", str(tmp_path / "m"), "--zeta", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(e.startswith("hopfield-gag: error: maps") for e in err)

@@ -1,4 +1,4 @@
-"""Command line interface: ``hopfield-gag <command>`` (also ``python -m hopfield_gag.cli``).
+"""Layer 9, the command line interface: ``hopfield-gag <command>`` (also ``python -m hopfield_gag.cli``).
 
 One module per command group; each has ``add_parsers(sub)`` registering its subparsers with a
 ``handler(args) -> exit status``:
@@ -11,6 +11,7 @@ capture     :mod:`.capture`         record attention q/k/v of a model into an ac
 store       :mod:`.store`           ``store info DIR`` / ``store verify DIR``: inspect or check a store
 demo        :mod:`.demo`            dense vs GAG samples from the shipped DiT, judged, with theory margins
 figures     :mod:`.figures`         regenerate every figure of ``paper_figures/`` and its index
+maps        :mod:`.maps`            attention maps per prompt token (dense / entmax / GAG), c and flips, from a store
 ==========  ======================  ========================================================================
 
 Conventions: a user error (a bad number, path or name; a damaged store) is one line
@@ -29,12 +30,12 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 def build_parser() -> CliParser:
     """The top-level parser with one subparser per command (``set_defaults(handler=...)``)."""
-    from . import capture, demo, figures, selfcheck, store
+    from . import capture, demo, figures, maps, selfcheck, store
 
     parser = CliParser(prog=PROG, description="Modern Hopfield dynamics, sparse normalizers and attention "
                        "guidance toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for module in (selfcheck, capture, store, demo, figures):
+    for module in (selfcheck, capture, store, demo, figures, maps):
         module.add_parsers(sub)
     return parser
 
