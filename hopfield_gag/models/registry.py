@@ -1,7 +1,7 @@
 """Names, construction, saving and offline loading of the shipped models.
 
 Each shipped model ``<name>`` is two files in ``hopfield_gag/models/weights/``: ``<name>.safetensors`` (the EMA
-weights, fp32) and ``<name>.json`` (architecture config and training record), plus its model card
+weights, fp32, or fp16 where the record says so) and ``<name>.json`` (architecture config and training record), plus its model card
 ``<name>.md`` and sample grid ``<name>.png``.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 
 __all__ = ["MODELS", "build", "save", "load_model"]
 
-MODELS = ("dit-digits", "unet-digits")
+MODELS = ("dit-digits", "unet-digits", "dit-grid", "dit-grid-undertrained")
 # architectures that can be built (and trained) even before their weights are shipped
-_ARCHITECTURES = MODELS + ("dit-grid", "dit-grid-undertrained", "dit-grid-student", "unet-grid", "sd3-grid")
+_ARCHITECTURES = MODELS + ("dit-grid-student", "unet-grid", "sd3-grid")
 
 
 def _check(name: str, names=MODELS) -> None:
@@ -70,10 +70,13 @@ def save(name: str, model: nn.Module, meta: dict, directory: Path, half: bool = 
 
 
 def load_model(name: str) -> nn.Module:
-    """The shipped model ``"dit-digits"`` or ``"unet-digits"``, in eval mode, loaded offline from the package.
+    """A shipped model of :data:`MODELS`, in eval mode, loaded offline from the package.
 
-    Returns a module ``model(x (B, 1, 8, 8), t (B,), labels (B,)) -> velocity`` (see :mod:`.dit`); sample
-    from it with :func:`hopfield_gag.models.sample`.
+    Digit models (``"dit-digits"``, ``"unet-digits"``): ``model(x (B, 1, 8, 8), t (B,), labels (B,)) ->
+    velocity`` (see :mod:`.dit`). Grid models (``"dit-grid"``, ``"unet-grid"``, ``"sd3-grid"``,
+    ``"dit-grid-undertrained"``, ``"dit-grid-student"``): ``model(x (B, 1, 24, 24), t (B,), tokens (B, 9)) ->
+    velocity`` (see :mod:`.grid_dit`, :mod:`.grid_unet`, :mod:`.grid_sd3`). Sample from either with
+    :func:`hopfield_gag.models.sample` (grid prompts as strings like ``"r0c0:3 r2c1:7"``).
     """
     from safetensors.torch import load_file
 
