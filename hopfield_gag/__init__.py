@@ -1,17 +1,24 @@
 """hopfield-gag: Modern Hopfield dynamics, sparse normalizers, Anderson acceleration and geometry-aware
 attention guidance (GAG, arXiv 2603.02531; PLADIS, arXiv 2503.07677).
 
-Layers (data flows one way; a layer imports only the layers before it):
+Layers (data flows one way: a layer imports only layers with a lower or equal number; the numbering is
+stated once, in :mod:`hopfield_gag._layers`, and ``tests/test_layout.py`` checks this table against it):
 
-====================  ==========================================================================
-``ops``               exact normalizers (softmax, sparsemax, alpha-entmax), the CPU kernel
-``hopfield``          Hopfield dynamics (energies, retrieval, fixed points) and Ramsauer's diagnostics
-``solvers``           Anderson acceleration; plain iteration is depth 0
-``theory``            sparse-dense discrepancy, property margins, contraction, symbolic identities
-``guidance``          ``gag_attention``, the AA(1) readings, the float64 oracle
-``capture``           attention q/k/v of real models into a crash-safe ``ActivationStore``
-``selfcheck``, CLI    the numerical self-check battery and ``hopfield-gag``
-====================  ==========================================================================
+=====  ===============  ===================================================================================
+layer  subpackage       what it holds
+=====  ===============  ===================================================================================
+1      ``ops``          exact normalizers, ``GagParams`` and the codes, the CPU and Triton kernels, ``combine``
+2      ``hopfield``     Hopfield dynamics (energies, retrieval, fixed points) and Ramsauer's diagnostics
+3      ``solvers``      Anderson acceleration; plain iteration is depth 0
+3      ``theory``       sparse-dense discrepancy, margins, certificates, the GAG map, symbolic identities
+4      ``guidance``     ``gag_attention``, the AA(1) readings, the joint rule, the float64 oracle
+5      ``adapters``     attention calls of real models to attention functions, ``apply_gag``, hooks, guiders
+5      ``capture``      attention q/k/v of real models into a crash-safe ``ActivationStore``
+6      ``models``       the shipped diffusion models, sampling, judges, the demo
+7      ``studies``      map-reduce studies over stores and seeds, the figures
+8      ``selfcheck``    the numerical self-check battery
+9      ``cli``          ``hopfield-gag``
+=====  ===============  ===================================================================================
 
 ``hopfield_gag.theory.symbolic`` (sympy identities) is imported on demand; ``hopfield_gag.symbolic`` also
 resolves to it lazily.

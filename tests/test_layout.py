@@ -3,6 +3,8 @@ downward."""
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import hopfield_gag
+import hopfield_gag._layers
 
 PACKAGE = Path(hopfield_gag.__file__).resolve().parent
 
@@ -69,25 +72,27 @@ def test_import_is_light():
 
 # --------------------------------------------------------------------------------------------- layers
 
-# data flows one way: a module may import only its own layer or lower ones (COMMON layout)
-LAYERS = {
-    "_validation": 0,
-    "ops": 1,
-    "hopfield": 2,
-    "solvers": 3,
-    "theory": 3,
-    "guidance": 4,
-    "adapters": 5,
-    "capture": 5,
-    "models": 6,
-    "studies": 7,
-    "selfcheck": 8,
-    "cli": 9,
-}
+# data flows one way: a module may import only its own layer or lower ones; the numbering lives in one place
+LAYERS = {name: number for name, number, _ in hopfield_gag._layers.LAYERS}
+SUBPACKAGES = sorted(n for n in LAYERS if (PACKAGE / n / "__init__.py").exists())
 
 
-def _layer(parts: tuple[str, ...]):
-    return LAYERS.get(parts[0]) if parts else None
+def _root_layer(root: Path = PACKAGE) -> int:
+    """The package root re-exports names from several layers: importing it counts as its highest import."""
+    targets = [t for _, t in _imports(root / "__init__.py", root=root)]
+    return max((LAYERS[t[0]] for t in targets if t and t[0] in LAYERS), default=0)
+
+
+def _layer(parts: tuple[str, ...], root: Path = PACKAGE):
+    """Layer of an import target inside the package: a layer module, or the root itself (``import hopfield_gag``,
+    ``from hopfield_gag import name``, ``from .. import name`` of a re-exported name)."""
+    if parts and parts[0] == "symbolic":  # the root's lazy alias of theory.symbolic
+        return LAYERS["theory"]
+    if parts and parts[0] in LAYERS:
+        return LAYERS[parts[0]]
+    if len(parts) <= 1:
+        return _root_layer(root)
+    return None
 
 
 def _imports(path: Path, root: Path = PACKAGE):
@@ -121,7 +126,7 @@ def test_layers_import_only_downward():
         rel = path.relative_to(PACKAGE).with_suffix("").parts
         if rel == ("__init__",):
             continue  # the top level re-exports everything
-        here = _layer(rel)
+        here = LAYERS.get(rel[0])
         if here is None:
             continue
         for lineno, target in _imports(path):
@@ -141,3 +146,37 @@ def test_layer_check_can_fail(tmp_path):
     assert targets == [("guidance",), ("hopfield",), ("models", "y"), ("studies",)]
     assert [t for t in targets if (_layer(t) or 0) > LAYERS["hopfield"]] == [("guidance",), ("models", "y"),
                                                                                 ("studies",)]
+
+
+def test_root_imports_count_as_the_roots_highest_layer(tmp_path):
+    """`import hopfield_gag` or `from .. import name` inside the package imports everything the root re-exports."""
+    (tmp_path / "theory").mkdir()
+    (tmp_path / "__init__.py").write_text("from .guidance import gag_attention\nfrom .ops import entmax\n")
+    probe = tmp_path / "theory" / "probe.py"
+    probe.write_text("import hopfield_gag\nfrom .. import gag_attention\nfrom hopfield_gag import entmax\n")
+    targets = [t for _, t in _imports(probe, root=tmp_path)]
+    assert targets == [(), ("gag_attention",), ("entmax",)]
+    assert [_layer(t, root=tmp_path) for t in targets] == [LAYERS["guidance"]] * 3
+    assert _root_layer(PACKAGE) >= LAYERS["guidance"]
+
+
+def _stated_layer(doc: str):
+    m = re.match(r"\s*(?:r?)Layer (\d+), ", doc or "")
+    return int(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_subpackage_docstring_states_its_layer(name):
+    module = importlib.import_module(f"hopfield_gag.{name}")
+    assert _stated_layer(module.__doc__) == LAYERS[name], (
+        f"hopfield_gag.{name}'s docstring must start with 'Layer {LAYERS[name]}, ' (hopfield_gag/_layers.py)")
+
+
+def test_package_docstring_and_readme_agree_with_the_layer_table():
+    stated_doc = {name: int(n) for n, name in re.findall(r"^(\d+)\s+``(\w+)``", hopfield_gag.__doc__, flags=re.M)}
+    readme = (PACKAGE.parent / "README.md").read_text()
+    stated_readme = {name: int(n) for n, name in re.findall(r"^\| (\d+) \| `hopfield_gag\.(\w+)`", readme, flags=re.M)}
+    expected = {name: LAYERS[name] for name in SUBPACKAGES}
+    assert stated_doc  # the table is there at all
+    assert stated_doc == expected, "hopfield_gag/__init__.py's layer table disagrees with hopfield_gag/_layers.py"
+    assert stated_readme == expected, "README's layer table disagrees with hopfield_gag/_layers.py"

@@ -1,4 +1,4 @@
-"""Layer ``capture``: attention tensors recorded from real models into a crash-safe :class:`ActivationStore`.
+"""Layer 5, capture: attention tensors recorded from real models into a crash-safe :class:`ActivationStore`.
 
 - :func:`capture` (:mod:`.recorder`): context manager recording q/k/v (and optionally dense/sparse outputs and
   theory margins) of every selected attention call, through the adapters (diffusers models, the shipped
@@ -14,7 +14,6 @@ Store layout::
                                       "<i>.sparse", "<i>.margin_*", "<i>.query_index"] + metadata
                                       {"hopfield_gag": {model_id, config_hash, records[facts]}}
 """
-from .recorder import COMPUTE, MARGINS, Capture, Extractor, ProjectionExtractor, capture, model_fingerprint
 from .imports import LAYOUTS, import_tensors
 from .store import (
     FORMAT,
@@ -32,3 +31,16 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "import_tensors", "LAYOUTS",
     "capture", "Capture", "Extractor", "ProjectionExtractor", "model_fingerprint", "COMPUTE", "MARGINS",
 ]
+
+# The recorder builds on the adapters, whose call runner is wrapped by torch._dynamo (an import of seconds that
+# pulls in sympy): it loads on first use so that `import hopfield_gag` stays light (tests/test_layout.py).
+_RECORDER_NAMES = ("COMPUTE", "MARGINS", "Capture", "Extractor", "ProjectionExtractor", "capture", "model_fingerprint")
+
+
+def __getattr__(name):
+    if name in _RECORDER_NAMES:
+        from . import recorder
+
+        return getattr(recorder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

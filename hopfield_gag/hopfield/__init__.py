@@ -1,4 +1,4 @@
-"""Layer 1, Modern Hopfield networks: the dynamics (energies, retrieval maps, Jacobians, fixed points) in
+"""Layer 2, Modern Hopfield networks: the dynamics (energies, retrieval maps, Jacobians, fixed points) in
 :mod:`.dynamics` and Ramsauer's diagnostics (separation, metastability, beta regimes, capacity, Theorem 5)
 in :mod:`.diagnostics`."""
 from .diagnostics import *  # noqa: F401,F403

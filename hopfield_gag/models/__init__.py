@@ -1,4 +1,4 @@
-"""Layer ``models``: small diffusion models trained on real digits and shipped with the toolkit, a judge of
+"""Layer 6, models: small diffusion models trained on real digits and shipped with the toolkit, a judge of
 their samples, and the ``demo`` main job.
 
 - :func:`load_model` ``("dit-digits" | "unet-digits")``: a class-conditional DiT and a diffusers

@@ -1,4 +1,4 @@
-"""Layer 0, tensor ops: the exact sparse normalizers (softmax, sparsemax, alpha-entmax) with their CPU kernel
+"""Layer 1, tensor ops: the exact sparse normalizers (softmax, sparsemax, alpha-entmax) with their CPU kernel
 and reference algorithms; the guidance rule (:mod:`.combine`) with its parameter object (:mod:`.params`,
 :class:`GagParams`) and the integer codes shared with the kernels (:mod:`.codes`); and the fused guided-attention
 forwards: the CPU one (:mod:`.fused`, C sources ``entmax_rows.c`` and ``gag_forward.c``) and the Triton one

@@ -1,4 +1,4 @@
-r"""``hopfield-gag selfcheck``: a quick battery of the toolkit's mathematical claims on random problems.
+r"""Layer 8, ``hopfield-gag selfcheck``: a quick battery of the toolkit's mathematical claims on random problems.
 
 Each check is a small function ``check(gen) -> (cases, worst_margin)`` that draws random float64
 problems from the ``torch.Generator`` it is given, evaluates a claim with the library's own functions

@@ -1,4 +1,4 @@
-"""Layer 2, fixed-point solvers: Anderson acceleration (type I/II) with plain iteration as depth 0
+"""Layer 3, fixed-point solvers: Anderson acceleration (type I/II) with plain iteration as depth 0
 (:mod:`.anderson`), the Hopfield fixed point as a depth-0 solve with the energy trace (:mod:`.fixed_point`),
 and the one result type and status enum they share (:mod:`.result`)."""
 from .anderson import *  # noqa: F401,F403

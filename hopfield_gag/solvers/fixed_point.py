@@ -1,6 +1,6 @@
 r"""Hopfield fixed points by plain iteration: :func:`hopfield_gag.anderson` with depth 0 and the energy trace.
 
-It lives with the solvers (layer 2) because it *is* a solver call; the Hopfield quantities it iterates and
+It lives with the solvers (layer 3) because it *is* a solver call; the Hopfield quantities it iterates and
 records (:func:`hopfield_gag.retrieval_map`, :func:`hopfield_gag.energy`) come from the layer below.
 """
 from __future__ import annotations

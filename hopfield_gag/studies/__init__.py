@@ -1,4 +1,4 @@
-"""Numerical studies: each is a map over shards (toy problems, store shards, seeds) to mergeable statistics
+"""Layer 7, numerical studies: each is a map over shards (toy problems, store shards, seeds) to mergeable statistics
 and a reduce to a table (:mod:`hopfield_gag.studies.mapreduce`), runnable on one core, all cores or Dask.
 
 =========================  ============================================================================

@@ -1,4 +1,4 @@
-"""Layer 2, the theory oracle: the sparse-dense discrepancy and its property margins (:mod:`.discrepancy`),
+"""Layer 3, the theory oracle: the sparse-dense discrepancy and its property margins (:mod:`.discrepancy`),
 the GAG output, update and map and their contraction (:mod:`.gag`; the old path
 :mod:`.contraction` still works), the sharp fixed-point / 2-cycle verdict of the
 iterated GAG map (:mod:`.iteration`), certificates for the sign of the parallel coefficient and the sign
