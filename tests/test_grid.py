@@ -135,6 +135,8 @@ def test_judge_metrics_catch_the_errors_they_name(judge):
     # a blurred average of real digits reads mostly right but is far from every real digit
     blur = torch.stack([real_canvases(prompts, seed=s) for s in range(8)]).mean(0)
     rb, rr = judge.realism(blur, prompts), judge.realism(real, prompts)
+    assert 0.85 < rr["sharpness"] < 1.15  # real test-split cells: edge energy as the real digits'
+    assert rb["sharpness"] < 0.9 * rr["sharpness"]  # measured 0.81 for 8-way averages
     assert rr["nn_distance"] < 1e-6 < rb["nn_distance"]
     # (the reader's confidence does NOT catch it: averages of same-class digits read with confidence ~1,
     # which is why nn_distance is the realism measure and confidence only a reported extra)

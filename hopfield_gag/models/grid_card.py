@@ -108,7 +108,7 @@ def _fmt(v):
 
 
 def table(rows, cols=("prompts", "steps", "cfg", "method", "cell_accuracy", "exact", "missing", "extra", "misplaced",
-                      "frechet_cells", "frechet_canvas", "nn_distance", "confidence", "diversity")) -> list[str]:
+                      "frechet_cells", "frechet_canvas", "sharpness", "nn_distance", "confidence", "diversity")) -> list[str]:
     """Markdown table lines of the given rows."""
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -190,8 +190,9 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
         "read blank, per requested digit), extra (requested blank read as a digit, per blank), misplaced (a cell "
         "reads a digit the prompt requests elsewhere, per cell), frechet_cells (judge features, requested cells vs "
         "held-out real digits), frechet_canvas (canvas-feature Fréchet distance vs real held-out canvases of the same "
-        "prompts), nn_distance (L2 of a requested cell to its nearest real digit; blur raises it), confidence "
-        "(reader's max-softmax), diversity (pairwise judge-feature distance within a digit).",
+        "prompts), sharpness (edge energy of requested cells / real digits'; blur lowers it), nn_distance (L2 of a "
+        "requested cell to its nearest real digit; pixel L2 favours smooth averages), confidence "
+        "(reader's max-softmax; averages read confidently too), diversity (pairwise judge-feature distance within a digit).",
         "",
         *table(results["rows"]),
         "",
@@ -208,7 +209,7 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
 def student_lines(student: dict, teacher: dict) -> list[str]:
     """Card lines: the student's 1- and 2-step metrics next to the teacher's 1, 2 and 16 steps (dense)."""
     cols = ("model", "prompts", "steps", "cfg", "cell_accuracy", "exact", "frechet_cells", "frechet_canvas",
-            "nn_distance", "confidence")
+            "sharpness", "diversity")
     rows = []
     for kind in ("in-distribution", "held-out"):
         for who, res, steps in (("student", student, (1, 2)), ("teacher dit-grid", teacher, (1, 2, 16))):

@@ -15,9 +15,11 @@ and over canvases, realism of the cells) and diversity.
   extractor (:class:`CanvasNet`, trained here to read all 9 cells of real training canvases, shipped as
   ``weights/grid-canvas-features.safetensors``) between the samples and real held-out canvases of the same
   prompts (both through ``torchmetrics``' ``FrechetInceptionDistance`` with a custom feature module; not
-  comparable to Inception FIDs). ``nn_distance``: mean L2 distance (pixels in [0, 1], per 8x8 cell) of each
-  requested digit cell to its nearest real digit image, which catches blurred averages that still read as
-  the right class; ``confidence``: the reader's mean max-softmax probability on those cells (reported, but
+  comparable to Inception FIDs). ``sharpness``: edge energy (mean absolute finite difference) of the
+  requested cells relative to the held-out real digits: 1 for real-like cells, lower for the blurred
+  averages a 1-step sampler returns, which still read as the right class. ``nn_distance``: mean L2
+  distance (pixels in [0, 1], per 8x8 cell) of each requested cell to its nearest real digit image (note:
+  pixel L2 *favours* smooth averages, so it is reported, not used as the blur measure); ``confidence``: the reader's mean max-softmax probability on those cells (reported, but
   it does *not* catch blur: an average of 8 same-class real digits reads with confidence 0.99996, real
   digits 0.996, see ``tests/test_grid.py``).
 * **Diversity.** Mean pairwise judge-feature distance between requested cells of the same digit
@@ -56,6 +58,14 @@ def split_cells(images: Tensor) -> Tensor:
     """Canvases (B, 1, 24, 24) -> cells (B, 9, 1, 8, 8), cell index ``row * 3 + col``."""
     b = images.shape[0]
     return images.reshape(b, 1, GRID, CELL, GRID, CELL).permute(0, 2, 4, 1, 3, 5).reshape(b, NUM_POSITIONS, 1, CELL, CELL)
+
+
+def _edge_energy(cells: Tensor) -> Tensor:
+    r"""Per cell (N, 1, 8, 8) -> (N,): mean absolute horizontal plus vertical finite difference,
+    :math:`\overline{|x_{i,j+1} - x_{i,j}|} + \overline{|x_{i+1,j} - x_{i,j}|}`; averaging digits lowers it."""
+    dx = (cells[..., :, 1:] - cells[..., :, :-1]).abs().mean((1, 2, 3))
+    dy = (cells[..., 1:, :] - cells[..., :-1, :]).abs().mean((1, 2, 3))
+    return dx + dy
 
 
 class CanvasNet(nn.Module):
@@ -151,15 +161,17 @@ class GridJudge:
 
     @torch.inference_mode()
     def realism(self, images: Tensor, prompts) -> dict:
-        """``nn_distance`` (mean L2 of each requested cell to its nearest real digit, all 1797) and
-        ``confidence`` (mean max-softmax of the reader on those cells)."""
+        """``sharpness`` (edge energy of the requested cells / that of the held-out real digits: 1 = as sharp
+        as real digits, < 1 blurred), ``nn_distance`` (mean L2 of each requested cell to its nearest real
+        digit, all 1797) and ``confidence`` (mean max-softmax of the reader on those cells)."""
         cells, _ = self._requested_cells(images, prompts)
         if cells.shape[0] == 0:
             raise ValueError("realism needs at least one requested (non-blank) cell")
-        real = real_digits()[0].flatten(1)
-        nn_d = torch.cdist(cells.flatten(1), real).min(1).values
+        real = real_digits()[0]
+        nn_d = torch.cdist(cells.flatten(1), real.flatten(1)).min(1).values
         conf = self.digit_judge.net(cells).softmax(-1).max(-1).values
-        return dict(nn_distance=float(nn_d.mean()), confidence=float(conf.mean()))
+        sharp = _edge_energy(cells).mean() / _edge_energy(cell_images("test")[0]).mean()
+        return dict(nn_distance=float(nn_d.mean()), confidence=float(conf.mean()), sharpness=float(sharp))
 
     @torch.inference_mode()
     def frechet_cells(self, images: Tensor, prompts) -> float:

@@ -15,9 +15,9 @@ from torch import nn
 
 __all__ = ["MODELS", "build", "save", "load_model"]
 
-MODELS = ("dit-digits", "unet-digits", "dit-grid", "dit-grid-undertrained")
+MODELS = ("dit-digits", "unet-digits", "dit-grid", "dit-grid-undertrained", "unet-grid")
 # architectures that can be built (and trained) even before their weights are shipped
-_ARCHITECTURES = MODELS + ("dit-grid-student", "unet-grid", "sd3-grid")
+_ARCHITECTURES = MODELS + ("dit-grid-student", "sd3-grid")
 
 
 def _check(name: str, names=MODELS) -> None:
