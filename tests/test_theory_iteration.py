@@ -47,7 +47,7 @@ def test_verdict_matches_brute_force_iteration(data, prob, lam, eta, inside):
     # separated problems: every pattern satisfies beta Delta_i >= 1/(alpha - 1); queries inside an exact
     # ball are on a ray after warm-up 0
     if inside:
-        assert v.kind != "other" or "settle" in v.reason
+        assert v.kind != "undecided" or "settle" in v.reason
     assume(v.kind in ("fixed_point", "two_cycle"))
     m = abs(v.multiplier) if v.kind == "fixed_point" else abs(v.cycle_multiplier)
     assume(m <= 0.5)
@@ -141,8 +141,14 @@ def test_multiple_attractors_rule_out_global_contraction():
 def test_verdict_other_and_validation():
     # a state between the two basins with beta too small for exact retrieval of any pattern ray
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64)
+    v = gag_iteration_verdict(x, torch.tensor([1.0, 1.0], dtype=F64), 0.5, 10.0, 15.0, 1.5, max_warmup=3,
+                              interval=False)
+    assert v.kind == "undecided" and "max_warmup" in v.reason
+    # the interval method decides it: the attractor is a fixed point of a mixture (both keys in the support)
     v = gag_iteration_verdict(x, torch.tensor([1.0, 1.0], dtype=F64), 0.5, 10.0, 15.0, 1.5, max_warmup=3)
-    assert v.kind == "other" and "max_warmup" in v.reason
+    assert v.kind == "fixed_point" and v.method == "interval" and v.contraction < 1
+    last = _brute(x, torch.tensor([1.0, 1.0], dtype=F64), 0.5, 10.0, 15.0, 1.5, steps=400)[-1]
+    assert float((last - v.fixed_point).abs().max()) <= v.radius + 1e-12
     with pytest.raises(ValueError, match="xi must have shape"):
         gag_iteration_verdict(x, torch.zeros(3, dtype=F64), 1.0)
     with pytest.raises(ValueError, match="patterns must have shape"):

@@ -116,38 +116,46 @@ def _transport_y(D, P, N, w, err_w, n):
     inf = torch.full_like(w, math.inf)
     lo = torch.where(D > 0, w, inf).amin(-1)
     hi = torch.where(D < 0, w, -inf).amax(-1)
-    lo_t = torch.where(P > 0, P * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo)), torch.zeros_like(P))
-    hi_t = torch.where(N > 0, N * torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi)), torch.zeros_like(N))
+    lo_t = torch.where(P > 0, P * lo, torch.zeros_like(P))  # P > 0: S+ is not empty, lo is finite
+    hi_t = torch.where(N > 0, N * hi, torch.zeros_like(N))
     y = lo_t - hi_t
     return y - (P + N) * err_w - gamma(n + 4, _U64) * (lo_t.abs() + hi_t.abs()), lo, hi
 
 
 def _split_y(disc: SparseDenseDiscrepancy, D, P, N, w, err_w, n):
     """max over the (a, e) grid of a sound lower bound on <D, w>: <D, f> + P min_{S+} r - N max_{S-} r with
-    r = w - f, f = a p_s + e z (any f gives a valid identity; the grid picks a good one)."""
+    r = w - f, f = a p_s + e z (any f gives a valid identity; the grid picks a good one). <D, f> = a <D, p_s> +
+    e <D, z> and the error terms use |f| <= a p_s + e |z|, so each grid point costs one pass over the keys."""
     ps = disc.p_sparse.to(F64)
     z = disc.z.to(F64)
     z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
     wmax = w.abs().amax(-1, keepdim=True)
-    a_unit = wmax / ps.amax(-1, keepdim=True).clamp(min=1e-300)
+    psmax = ps.amax(-1, keepdim=True).clamp(min=1e-300)
+    a_unit = wmax / psmax
     zmax = z.abs().amax(-1, keepdim=True)
     e_unit = torch.where(zmax > 0, wmax / torch.where(zmax > 0, zmax, torch.ones_like(zmax)), torch.zeros_like(zmax))
-    pos_pen = torch.where(D > 0, torch.zeros_like(w), torch.full_like(w, math.inf))
-    neg_pen = torch.where(D < 0, torch.zeros_like(w), torch.full_like(w, -math.inf))
+    w_pos = w + torch.where(D > 0, torch.zeros_like(w), torch.full_like(w, math.inf))
+    w_neg = w + torch.where(D < 0, torch.zeros_like(w), torch.full_like(w, -math.inf))
     absD = D.abs()
+    d_ps, d_z = (D * ps).sum(-1), (D * z).sum(-1)
+    ad_ps, ad_z = (absD * ps).sum(-1), (absD * z.abs()).sum(-1)
+    a_u, e_u, wm, pm, zm = (x.squeeze(-1) for x in (a_unit, e_unit, wmax, psmax, zmax))
     g = gamma(n + 4, _U64)
+    pos, neg = P > 0, N > 0
+    zero = torch.zeros_like(P)
     best = torch.full(P.shape, -math.inf, dtype=F64, device=w.device)
     for ea in _E_GRID:
         fe = (ea * e_unit) * z
         for aa in _A_GRID:
             f = (aa * a_unit) * ps + fe
-            r = w - f
-            lo = (r + pos_pen).amin(-1)
-            hi = (r + neg_pen).amax(-1)
-            lo_t = torch.where(P > 0, P * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo)), torch.zeros_like(P))
-            hi_t = torch.where(N > 0, N * torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi)), torch.zeros_like(N))
-            df = (D * f).sum(-1)
-            err = g * ((absD * f.abs()).sum(-1) + lo_t.abs() + hi_t.abs()) + (P + N) * (err_w + 2 * _U64 * r.abs().amax(-1))
+            lo = (w_pos - f).amin(-1)  # min over S+ of r = w - f (inf where S+ is empty)
+            hi = (w_neg - f).amax(-1)
+            lo_t = torch.where(pos, P * lo, zero)
+            hi_t = torch.where(neg, N * hi, zero)
+            a, e = aa * a_u, ea * e_u
+            df = a * d_ps + e * d_z
+            rmax = wm + a * pm + e * zm
+            err = g * (a * ad_ps + e * ad_z + lo_t.abs() + hi_t.abs()) + (P + N) * (err_w + 2 * _U64 * rmax)
             best = torch.maximum(best, df + lo_t - hi_t - err)
     return best
 
@@ -156,6 +164,9 @@ def bounds_of_discrepancy(disc: SparseDenseDiscrepancy) -> ParallelBounds:
     r""":func:`parallel_bounds` from an existing :class:`SparseDenseDiscrepancy` (built by
     :func:`hopfield_gag.theory.sparse_dense_discrepancy`, which keeps its q, k, v); same as
     ``disc.parallel_bounds()``."""
+    cached = disc.__dict__.get("_bounds")
+    if cached is not None:
+        return cached
     enc = disc.enclosure()
     n = disc.n_keys
     sn = enc.s_norm
@@ -178,9 +189,11 @@ def bounds_of_discrepancy(disc: SparseDenseDiscrepancy) -> ParallelBounds:
     transport, norm, split, direct = (torch.where(ok, b, ninf) for b in (transport, norm, split, direct))
     sharp = torch.maximum(torch.maximum(transport, norm), torch.maximum(split, direct))
     allowance = torch.where(ok, enc.e_x / torch.where(sn > 0, sn, torch.ones_like(sn)), torch.full_like(sn, math.inf))
-    return ParallelBounds(transport=transport, norm=norm, split=split, sharp=sharp, allowance=allowance,
-                          exact=(disc.parallel_coef * torch.linalg.vector_norm(disc.sparse, dim=-1)).to(F64),
-                          direct=direct)
+    out = ParallelBounds(transport=transport, norm=norm, split=split, sharp=sharp, allowance=allowance,
+                         exact=(disc.parallel_coef * torch.linalg.vector_norm(disc.sparse, dim=-1)).to(F64),
+                         direct=direct)
+    object.__setattr__(disc, "_bounds", out)  # a discrepancy is immutable: its bounds are computed once
+    return out
 
 
 def transport_certificate_of_discrepancy(disc: SparseDenseDiscrepancy) -> Tensor:

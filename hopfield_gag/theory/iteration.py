@@ -28,6 +28,7 @@ subsequences of every orbit are monotone and bounded: every orbit converges to :
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,9 +37,12 @@ import torch
 from torch import Tensor
 
 from .._validation import check_scalar, check_tensor
+from ..ops.params import GagParams
 from ..hopfield.diagnostics import separation
 from ..ops.normalizers import normalize
+from ._orbit import SUPPORTED_ALPHAS, carry_start, certify_orbit, find_orbit, preconditioners
 from .gag import gag_map
+from .interval import IntervalFailure
 
 __all__ = ["GagIterationVerdict", "gag_ray_map", "gag_iteration_verdict"]
 
@@ -52,8 +56,8 @@ class GagIterationVerdict:
     Attributes
     ----------
     kind : str
-        ``"fixed_point"``, ``"two_cycle"`` or ``"other"`` (the orbit never reached a ray on which the 1-D
-        analysis is exact, or the 1-D iteration did not settle; ``reason`` says which).
+        ``"fixed_point"``, ``"two_cycle"``, ``"cycle"`` (period 3 or 4, interval method only) or
+        ``"undecided"`` (neither check succeeded; ``reason`` says why).
     pattern : int or None
         Index :math:`i` of the stored pattern whose ray carries the orbit.
     fixed_point : Tensor (d,) or None
@@ -77,7 +81,22 @@ class GagIterationVerdict:
     rho1 : float or None
         Ray coordinate of the first state on the ray.
     reason : str
-        Why the verdict is ``"other"`` ("" otherwise).
+        Why the verdict is ``"undecided"`` ("" otherwise).
+    method : str
+        ``"ray"`` (the 1-D analysis on the ray of a pattern, with the ray extension) or ``"interval"`` (the
+        rigorous contraction check of a periodic orbit; :mod:`hopfield_gag.theory._orbit`).
+    period : int or None
+        Period of the attracting orbit (1 = fixed point).
+    orbit : tuple of Tensors (d,) or None
+        The orbit points (interval method: float64 points within ``radius`` of the certified orbit).
+    radius : float or None
+        Interval method: every certified orbit point lies within this max-norm distance of ``orbit``.
+    contraction : float or None
+        Interval method: the certified contraction factor :math:`\kappa < 1` of :math:`G^p` on the box.
+    kink : bool
+        Ray method: :math:`\rho^*` sits where the cap switches (c(rho*) = eta/||x_i||): ``multiplier`` is then
+        the product of the one-sided derivatives :math:`h'_-(\rho^*)h'_+(\rho^*) \ge 0` (stability of
+        :math:`h\circ h`), not a derivative.
     """
 
     kind: str
@@ -92,6 +111,12 @@ class GagIterationVerdict:
     warmup_steps: int
     rho1: float | None
     reason: str = ""
+    method: str = ""
+    period: int | None = None
+    orbit: tuple | None = None
+    radius: float | None = None
+    contraction: float | None = None
+    kink: bool = False
 
 
 def _ray_terms(a: Tensor, norm2: float, beta: float, rho: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,36 +169,57 @@ def gag_iteration_verdict(
     patterns: Tensor,
     xi: Tensor,
     beta: float,
-    lam: float = 10.0,
-    eta: float | None = 15.0,
-    alpha: float = 1.5,
+    lam: float = GagParams.lam,
+    eta: float | None = GagParams.eta,
+    alpha: float = GagParams.alpha,
     max_warmup: int = 50,
     max_ray_steps: int = 200_000,
     tol: float = 1e-13,
     cycle_resolution: float = 1e-7,
+    *,
+    params: GagParams | None = None,
+    interval: bool = True,
+    max_burn: int = 3000,
 ) -> GagIterationVerdict:
-    r"""Fixed point, 2-cycle or other: the fate of the GAG iteration :math:`\xi_{n+1} = G(\xi_n)` with
-    :math:`\zeta = 0` (``THEORY.md`` T8e), decided on the 1-D map :math:`h` of :func:`gag_ray_map`.
+    r"""Fixed point, 2-cycle, longer cycle or undecided: the fate of the GAG iteration
+    :math:`\xi_{n+1} = G(\xi_n)` with :math:`\zeta = 0` (``THEORY.md`` T8e).
 
-    1. Apply :func:`hopfield_gag.theory.gag_map` (at most ``max_warmup`` times) until the sparse retrieval of
-       the state is exactly one stored pattern :math:`x_i` with :math:`\beta\Delta_i \ge 1/(\alpha-1)`
-       (then the whole ray :math:`\{\rho x_i : \rho \ge 1\}` is retrieved exactly and is invariant). One more
-       step gives :math:`\rho_1`. If this never happens: ``kind = "other"``.
-    2. :math:`\rho^*` = the unique root of :math:`h(\rho) = \rho` on :math:`[1, h(1)]` (bisection to
-       machine precision); ``multiplier`` :math:`= h'(\rho^*)`.
-    3. Iterate :math:`h\circ h` from :math:`\rho_1` (a monotone sequence) to its limit :math:`L`. If
-       :math:`|L - \rho^*| \le` ``cycle_resolution`` (relative): ``"fixed_point"``; otherwise ``"two_cycle"`` with
-       :math:`(a, b) = (\min(L, h(L)), \max(L, h(L)))`. If :math:`|h'(\rho^*)| > 1` the verdict is
-       necessarily ``"two_cycle"`` unless :math:`\rho_1 = \rho^*` exactly.
+    **Ray method.** Apply :func:`hopfield_gag.theory.gag_map` (at most ``max_warmup`` times) until the
+    sparse retrieval of the state is exactly one stored pattern :math:`x_i` with :math:`\Delta_i > 0`; one
+    more step puts the state on the ray, :math:`\rho_1 x_i`. On the ray the orbit is :math:`\rho_{n+1} =
+    h(\rho_n)` as long as every :math:`\rho_n \ge \rho_0 = \gamma_0/(\beta\Delta_i)` (exact retrieval;
+    :math:`\gamma_0 = 1/(\alpha-1)`). :math:`h` is non-increasing, so the even and odd subsequences are
+    monotone: the whole orbit stays in :math:`[\min(\rho_1, h(\rho_1), L, h(L)), \infty)` with :math:`L` the
+    limit of :math:`h^{2n}(\rho_1)`, and the condition is checked on those four numbers (*ray extension*;
+    with :math:`\beta\Delta_i \ge \gamma_0` it holds trivially). :math:`\rho^*` is the unique fixed point of
+    :math:`h`; if :math:`|L - \rho^*| \le` ``cycle_resolution`` (relative) the limit is the fixed point, else
+    the 2-cycle :math:`(\min(L, h(L)), \max(L, h(L)))`. ``multiplier`` is :math:`h'(\rho^*)`, or at a kink
+    (the cap switches at :math:`\rho^*`) the product of the one-sided derivatives; :math:`\rho^*` repels iff
+    :math:`|h'(\rho^*)| > 1` (kink: iff that product is > 1), and then, unless :math:`\rho_1 = \rho^*`, the
+    limit is a 2-cycle -- reported as ``"two_cycle"`` once :math:`h\circ h` has settled, and as
+    ``"undecided"`` (with that reason) when it settles too slowly to locate the cycle (multiplier near 1).
+
+    **Interval method** (``interval=True``, :math:`\alpha \in \{1.5, 2\}`), where the ray method does not
+    apply: iterate :math:`G` in float64 for ``max_burn`` steps, detect a period :math:`p \le 4`, and check
+    rigorously (outward-rounded interval arithmetic, :mod:`hopfield_gag.theory._orbit`) that :math:`G^p` maps
+    a box around the orbit point into itself and contracts it, that the support and cap status are constant
+    on it, that the period is exactly p, and that the start :math:`\xi` enters the box (a centred-form
+    interval iteration from :math:`\xi`). Success proves that the orbit of :math:`\xi` converges to a unique
+    attracting orbit of period p inside the box.
+
+    ``"undecided"`` only when both fail, with the reason.
 
     Parameters
     ----------
     patterns : Tensor (N, d), N >= 2, the stored patterns (keys = values).
     xi : Tensor (d,), the initial state.
-    beta : float > 0;  lam : float >= 0;  eta : float > 0 or None;  alpha : float > 1 (the sparse order).
+    beta : float > 0;  lam, eta, alpha : GAG's :math:`\lambda \ge 0`, cap :math:`\eta > 0` or None, sparse
+    order :math:`\alpha > 1` (or one validated ``params``: :class:`hopfield_gag.GagParams`, whose ``zeta``
+    must be 0).
     max_warmup : int >= 0;  max_ray_steps : int >= 1 (applications of :math:`h\circ h`);
     tol : float > 0, relative step size at which the :math:`h\circ h` iteration stops;
-    cycle_resolution : float > 0, a limit closer than this (relative) to :math:`\rho^*` is the fixed point.
+    cycle_resolution : float > 0, a limit closer than this (relative) to :math:`\rho^*` is the fixed point;
+    interval : bool, try the interval method;  max_burn : int >= 1, float steps before detecting a period.
 
     Returns
     -------
@@ -186,42 +232,99 @@ def gag_iteration_verdict(
     if xi.shape != patterns.shape[-1:]:
         raise ValueError(f"xi must have shape ({patterns.shape[-1]},), got {tuple(xi.shape)}")
     beta = check_scalar("beta", beta, gt=0.0)
-    lam = check_scalar("lam", lam, ge=0.0)
-    alpha = check_scalar("alpha", alpha, gt=1.0)
+    if params is None:
+        params = GagParams.from_kwargs(lam=lam, eta=eta, alpha=alpha)  # validated once, there
+    elif (lam, eta, alpha) != (GagParams.lam, GagParams.eta, GagParams.alpha):
+        raise TypeError("gag_iteration_verdict: pass either params or lam/eta/alpha, not both")
+    elif not isinstance(params, GagParams):
+        raise TypeError(f"params must be a GagParams, got {type(params).__name__}")
+    if params.zeta != 0.0:
+        raise ValueError(f"gag_iteration_verdict analyses zeta = 0, got params.zeta = {params.zeta}")
+    lam, eta, alpha = params.lam, params.eta, params.alpha
     tol = check_scalar("tol", tol, gt=0.0)
     cycle_resolution = check_scalar("cycle_resolution", cycle_resolution, gt=0.0)
-    if eta is not None:
-        eta = check_scalar("eta", eta, gt=0.0)
-    for name, val, lo in (("max_warmup", max_warmup, 0), ("max_ray_steps", max_ray_steps, 1)):
+    for name, val, lo in (("max_warmup", max_warmup, 0), ("max_ray_steps", max_ray_steps, 1),
+                          ("max_burn", max_burn, 1)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
     x = patterns.to(F64)
-    state = xi.to(F64)
+    ray = _ray_verdict(x, xi.to(F64), beta, lam, eta, alpha, max_warmup, max_ray_steps, tol, cycle_resolution)
+    if ray.kind != "undecided" or not interval:
+        return ray
+    if alpha not in SUPPORTED_ALPHAS:
+        return dataclasses.replace(ray, reason=ray.reason + f"; the interval check supports alpha in "
+                                                             f"{SUPPORTED_ALPHAS}, got {alpha}")
+    return _interval_verdict(x, xi.to(F64), beta, lam, eta, alpha, max_burn, ray)
+
+
+def _interval_verdict(x, xi, beta, lam, eta, alpha, max_burn, ray) -> GagIterationVerdict:
+    X, x0 = x.numpy(), xi.numpy()
+    p, orbit = find_orbit(X, beta, lam, eta, alpha, x0, burn=max_burn)
+    if p is None:  # slow transients: one longer look before giving up
+        p, orbit = find_orbit(X, beta, lam, eta, alpha, x0, burn=5 * max_burn)
+    if p is None:
+        return dataclasses.replace(ray, reason=ray.reason + f"; no period <= 4 after {6 * max_burn} float steps")
+    reason, carries = "", 0
+    precs = preconditioners(X, beta, lam, eta, alpha, orbit)
+    for r_rel in (1e-2, 1e-4, 1e-6, 1e-8):  # the largest certified box first: the start enters it soonest
+        r = r_rel * (1.0 + float(np.linalg.norm(orbit[0])))
+        for P, power in precs:
+            try:
+                cert = certify_orbit(X, beta, lam, eta, alpha, orbit, r, P, power)
+            except IntervalFailure as exc:
+                reason = str(exc)
+                continue
+            try:
+                carries += 1
+                carry_start(X, beta, lam, eta, alpha, x0, cert)
+            except IntervalFailure as exc:
+                reason = f"orbit certified (kappa = {cert['kappa']:.3g}) but not the start: {exc}"
+                if carries >= 2:
+                    break
+                continue
+            pts = tuple(torch.tensor(o, dtype=F64) for o in orbit)
+            half = float(0.5 * (cert["x_box"].hi - cert["x_box"].lo).max())
+            kind = {1: "fixed_point", 2: "two_cycle"}.get(p, "cycle")
+            return GagIterationVerdict(
+                kind, None, pts[0] if p == 1 else None, pts if p == 2 else None, None, None, None, None, None,
+                ray.warmup_steps, None, "", method="interval", period=p, orbit=pts, radius=half,
+                contraction=float(cert["kappa"]))
+        if carries >= 2:
+            break
+    return dataclasses.replace(ray, reason=ray.reason + f"; interval check of the period-{p} orbit failed: {reason}")
+
+
+def _ray_verdict(x, state, beta, lam, eta, alpha, max_warmup, max_ray_steps, tol, cycle_resolution):
     gamma0 = 1.0 / (alpha - 1.0)
     delta = separation(x)
 
     def step(s: Tensor) -> Tensor:
         return gag_map(s, x, beta, lam, eta, 0.0, alpha)
 
+    def undecided(reason, **kw):
+        base = dict(pattern=None, fixed_point=None, cycle=None, rho_star=None, multiplier=None, cycle_rhos=None,
+                    cycle_multiplier=None, limit_rho=None, warmup_steps=max_warmup, rho1=None)
+        base.update(kw)
+        return GagIterationVerdict("undecided", reason=reason, method="ray", **base)
+
     i = None
     for t in range(max_warmup + 1):
         p_s = normalize(beta * (x @ state), alpha)
         j = int(p_s.argmax())
-        if int((p_s > 0).sum()) == 1 and beta * float(delta[j]) >= gamma0:
+        if int((p_s > 0).sum()) == 1 and float(delta[j]) > 0:
             i = j
             break
         if t < max_warmup:
             state = step(state)
     if i is None:
-        return GagIterationVerdict("other", None, None, None, None, None, None, None, None, max_warmup, None,
-                                   reason="the orbit did not reach an exactly retrieved pattern with "
-                                          "beta * Delta_i >= 1/(alpha - 1) within max_warmup steps")
+        return undecided("ray method: the orbit did not reach an exactly retrieved pattern with Delta_i > 0 "
+                         "within max_warmup steps")
     warm = t
     xi_i = x[i]
     norm2 = float(xi_i @ xi_i)
     rho1 = float(step(state) @ xi_i) / norm2
+    rho0 = gamma0 / (beta * float(delta[i]))  # exact retrieval on the ray needs rho >= rho0
 
-    # the 1-D map in plain float64 arithmetic (same formula as gag_ray_map, ~100x less overhead per call)
     a_np = (x @ xi_i).numpy()
     cap = math.inf if eta is None else eta / math.sqrt(norm2)
 
@@ -235,11 +338,13 @@ def gag_iteration_verdict(
     def h(r: float) -> float:
         return 1.0 + lam * min(_c_var(r)[0], cap)
 
-    def hp(r: float) -> float:
+    def hp(r: float, side: float = 0.0) -> float:
+        """h'(r); side = -1 / +1: the one-sided derivative (the cap state just left / right of r)."""
         c, var = _c_var(r)
+        if side:
+            c = _c_var(r * (1 + side * 1e-9))[0]
         return -lam * beta * var / norm2 if c < cap else 0.0
 
-    # rho*: phi(r) = h(r) - r is strictly decreasing, phi(1) >= 0 >= phi(h(1))
     lo, hi = 1.0, h(1.0)
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -250,8 +355,14 @@ def gag_iteration_verdict(
         else:
             hi = mid
     rho_star = 0.5 * (lo + hi)
-    mult = hp(rho_star)
-    # even subsequence: monotone, converges to the nearest fixed point of h∘h in its direction
+    c_star = _c_var(rho_star)[0]
+    kink = math.isfinite(cap) and abs(c_star - cap) <= 1e-9 * max(1.0, cap)
+    if kink:
+        mult = hp(rho_star, -1.0) * hp(rho_star, +1.0)  # stability of h o h at a kink
+        repelling = mult > 1
+    else:
+        mult = hp(rho_star)
+        repelling = abs(mult) > 1
     r = rho1
     settled = False
     for _ in range(max_ray_steps):
@@ -262,14 +373,22 @@ def gag_iteration_verdict(
             break
         r = r2
     fixed = rho_star * xi_i
+    common = dict(pattern=i, fixed_point=fixed, rho_star=rho_star, multiplier=mult, limit_rho=r,
+                  warmup_steps=warm, rho1=rho1, kink=kink)
     if not settled:
-        return GagIterationVerdict("other", i, fixed, None, rho_star, mult, None, None, r, warm, rho1,
-                                   reason="h∘h did not settle within max_ray_steps (multiplier near 1)")
-    # the monotone h∘h orbit stopped at a fixed point of h∘h: rho* or a 2-cycle point. Near a period-doubling
-    # (|h'(rho*)| ~ 1) the cycle is born at rho* with amplitude ~ sqrt(|h'(rho*)| - 1), so anything closer
-    # than cycle_resolution to rho* is reported as the fixed point.
+        why = ("the fixed point repels (a 2-cycle exists on the ray)" if repelling else
+               "the fixed point attracts") + " but h o h did not settle within max_ray_steps (multiplier near 1)"
+        return undecided("ray method: " + why, **common)
+    if min(rho1, h(rho1), r, h(r)) < rho0:
+        return undecided(f"ray method: the ray orbit leaves the exact-retrieval range rho >= {rho0:.4g} "
+                         "(beta * Delta_i too small)", **common)
     if abs(r - rho_star) <= cycle_resolution * max(1.0, rho_star):
-        return GagIterationVerdict("fixed_point", i, fixed, None, rho_star, mult, None, None, r, warm, rho1)
+        if repelling and rho1 != rho_star:
+            return undecided("ray method: the limit is within cycle_resolution of a repelling fixed point (a "
+                             "2-cycle too small to resolve)", **common)
+        return GagIterationVerdict("fixed_point", cycle=None, cycle_rhos=None, cycle_multiplier=None,
+                                   method="ray", period=1, orbit=(fixed,), **common)
     a, b = sorted((r, h(r)))
-    return GagIterationVerdict("two_cycle", i, fixed, (a * xi_i, b * xi_i), rho_star, mult, (a, b),
-                               hp(a) * hp(b), r, warm, rho1)
+    return GagIterationVerdict("two_cycle", cycle=(a * xi_i, b * xi_i), cycle_rhos=(a, b),
+                               cycle_multiplier=hp(a) * hp(b), method="ray", period=2,
+                               orbit=(a * xi_i, b * xi_i), **common)

@@ -64,7 +64,12 @@ def gag_layer_deviation_bound(
       :math:`\mathrm{TV}\cdot\mathrm{diam}(V)` (scores and values only, no output needed);
       ``token`` (B, Lq): the bound on :math:`\lVert W_O(o_t - d)\rVert` (or on the concatenated heads);
       ``uniform`` (float): :math:`t\lVert W_O\rVert_2\sqrt H\,(2\max\lVert v_j\rVert + \lambda\eta)`, a bound
-      for every token (``inf`` without a cap).
+      for every token (``inf`` without a cap);
+      ``head_as_run`` (B, H, Lq), float64: the bound on :math:`\lVert o_t - d_{\text{stock}}\rVert` for the op
+      as run, ``head`` plus the output-rounding term :math:`2E_d + u_{\text{out}}(3(\lVert d\rVert + E_d) +
+      2\,\text{head})` (``THEORY.md`` T9 "as run"; 0 at :math:`t = 0`, where the op returns the stock output):
+      the op blends :math:`d_{\text{op}} + t(o - d_{\text{op}})` from its own dense output, and
+      :math:`\lVert d_{\text{op}} - d_{\text{stock}}\rVert` does not shrink with t.
     """
     check_tensor("v", v, min_dim=3)
     lam = check_scalar("lam", lam, ge=0.0)
@@ -91,7 +96,17 @@ def gag_layer_deviation_bound(
     token = w_norm * torch.sqrt((head * head).sum(-2))
     vmax = float(torch.linalg.vector_norm(vc, dim=-1).max())
     uniform = float("inf") if eta is None else strength * w_norm * v.shape[-3] ** 0.5 * (2 * vmax + lam * eta)
-    return {"head": head, "head_a_priori": head_prior, "token": token, "uniform": uniform}
+    # as run: the op blends from its own dense output d_op while the unguided baseline is the stock kernel's
+    # d_stock; both are the exact d* plus their compute-dtype error (<= E_d, the enclosure's bound for this
+    # compute dtype) and one rounding to the output dtype (<= u_out ||.||), and the blend is rounded once more
+    enc = disc.enclosure()
+    u_out = torch.finfo(q.dtype).eps / 2
+    dn = torch.linalg.vector_norm(disc.dense, dim=-1).to(torch.float64) + enc.e_dense
+    rounding = 2 * enc.e_dense + u_out * (3 * dn + 2 * head.to(torch.float64))
+    rounding = rounding * (1 + 1e-6) + 4 * torch.finfo(torch.float64).tiny
+    head_as_run = head.to(torch.float64) + (rounding if strength > 0 else torch.zeros_like(rounding))
+    return {"head": head, "head_a_priori": head_prior, "token": token, "uniform": uniform,
+            "head_as_run": head_as_run}
 
 
 def accumulated_deviation_bound(deltas, lipschitz) -> Tensor:
