@@ -117,8 +117,11 @@ def run_fine(args, kept=None):
     if kept is None:
         kept, _ = prune_variants(read_csv(Path(args.out) / f"{args.tag}_coarse.csv"),
                                  keep_per_family=args.keep_per_family, max_kept=args.max_fine_variants or None)
+    if args.variants:  # an explicit subset (of the kept settings, by the budget), recorded in the log
+        kept = [n for n in args.variants]
     variants = [DENSE] + [v for v in _variant_by_name(kept) if v.method != "dense"]
     guidance = tuple(("cfg", float(w)) for w in args.cfg) + tuple(("apg", float(w)) for w in args.apg)
+    _log(args.out, args.tag, f"fine settings: {[v.name for v in variants]}")
     rows = []
     for model in args.models:
         cfg = GuidanceConfig(models=(model,), steps=tuple(args.steps), guidance=guidance, variants=tuple(variants),
@@ -223,6 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--coarse-seeds", type=int, default=2)
     p.add_argument("--keep-per-family", type=int, default=1)
     p.add_argument("--max-fine-variants", type=int, default=8, help="cap on the settings the coarse pass keeps")
+    p.add_argument("--variants", nargs="+", default=None, help="fine pass: these setting names instead of the kept list")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     p.add_argument("--apg", type=float, nargs="*", default=[2.0, 4.0])

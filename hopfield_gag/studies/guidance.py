@@ -338,13 +338,18 @@ def _sample(model, prompts, steps, kind, w, seed, apg_params):
     return sample(model, prompts, steps=steps, cfg_scale=w, seed=seed, guider=APG(**dict(apg_params)))
 
 
-def _score(name: str, judge, images, prompts) -> dict:
-    """Per-batch metrics (:data:`METRICS` except the time ratio)."""
+def _score(name: str, judge, images, prompts, reference=None) -> dict:
+    """Per-batch metrics (:data:`METRICS` except the time ratio). Grid models: the metrics of
+    :meth:`~hopfield_gag.models.grid_judge.GridJudge.evaluate`, with the real reference canvases of the prompts
+    (``reference``, the judge's default) built once per prompt set by the caller."""
     if _is_grid(name):
-        s = judge.evaluate(images, prompts)
-        return {"cell_acc": s["cell_accuracy"], "exact": s["exact"], "misplaced": s["misplaced"],
-                "fd_cells": s["frechet_cells"], "fd_canvas": s.get("frechet_canvas", math.nan),
-                "sharp": s["confidence"], "nn_dist": s["nn_distance"], "div": s["diversity"]}
+        a, r = judge.alignment(images, prompts), judge.realism(images, prompts)
+        fd_canvas = math.nan
+        if judge.canvas_net is not None:
+            fd_canvas = judge.frechet_canvas(images, prompts, reference=reference)
+        return {"cell_acc": a["cell_accuracy"], "exact": a["exact"], "misplaced": a["misplaced"],
+                "fd_cells": judge.frechet_cells(images, prompts), "fd_canvas": fd_canvas,
+                "sharp": r["confidence"], "nn_dist": r["nn_distance"], "div": judge.diversity(images, prompts)}
     labels = torch.as_tensor(prompts)
     acc = judge.accuracy(images, labels)
     with torch.inference_mode():
@@ -530,6 +535,11 @@ class _GuidanceMap:
             for split in cfg.splits_of(name):
                 prompts = prompts_for(name, split, cfg.n_prompts, seed)
                 pfp = _fingerprint(torch.tensor([ord(ch) for ch in repr(prompts)]))
+                reference = None
+                if _is_grid(name):  # the judge's default reference, built once per prompt set
+                    from ..models.grid_data import real_canvases
+
+                    reference = real_canvases(prompts, seed=0, split="test")
                 for steps in cfg.steps_of(name):
                     for kind, w in cfg.guidance:
                         base = None
@@ -545,7 +555,7 @@ class _GuidanceMap:
                                 probe.close()
                                 if handle is not None:
                                     handle.remove()
-                            scores = _score(name, judge, images, prompts)
+                            scores = _score(name, judge, images, prompts, reference)
                             scores["time_ratio"] = elapsed / base["_time"] if base else 1.0
                             for m in METRICS:
                                 stats.add(key, m, scores[m], _WIDE if m.startswith(("fd", "time", "nn")) else _UNIT)
