@@ -7,8 +7,9 @@ the Hugging Face cache. Nothing is ever downloaded: the script sets ``HF_HUB_OFF
 imported and loads with ``local_files_only=True``; absent weights end with a clear error (exit code 2).
 
 The output image holds the unguided image (left) and the guided one (right) from the same seed. Supported
-pipelines: every one whose denoiser ``apply_gag`` knows (SD1.5/SD2/SDXL UNets; SD3/SD3.5, Flux, Qwen-Image
-transformers); ``--layers`` accepts what ``apply_gag(layers=...)`` does (a name or regex; "auto" by default).
+pipelines: every one whose denoiser ``apply_gag`` reaches (SD1.5/SD2/SDXL UNets, SD3/SD3.5, Flux, Qwen-Image
+through processor copies; PixArt, Sana, Wan, LTX and other diffusers models with cross-attention through hooks);
+``--layers`` accepts what ``apply_gag(layers=...)`` does (a name or regex; "auto" by default).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def parse_args(argv=None):
                    help="guide only this fraction of the denoising steps, e.g. 0 0.5")
     p.add_argument("--branches", default="all", choices=["all", "cond"])
     p.add_argument("--layers", default="auto")
+    p.add_argument("--via", default="auto", choices=["auto", "processors", "hooks"],
+                   help="the processor copies, the hook path (any diffusers attention, its own processor kept), "
+                        "or auto: processors where they exist, hooks elsewhere")
     p.add_argument("--steps", type=int, default=30, help="number of inference steps")
     p.add_argument("--guidance-scale", type=float, default=None, help="the pipeline's CFG scale (its default if omitted)")
     p.add_argument("--height", type=int, default=None)
@@ -125,7 +129,9 @@ def main(argv=None) -> int:
     params = dict(eta=args.eta, zeta=args.zeta, alpha=args.alpha, strength=args.strength)
     if args.lam is not None:
         params["lam"] = args.lam
-    with apply_gag(pipe, layers=args.layers, method=args.method, steps=args.window, branches=args.branches, **params) as h:
+    window = None if args.window is None else tuple(args.window)  # a tuple is a window; a list would be indices
+    with apply_gag(pipe, layers=args.layers, method=args.method, steps=window, branches=args.branches, via=args.via,
+                   **params) as h:
         print(f"guiding {len(h.layers)} layers with {h.fn!r}")
         on = run()
     side_by_side(off, on).save(args.out)

@@ -64,12 +64,15 @@ def _flux(pipe, embeds):
                 generator=torch.Generator().manual_seed(0)).images
 
 
-def test_sd_pipeline_gag_on_off_steps_and_branches(sd_pipe):
+@pytest.mark.parametrize("via", ["processors", "hooks"])
+def test_sd_pipeline_gag_on_off_steps_and_branches(sd_pipe, via):
+    """The same on both paths: the hook path follows the pipeline's steps and [uncond, cond] batch too."""
     pipe, embeds = sd_pipe
     base = _sd(pipe, embeds)
-    with apply_gag(pipe, strength=0.0):
+    with apply_gag(pipe, strength=0.0, via=via):
         assert (_sd(pipe, embeds) == base).all()
-    with apply_gag(pipe, method="gag", record=True) as h:
+    with apply_gag(pipe, method="gag", record=True, via=via) as h:
+        assert set(h.paths.values()) == {via}
         on = _sd(pipe, embeds)
         n = len(h.layers)
         # every selected layer guided at both steps, both CFG rows
@@ -77,7 +80,7 @@ def test_sd_pipeline_gag_on_off_steps_and_branches(sd_pipe):
         assert all(rows == 2 and total == 2 for *_, rows, total in h.fn.log)
         assert h.state.num_steps == 2
     assert pytest.approx(0.0) != float(abs(on - base).max()) and (on == on).all()
-    with apply_gag(pipe, steps=(0.5, 1.0), branches="cond", record=True) as h:
+    with apply_gag(pipe, steps=(0.5, 1.0), branches="cond", record=True, via=via) as h:
         _sd(pipe, embeds)
         assert [step for _, _, step, _, _ in h.fn.log] == [1] * len(h.layers)  # second step only
         assert all(rows == 1 and total == 2 for *_, rows, total in h.fn.log)  # [uncond, cond]: cond row only

@@ -11,7 +11,8 @@ r"""GAG / PLADIS as an attention function, and ``apply_gag`` to install it in a 
 Outside the step window, for rows of the wrong branch, at ``strength=0`` and for ``method="dense"`` it
 returns ``call.dense()`` (the stock kernel: bit-identical). Its parameters are plain attributes read at
 each call, so ``handle.update(lam=...)`` takes effect at once, reinstalls nothing and, since the function
-runs outside dynamo (:func:`.processors._run`), triggers no ``torch.compile`` recompilation.
+runs outside dynamo (:func:`.core.run_call`), triggers no ``torch.compile`` recompilation. ``steps=`` and
+``sigmas=`` have the one meaning of :mod:`.selection` (shared with ``capture``).
 """
 from __future__ import annotations
 
@@ -24,26 +25,13 @@ from ..guidance.attention import GagParams, gag_attention
 from ..guidance.joint import joint_text_guidance
 from .call import AttentionCall
 from .install import AttentionHandle, install_attention_fn
+from .presets import with_preset
+from .selection import parse_sigmas, parse_steps
 
 __all__ = ["GuidedAttention", "apply_gag"]
 
 _OPTIONS = ("method", "lam", "eta", "zeta", "alpha", "strength", "chunk_size", "parallel", "aa_range", "memory_budget")
 _DEFAULT_LAM = {"pladis": 2.0}  # PLADIS' own default; gag_attention's (10) otherwise
-
-
-def _check_window(name, win, lo_ok=0.0, hi_ok=None):
-    if win is None:
-        return None
-    try:
-        a, b = (float(win[0]), float(win[1]))
-        if len(win) != 2:
-            raise TypeError
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"{name} must be a pair (start, stop) of numbers or None, got {win!r}") from None
-    if not (lo_ok <= a <= b and (hi_ok is None or b <= hi_ok)):
-        rng = f"[{lo_ok}, {hi_ok}]" if hi_ok is not None else f">= {lo_ok}"
-        raise ValueError(f"{name} must satisfy start <= stop within {rng}, got {win!r}")
-    return a, b
 
 
 class GuidedAttention:
@@ -54,9 +42,10 @@ class GuidedAttention:
     method : {"gag", "pladis", "sparse", "aa", "dense"}
     lam, eta, zeta, alpha, strength, chunk_size, parallel, aa_range
         As in :func:`gag_attention` (fields of :class:`~hopfield_gag.GagParams`) (``parallel="positive"``: the one-sided rule, THEORY.md T5); ``lam`` defaults to 2.0 for ``pladis`` and 10.0 otherwise.
-    steps : (start, stop) fractions in [0, 1], optional
-        Guide steps ``i`` with ``start <= i / num_steps < stop`` (needs the step counter: apply to a pipeline,
-        or set ``handle.state``).
+    steps : optional
+        A tuple ``(start, stop)`` of fractions: guide step ``i`` of ``N`` when ``start <= i/N < stop``; or step
+        indices as an int, list or range (:mod:`.selection`; needs the step counter: apply to a pipeline, use
+        a guider, or set ``handle.state``).
     sigmas : (low, high), optional
         Guide steps whose sigma lies in ``[low, high]`` (needs a scheduler with sigmas).
     branches : {"all", "cond"}
@@ -91,8 +80,8 @@ class GuidedAttention:
             raise TypeError(f"unknown parameter(s) {sorted(unknown)}; expected {_OPTIONS + ('steps', 'sigmas', 'branches', 'record')}")
         opts = dict(self.options, **{k: v for k, v in params.items() if k in _OPTIONS})
         GagParams.from_kwargs(**opts)  # validates every option (ops/params.py)
-        steps = _check_window("steps", params["steps"], 0.0, 1.0) if "steps" in params else self.steps
-        sigmas = _check_window("sigmas", params["sigmas"]) if "sigmas" in params else self.sigmas
+        steps = parse_steps(params["steps"]) if "steps" in params else self.steps
+        sigmas = parse_sigmas(params["sigmas"]) if "sigmas" in params else self.sigmas
         branches = params.get("branches", self.branches)
         if branches not in ("all", "cond"):
             raise ValueError(f"branches must be 'all' or 'cond', got {branches!r}")
@@ -111,14 +100,8 @@ class GuidedAttention:
         """Whether this call is inside the step/sigma window and the options are not the off switch."""
         if self.options["strength"] == 0.0 or self.options["method"] == "dense":
             return False
-        if self.steps is not None:
-            if call.step is None or call.num_steps is None:
-                raise RuntimeError(
-                    f"steps={self.steps} needs the denoising step, which is unknown at layer {call.layer!r}: apply "
-                    f"to the pipeline (not the bare model), or set handle.state.set_step(i, num_steps)")
-            frac = call.step / call.num_steps
-            if not self.steps[0] <= frac < self.steps[1] and not (self.steps[1] == 1.0 and frac == 1.0):
-                return False
+        if self.steps is not None and not self.steps.selects(call.step, call.num_steps, f" at layer {call.layer!r}"):
+            return False
         if self.sigmas is not None:
             if call.sigma is None:
                 raise RuntimeError(f"sigmas={self.sigmas} needs the step's sigma, unknown at layer {call.layer!r} "
@@ -133,9 +116,13 @@ class GuidedAttention:
             return None
         if call.branches is None:
             raise RuntimeError(
-                f"branches='cond' needs to know which batch rows are conditional at layer {call.layer!r}: apply to "
-                f"the pipeline, run the model inside model.cache_context('cond'/'uncond'), or set "
-                f"handle.state.batch_branches")
+                f"branches='cond' needs to know which batch rows are conditional at layer {call.layer!r}, and this "
+                f"call does not say (a modular pipeline, a hand-written loop, a pipeline that batches otherwise): "
+                f"in a modular pipeline use the guider hopfield_gag.adapters.guiders.GAGGuidance (or "
+                f"PLADISGuidance), which knows its conditional pass; in your own loop run each call inside "
+                f"model.cache_context('cond'/'uncond') or set installed(model)[0].state.batch_branches = "
+                f"('uncond', 'cond', ...) per row; or pass a classic pipeline that batches [uncond, cond]; or use "
+                f"branches='all'")
         rows = [i for i, b in enumerate(call.branches) if b == "cond"]
         return None if len(rows) == len(call.branches) else rows
 
@@ -175,27 +162,36 @@ class GuidedAttention:
         return out
 
     def __repr__(self):
-        extra = "".join(f", {n}={getattr(self, n)!r}" for n in ("steps", "sigmas") if getattr(self, n) is not None)
+        extra = f", steps={self.steps.describe()!r}" if self.steps is not None else ""
+        extra += f", sigmas={self.sigmas!r}" if self.sigmas is not None else ""
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if v is not None)
         return f"GuidedAttention({opts}{extra}, branches={self.branches!r})"
 
 
-def apply_gag(model_or_pipeline, layers="auto", method: str = "gag", steps=None, branches: str = "all", *,
-              guide_self: bool = False, **params) -> AttentionHandle:
-    r"""Install GAG (or PLADIS, ...) in a diffusers model or pipeline; returns the handle.
+def apply_gag(model_or_pipeline, layers="auto", method: Optional[str] = None, steps=None, branches: str = "all", *,
+              guide_self: bool = False, via: str = "auto", preset: Optional[str] = None, **params) -> AttentionHandle:
+    r"""Install GAG (or PLADIS, ...) in a model or pipeline; returns the handle.
 
     ``with apply_gag(pipe, method="pladis", lam=2.0): image = pipe(...)`` guides the ``"auto"`` layers (UNet
-    down+up cross-attention; every joint layer of SD3/SD3.5, Flux, Qwen-Image) and restores the stock
-    processors on exit. ``handle.update(lam=...)`` changes parameters without reinstalling.
+    down+up cross-attention; every joint layer of SD3/SD3.5, Flux, Qwen-Image; every cross-attention layer of
+    other diffusers models) and restores everything on exit. ``handle.update(lam=...)`` changes parameters
+    without reinstalling.
 
     Parameters
     ----------
     model_or_pipeline : diffusers pipeline or denoiser model
     layers : see :func:`install_attention_fn` ("auto" by default)
     method, steps, branches, **params : see :class:`GuidedAttention` (``lam``, ``eta``, ``zeta``, ``alpha``,
-        ``strength``, ``aa_range``, ``sigmas``, ``chunk_size``, ``record``)
+        ``strength``, ``aa_range``, ``sigmas``, ``chunk_size``, ``record``); ``method`` defaults to the
+        preset's, else ``"gag"``
     guide_self : bool
         Also allow self-attention layers (off by default: sparse self-attention hurts, PLADIS Fig. 3).
+    via : {"auto", "processors", "hooks"}
+        How the attention call is reached (:func:`install_attention_fn`): processor copies, or diffusers hooks
+        that keep the module's own processor and reach any diffusers attention; "auto" takes the processor
+        path where a copy exists and the hook path elsewhere.
+    preset : {"paper", "pladis", "conservative"}, optional
+        Named parameters (:mod:`.presets`); explicit arguments win.
 
     Raises
     ------
@@ -204,6 +200,8 @@ def apply_gag(model_or_pipeline, layers="auto", method: str = "gag", steps=None,
     ValueError
         As :func:`install_attention_fn` and :class:`GuidedAttention`.
     """
-    fn = GuidedAttention(method=method, steps=steps, branches=branches, **params)
+    given = dict(params, **({"method": method} if method is not None else {}),
+                 **({"steps": steps} if steps is not None else {}))
+    fn = GuidedAttention(branches=branches, **with_preset(preset, given))
     kinds = ("cross", "joint", "self") if guide_self else ("cross", "joint")
-    return install_attention_fn(model_or_pipeline, fn, layers, kinds=kinds)
+    return install_attention_fn(model_or_pipeline, fn, layers, kinds=kinds, via=via)
