@@ -18,7 +18,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         raise UsageError(f"demo: {exc}") from None
     try:
-        report = run_demo(out=args.out, force=args.force, progress=not args.no_progress, **opts)
+        report = run_demo(out=args.out, force=args.force, progress=not args.no_progress, model_name=args.model, **opts)
     except DemoOutputError as exc:  # raised before anything is loaded or written
         raise UsageError(f"demo: {exc}") from None
     print(f"report: {report.resolve()}")
@@ -48,5 +48,8 @@ def add_parsers(sub) -> None:
                    help="GAG weight of the perpendicular part, in [0, 1] (default 0)")
     p.add_argument("--capture-per-class", type=int_ge(1), default=2, help="captured samples per digit (default 2)")
     p.add_argument("--seed", type=int_ge(0), default=0, help="seed of the samples (default 0)")
+    p.add_argument("--model", choices=("dit-grid", "dit-digits"), default="dit-grid",
+                   help="dit-grid (default: compositional 3x3 digit canvases, 10 x --per-class prompts) or dit-digits "
+                   "(the single-digit model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_demo)
