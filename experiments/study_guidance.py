@@ -157,7 +157,7 @@ def run_theory(args, rows=None):
     if rows is None:
         path = Path(args.out) / f"{args.tag}_fine.csv"
         rows = read_csv(path) if path.exists() else []
-    best = best_gag(rows, args.theory_model)
+    best = _variant_by_name([args.theory_variant])[0] if args.theory_variant else best_gag(rows, args.theory_model)
     _log(args.out, args.tag, f"theory: best GAG setting on {args.theory_model}: {best.name}")
     t0 = time.perf_counter()
     res = study_guidance_theory(args.theory_model, best, args.out, steps=tuple(args.theory_steps),
@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-prompts", type=int, default=16)
     p.add_argument("--theory-model", default="dit-grid")
     p.add_argument("--theory-steps", type=int, nargs="+", default=[2, 4, 16])
+    p.add_argument("--theory-variant", default=None, help="the setting to ablate (default: best GAG of the fine pass)")
     add_scheduler_args(p)
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -422,7 +422,13 @@ def fig_guidance_maps(out_dir, fast: bool = False) -> list[Path]:
         rec = next(iter(ActivationStore(Path(tmp) / "s").records(step=steps // 2, branch="cond")))
         maps = attention_maps(rec)
     title = f"{name}, prompt {prompt[0]!r}, {layer}, step {steps // 2} of {steps} (GAG lam 10, eta 15)"
-    return [plot_attention_maps(maps, Path(out_dir) / "guidance_maps.png", title=title)]
+    labels = None
+    if "grid" in name:  # the prompt tokens in the order the sampler feeds them: one per (position, digit) pair
+        from ..models.grid_data import GRID, NULL_TOKEN, layouts_to_tokens, prompts_to_layouts
+
+        ids = layouts_to_tokens(prompts_to_layouts(prompt))[0].tolist()
+        labels = ["null" if t == NULL_TOKEN else f"r{t // 10 // GRID}c{t // 10 % GRID}:{t % 10}" for t in ids]
+    return [plot_attention_maps(maps, Path(out_dir) / "guidance_maps.png", labels, title=title)]
 
 
 # ------------------------------------------------------------------------------------------------ the index

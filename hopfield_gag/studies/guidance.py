@@ -627,7 +627,8 @@ def study_guidance(cfg: GuidanceConfig | None = None, out_dir=None, *, name: str
 def headline(rows: list[dict], metric: str = "dexact", splits=("in-distribution",)) -> list[dict]:
     """Best variant per (model, split, steps) against dense: the largest mean paired ``metric`` (``dexact``:
     higher is better; ``dfd_*``: lower is better) over every guidance setting, with its paired CI and the
-    dense value it improves on."""
+    dense value it improves on, and the same row's other outcome (``other``: Delta Frechet (cells) for
+    ``dexact``, else Delta exact) with its paired CI."""
     sign = -1.0 if metric.startswith("dfd") else 1.0
     out = []
     keys = list(dict.fromkeys((r["model"], r["split"], r["steps"]) for r in rows if r["split"] in splits))
@@ -640,10 +641,13 @@ def headline(rows: list[dict], metric: str = "dexact", splits=("in-distribution"
         dense = next(r for r in rows if (r["model"], r["split"], r["steps"], r["guidance"], r["w"], r["variant"])
                      == (model, split, steps, best["guidance"], best["w"], "dense"))
         base = metric[1:]
+        other = "dfd_cells" if metric != "dfd_cells" else "dexact"
         out.append({"model": model, "split": split, "steps": steps, "guidance": best["guidance"], "w": best["w"],
                     "variant": best["variant"], "dense": _num(dense[f"{base}_mean"]),
                     "delta": _num(best[f"{metric}_mean"]), "ci": _num(best[f"{metric}_ci"]),
-                    "significant": _excludes_zero(best, metric)})
+                    "significant": _excludes_zero(best, metric), "other": other,
+                    "other_dense": _num(dense[f"{other[1:]}_mean"]), "other_delta": _num(best[f"{other}_mean"]),
+                    "other_ci": _num(best[f"{other}_ci"])})
     return out
 
 

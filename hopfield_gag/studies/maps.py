@@ -121,7 +121,8 @@ def plot_attention_maps(maps: AttentionMaps, path, token_labels=None, title: str
         raise ValueError(f"token_labels: expected {lk} labels, got {len(labels)}")
     ncol = max(lk, 2)
     fig, axes = plt.subplots(4, ncol, figsize=(1.25 * ncol + 0.8, 5.6), squeeze=False)
-    vmax = float(max(maps.dense.max(), maps.entmax.max(), maps.gag.abs().max()))
+    vmax = float(max(maps.dense.max(), maps.entmax.max()))  # dense and entmax on one scale, GAG on its own
+    gmax = float(maps.gag.abs().max()) or 1.0
     for i, (name, m) in enumerate((("dense", maps.dense), ("entmax", maps.entmax), ("GAG", maps.gag))):
         for j in range(ncol):
             ax = axes[i, j]
@@ -131,10 +132,10 @@ def plot_attention_maps(maps: AttentionMaps, path, token_labels=None, title: str
                 ax.axis("off")
                 continue
             ax.imshow(m[j].numpy(), cmap="RdBu_r" if name == "GAG" else "viridis",
-                      vmin=-vmax if name == "GAG" else 0, vmax=vmax)
+                      vmin=-gmax if name == "GAG" else 0, vmax=gmax if name == "GAG" else vmax)
             if i == 0:
                 ax.set_title(labels[j], fontsize=7)
-        axes[i, 0].set_ylabel(name, fontsize=8)
+        axes[i, 0].set_ylabel(f"{name}\n(0..{vmax:.2f})" if name != "GAG" else f"GAG\n(±{gmax:.2f})", fontsize=7)
     cl = float(maps.c.abs().max()) or 1.0
     im = axes[3, 0].imshow(maps.c.numpy(), cmap="RdBu_r", vmin=-cl, vmax=cl)
     axes[3, 0].set_title("c (head mean)", fontsize=7)
