@@ -15,9 +15,9 @@ from torch import nn
 
 __all__ = ["MODELS", "build", "save", "load_model"]
 
-MODELS = ("dit-digits", "unet-digits", "dit-grid", "dit-grid-undertrained", "unet-grid", "sd3-grid")
+MODELS = ("dit-digits", "unet-digits", "dit-grid", "dit-grid-undertrained", "unet-grid", "sd3-grid", "dit-grid-student")
 # architectures that can be built (and trained) even before their weights are shipped
-_ARCHITECTURES = MODELS + ("dit-grid-student",)
+_ARCHITECTURES = MODELS
 
 
 def _check(name: str, names=MODELS) -> None:
