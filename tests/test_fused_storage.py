@@ -123,3 +123,24 @@ def test_dynamic_blocks_give_the_same_bits_at_1_and_2_threads(dtype):
         torch.set_num_threads(old)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+@needs_kernel
+@pytest.mark.parametrize("params", [GagParams(method="gag"), GagParams(method="aa")], ids=lambda p: p.method)
+def test_long_rows_take_the_wide_tiles_and_match_the_oracle(params):
+    # Lk >= 256 takes the 12x32 / 12x16 AVX-512 tiles where the machine has them: Lk = 300 (an odd number of
+    # 16-key panels and a partial one), D = 40, Dv = 80 (two 32-column tiles and a 16-column one), Lq = 61
+    from hopfield_gag import reference_gag_attention
+
+    q, k, v = make(6, 1, 2, 61, 300, 40, 80)
+    mask = torch.zeros(1, 2, 61, 300)
+    mask[0, 1, :, 150:] = float("-inf")
+    for m in (None, mask):
+        out, flags = run(q, k, v, params, m)
+        want = reference_gag_attention(q.double(), k.double(), v.double(), mask=m, method=params.method,
+                                       scale=40**-0.5)
+        assert flags == 0
+        # fp32 scores and sums over D + Lk terms, amplified by 1 + lam (the module-wide allowance of
+        # tests/test_fused_attention.py)
+        tol = 8 * 2.0**-24 * (1 + 10.0) * (40 + 300) * float(v.abs().max())
+        torch.testing.assert_close(out.double(), want, rtol=0, atol=tol)

@@ -76,8 +76,8 @@ DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
  * The fused guided-attention forward (hopfield_gag.ops.fused.attention_forward): fp32 compute on fp32, bf16
  * or fp16 storage (converted while packing and when writing the output: no conversion pass over the tensors).
  * Per block of RB queries of one (batch, head) g, everything stays in the thread's cache:
- *   S = (beta Q_blk) K^T (+ mask)                 register-tiled micro-kernel (12x16 with AVX-512, else
- *                                                 6x16), K packed in panels of 16 keys
+ *   S = (beta Q_blk) K^T (+ mask)                 register-tiled micro-kernels (6x16; with AVX-512 12x32
+ *                                                 on long rows), K packed in panels of 16 keys
  *   per row: entmax row -> its support (values, indices) -> s = sum_support p_j V_j    (sparse gather)
  *            softmax in place of the score row
  *   D = P_softmax V                               the same micro-kernel
@@ -86,36 +86,18 @@ DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
  * on peaked rows), against SDPA's two; the normalizations run on rows already in L1.
  * ------------------------------------------------------------------------------------------------------ */
 
-/* The micro-kernel: C[0..MR)[0..16) (row stride ldc) = A[0..MR)[0..K) (row stride lda) times B[0..K)[0..16)
-   (row stride ldb), accumulated over k in order (the same sum, rounding for rounding, at either width).
-   AVX-512: 12 rows of one 16-lane register each; otherwise 6 rows of two 8-lane registers. */
+/* The micro-kernels: C[0..MR)[0..NR) (row stride ldc) = A[0..MR)[0..K) (row stride lda) times B[0..K)[0..NR)
+   (row stride ldb), accumulated over k in order (the same sum, rounding for rounding, at every width).
+   6x16 in two 8-lane registers per row everywhere; with AVX-512 also 12x16 and 12x32 in 16-lane registers,
+   used where the two products dominate the call (long rows: gemm_panels' ``wide``). Where the row
+   normalizations dominate (Lk ~ 77) the 8-lane kernel is the faster one: 512-bit instructions in flight
+   take a vector port away from the 256-bit row code around them (measured ~3% slower at (2,8,4096,77,40)). */
 typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loads/stores */
 #define V8LD(p) (*(const v8f *)(p))
 #define V8ST(p, x) (*(v8f *)(p) = (x))
 #define FUSED_NR 16
-#if defined(__AVX512F__) && !defined(HG_NO_AVX512)
-typedef float v16f __attribute__((vector_size(64), aligned(4)));
-#define V16LD(p) (*(const v16f *)(p))
-#define V16ST(p, x) (*(v16f *)(p) = (x))
-#define FUSED_MR 12
-static inline void mk_tile(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
-                           int64_t ldc) {
-    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
-    v16f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
-    for (int64_t k = 0; k < K; ++k) {
-        const v16f b = V16LD(B + k * ldb);
-        const float *a = A + k;
-        c0 += a[0] * b; c1 += a[lda] * b; c2 += a[2 * lda] * b; c3 += a[3 * lda] * b;
-        c4 += a[4 * lda] * b; c5 += a[5 * lda] * b; c6 += a[6 * lda] * b; c7 += a[7 * lda] * b;
-        c8 += a[8 * lda] * b; c9 += a[9 * lda] * b; c10 += a[10 * lda] * b; c11 += a[11 * lda] * b;
-    }
-    V16ST(C, c0); V16ST(C + ldc, c1); V16ST(C + 2 * ldc, c2); V16ST(C + 3 * ldc, c3);
-    V16ST(C + 4 * ldc, c4); V16ST(C + 5 * ldc, c5); V16ST(C + 6 * ldc, c6); V16ST(C + 7 * ldc, c7);
-    V16ST(C + 8 * ldc, c8); V16ST(C + 9 * ldc, c9); V16ST(C + 10 * ldc, c10); V16ST(C + 11 * ldc, c11);
-}
-#else
-#define FUSED_MR 6
-static inline void mk_tile(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+#define FUSED_MR 12 /* rows per block are a multiple of this (of both kernels' 12 and 6 rows) */
+static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
                            int64_t ldc) {
     v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
@@ -138,7 +120,85 @@ static inline void mk_tile(const float *A, int64_t lda, const float *B, int64_t 
     V8ST(C, c40); V8ST(C + 8, c41); C += ldc;
     V8ST(C, c50); V8ST(C + 8, c51);
 }
+#if defined(__AVX512F__) && !defined(HG_NO_AVX512)
+#define HG_WIDE_TILES 1
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+#define V16LD(p) (*(const v16f *)(p))
+#define V16ST(p, x) (*(v16f *)(p) = (x))
+static inline void mk_12x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                            int64_t ldc) {
+    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+    v16f c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0}, c10 = {0}, c11 = {0};
+    for (int64_t k = 0; k < K; ++k) {
+        const v16f b = V16LD(B + k * ldb);
+        const float *a = A + k;
+        c0 += a[0] * b; c1 += a[lda] * b; c2 += a[2 * lda] * b; c3 += a[3 * lda] * b;
+        c4 += a[4 * lda] * b; c5 += a[5 * lda] * b; c6 += a[6 * lda] * b; c7 += a[7 * lda] * b;
+        c8 += a[8 * lda] * b; c9 += a[9 * lda] * b; c10 += a[10 * lda] * b; c11 += a[11 * lda] * b;
+    }
+    V16ST(C, c0); V16ST(C + ldc, c1); V16ST(C + 2 * ldc, c2); V16ST(C + 3 * ldc, c3);
+    V16ST(C + 4 * ldc, c4); V16ST(C + 5 * ldc, c5); V16ST(C + 6 * ldc, c6); V16ST(C + 7 * ldc, c7);
+    V16ST(C + 8 * ldc, c8); V16ST(C + 9 * ldc, c9); V16ST(C + 10 * ldc, c10); V16ST(C + 11 * ldc, c11);
+}
+/* columns 0..16 from B0, 16..32 from B1 (both row stride ldb): two panels, or two halves of one row */
+static inline void mk_12x32(const float *A, int64_t lda, const float *B0, const float *B1, int64_t ldb, int64_t K,
+                            float *C, int64_t ldc) {
+    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0}, c7 = {0}, c8 = {0}, c9 = {0};
+    v16f c10 = {0}, c11 = {0}, d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0}, d4 = {0}, d5 = {0}, d6 = {0}, d7 = {0};
+    v16f d8 = {0}, d9 = {0}, d10 = {0}, d11 = {0};
+    for (int64_t k = 0; k < K; ++k) {
+        const v16f b = V16LD(B0 + k * ldb), e = V16LD(B1 + k * ldb);
+        const float *a = A + k;
+        float x;
+        x = a[0]; c0 += x * b; d0 += x * e;
+        x = a[lda]; c1 += x * b; d1 += x * e;
+        x = a[2 * lda]; c2 += x * b; d2 += x * e;
+        x = a[3 * lda]; c3 += x * b; d3 += x * e;
+        x = a[4 * lda]; c4 += x * b; d4 += x * e;
+        x = a[5 * lda]; c5 += x * b; d5 += x * e;
+        x = a[6 * lda]; c6 += x * b; d6 += x * e;
+        x = a[7 * lda]; c7 += x * b; d7 += x * e;
+        x = a[8 * lda]; c8 += x * b; d8 += x * e;
+        x = a[9 * lda]; c9 += x * b; d9 += x * e;
+        x = a[10 * lda]; c10 += x * b; d10 += x * e;
+        x = a[11 * lda]; c11 += x * b; d11 += x * e;
+    }
+    V16ST(C, c0); V16ST(C + 16, d0); C += ldc;
+    V16ST(C, c1); V16ST(C + 16, d1); C += ldc;
+    V16ST(C, c2); V16ST(C + 16, d2); C += ldc;
+    V16ST(C, c3); V16ST(C + 16, d3); C += ldc;
+    V16ST(C, c4); V16ST(C + 16, d4); C += ldc;
+    V16ST(C, c5); V16ST(C + 16, d5); C += ldc;
+    V16ST(C, c6); V16ST(C + 16, d6); C += ldc;
+    V16ST(C, c7); V16ST(C + 16, d7); C += ldc;
+    V16ST(C, c8); V16ST(C + 16, d8); C += ldc;
+    V16ST(C, c9); V16ST(C + 16, d9); C += ldc;
+    V16ST(C, c10); V16ST(C + 16, d10); C += ldc;
+    V16ST(C, c11); V16ST(C + 16, d11);
+}
 #endif
+
+/* C[0..rows)[0..16 npan) (row stride ldc) = A[0..rows)[0..K) times B, B given as npan panels of 16 columns,
+   panel p at B + p * pstride with row stride ldb (K packed in panels: pstride = 16 D, ldb = 16; a row-major
+   matrix: pstride = 16, ldb = its row stride). rows: a multiple of FUSED_MR. */
+static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const float *B, int64_t pstride,
+                               int64_t ldb, int64_t npan, int64_t K, float *C, int64_t ldc, int wide) {
+#ifdef HG_WIDE_TILES
+    if (wide) {
+        for (int64_t i = 0; i < rows; i += 12) {
+            int64_t p = 0;
+            for (; p + 2 <= npan; p += 2)
+                mk_12x32(A + i * lda, lda, B + p * pstride, B + (p + 1) * pstride, ldb, K, C + i * ldc + p * 16, ldc);
+            if (p < npan) mk_12x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
+        }
+        return;
+    }
+#endif
+    (void)wide;
+    for (int64_t i = 0; i < rows; i += 6)
+        for (int64_t p = 0; p < npan; ++p) mk_6x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
+}
+
 /* The nonzero entries of p[0..n) as (values, indices), in order; returns their count. val/idx hold n + 8. */
 #if defined(__AVX2__)
 static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
@@ -199,6 +259,9 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
 }
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+/* rows of at least this many keys take the 16-lane tiles (gemm_panels' wide): at Lk = 512, D = 128 they
+   cut the call by 15% (308 -> 263 ms, 1 thread); at Lk = 77 the 8-lane kernel is faster */
+#define WIDE_MIN_LK 256
 
 /* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
    residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
@@ -226,29 +289,21 @@ static inline double aa_scale_f32(const float *q, const float *kd, const float *
    conversion pass over the tensors); the compute is fp32 throughout. The roundings to bf16/fp16 are
    torch's (to nearest, ties to even; NaN stays NaN), so the output equals the fp32 result converted. */
 static inline float ld_f32(const float *p) { return *p; }
-static inline void st_f32(float *p, float x) { *p = x; }
 static inline float ld_bf16(const uint16_t *p) {
     union { uint32_t u; float f; } x;
     x.u = (uint32_t)*p << 16;
     return x.f;
 }
-static inline void st_bf16(uint16_t *p, float f) {
-    union { uint32_t u; float f; } x;
-    x.f = f;
-    *p = (x.u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0 : (uint16_t)((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
-}
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 #if defined(__FLT16_MAX__) && !defined(HG_NO_FLOAT16)
 /* the compiler's IEEE binary16 (F16C / AVX512-FP16 instructions where the target has them) */
-static inline float ld_f16(const uint16_t *p) {
-    _Float16 h;
-    __builtin_memcpy(&h, p, 2);
-    return (float)h;
-}
-static inline void st_f16(uint16_t *p, float f) {
-    const _Float16 h = (_Float16)f;
-    __builtin_memcpy(p, &h, 2);
-}
+typedef _Float16 hg_half;
+static inline float ld_f16(const hg_half *p) { return (float)*p; }
+static inline void st_f16(hg_half *p, float f) { *p = (hg_half)f; }
 #else
+typedef uint16_t hg_half;
 static inline float ld_f16(const uint16_t *p) {
     const uint32_t h = *p, sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     union { uint32_t u; float f; } x;
@@ -276,6 +331,55 @@ static inline void st_f16(uint16_t *p, float f) {
 }
 #endif
 
+/* Whole rows: dst[0..n) = scale * src[0..n) in fp32 (scale 1 or beta: one rounding, as fp32 compute on the
+   upcast input), and the output row's rounding. fp32 and bf16 are plain integer/float loops the compiler
+   vectorizes; fp16 uses the F16C conversions 8 at a time where the target has them (the scalar _Float16
+   conversions do not vectorize and cost 2 ms at (2,8,1024,77,64)). VCVTPS2PH with an explicit
+   round-to-nearest-even immediate is exact IEEE rounding, subnormals included. */
+static inline void load_row_f32(const float *s, float *d, int64_t n, float scale) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) d[i] = scale * s[i];
+}
+static inline void store_row_f32(const float *s, float *d, int64_t n) {
+    if (s != d)
+        for (int64_t i = 0; i < n; ++i) d[i] = s[i];
+}
+static inline void load_row_bf16(const uint16_t *s, float *d, int64_t n, float scale) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        union { uint32_t u; float f; } x;
+        x.u = (uint32_t)s[i] << 16;
+        d[i] = scale * x.f;
+    }
+}
+static inline void store_row_bf16(const float *s, uint16_t *d, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        union { uint32_t u; float f; } x;
+        x.f = s[i];
+        const uint32_t r = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16;
+        d[i] = (x.u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0 : (uint16_t)r;
+    }
+}
+static inline void load_row_f16(const hg_half *s, float *d, int64_t n, float scale) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_mul_ps(vs, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(s + i)))));
+#endif
+    for (; i < n; ++i) d[i] = scale * ld_f16(s + i);
+}
+static inline void store_row_f16(const float *s, hg_half *d, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(d + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; ++i) st_f16(d + i, s[i]);
+}
+
 /* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous, of storage type T; out (G, Lq, Dv) contiguous, T.
    mask: NULL, or an additive fp32 mask whose row i of group g starts at mask + moff[g] + i * msi (unit column
    stride). method: HG_METHOD_SPARSE, _PLADIS, _GAG (with parallel, combine_one), or _AA (aa_scale_f32 with
@@ -292,7 +396,7 @@ static inline void st_f16(uint16_t *p, float f) {
    the group's ~Lq/RB blocks), so no thread ever waits for another until the region ends. The packing also
    checks k and v for NaN/inf (x - x is 0 exactly for finite x), which makes the caller's value checks free
    of any extra pass over the inputs. */
-#define DEFINE_FORWARD(NAME, T, LD, ST)                                                                    \
+#define DEFINE_FORWARD(NAME, T, LD, LOADROW, STOREROW)                                                                    \
 int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_t *moff, int64_t msi, T *out, \
              int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, double beta, double alpha, int kind,  \
              double hi0, int method, int parallel, double lam, double eta, double zeta, double strength,     \
@@ -302,9 +406,10 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     const int aa = method == HG_METHOD_AA;                                                                 \
     const int64_t DP = round_up(D, FUSED_NR);                                                              \
     /* rows per block: the block's scores (RB x LkP floats) within ~64 KiB */                              \
-    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;                                                      \
+    int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;                                                        \
     RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);                                                   \
     const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;                                             \
+    const int wide = Lk >= WIDE_MIN_LK; /* the 16-lane tiles where the products dominate (see gemm_panels) */ \
     const int par = nthreads > 1 && (double)G * Lq * Lk * (D + Dv) >= 2e6 && tasks > 1;                    \
     /* fp32 storage whose rows need no padding is read in place; otherwise each thread keeps an fp32 copy */ \
     const int own_v = sizeof(T) != sizeof(float) || Dv != DvP, own_k = aa && (sizeof(T) != sizeof(float) || D != DP); \
@@ -354,13 +459,11 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                 const T *vs = v + g * Lk * Dv;                                                             \
                 if (own_v) {                                                                               \
                     for (int64_t j = 0; j < Lk; ++j) {                                                     \
+                        float *row = Vt + j * DvP;                                                         \
+                        LOADROW(vs + j * Dv, row, Dv, 1.0f);                                               \
                         _Pragma("omp simd reduction(| : bad)")                                             \
-                        for (int64_t c = 0; c < Dv; ++c) {                                                 \
-                            const float x = LD(vs + j * Dv + c);                                           \
-                            Vt[j * DvP + c] = x;                                                           \
-                            bad |= !(x - x == 0.0f);                                                       \
-                        }                                                                                  \
-                        for (int64_t c = Dv; c < DvP; ++c) Vt[j * DvP + c] = 0.0f;                         \
+                        for (int64_t c = 0; c < Dv; ++c) bad |= !(row[c] - row[c] == 0.0f);               \
+                        for (int64_t c = Dv; c < DvP; ++c) row[c] = 0.0f;                                  \
                     }                                                                                      \
                     Vg = Vt;                                                                               \
                 } else {                                                                                   \
@@ -384,19 +487,13 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                 float *qd = Qb + i * D;                                                                    \
                 if (i < rows) {                                                                            \
                     const T *qs = q + (g * Lq + i0 + i) * D;                                               \
-                    _Pragma("omp simd")                                                                    \
-                    for (int64_t d = 0; d < D; ++d) qd[d] = fb * LD(qs + d);                               \
-                    if (aa) {                                                                              \
-                        _Pragma("omp simd")                                                                \
-                        for (int64_t d = 0; d < D; ++d) Qr[i * D + d] = LD(qs + d);                        \
-                    }                                                                                      \
+                    LOADROW(qs, qd, D, fb);                                                                \
+                    if (aa) LOADROW(qs, Qr + i * D, D, 1.0f);                                              \
                 } else {                                                                                   \
                     for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;                                          \
                 }                                                                                          \
             }                                                                                              \
-            for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                                  \
-                for (int64_t p = 0; p < npan; ++p)                                                         \
-                    mk_tile(Qb + i * D, D, Kp + p * D * FUSED_NR, FUSED_NR, D, S + i * LkP + p * FUSED_NR, LkP); \
+            gemm_panels(Qb, D, rowsM, Kp, D * FUSED_NR, FUSED_NR, npan, D, S, LkP, wide);                   \
             unsigned char bad[48];                                                                         \
             for (int64_t i = 0; i < rows; ++i) {                                                           \
                 float *z = S + i * LkP;                                                                    \
@@ -418,13 +515,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                 float *z = S + i * LkP;                                                                    \
                 if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;                     \
             }                                                                                              \
-            for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                                  \
-                for (int64_t c = 0; c < DvP; c += FUSED_NR)                                                \
-                    mk_tile(S + i * LkP, LkP, Vg + c, DvP, Lk, Od + i * DvP + c, DvP);                     \
-            if (aa)                                                                                        \
-                for (int64_t i = 0; i < rowsM; i += FUSED_MR)                                              \
-                    for (int64_t c = 0; c < DP; c += FUSED_NR)                                             \
-                        mk_tile(S + i * LkP, LkP, Kg2 + c, DP, Lk, Okd + i * DP + c, DP);                  \
+            gemm_panels(S, LkP, rowsM, Vg, FUSED_NR, DvP, DvP / FUSED_NR, Lk, Od, DvP, wide);              \
+            if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP, wide);       \
             for (int64_t i = 0; i < rows; ++i) {                                                           \
                 T *o = out + (g * Lq + i0 + i) * Dv;                                                       \
                 /* fp32 storage: combine straight into the output row; else into orow, then round */       \
@@ -438,8 +530,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                 } else {                                                                                   \
                     combine_one_f32(Od + i * DvP, Os + i * DvP, of, Dv, method, parallel, lam, eta, zeta, strength); \
                 }                                                                                          \
-                if (sizeof(T) != sizeof(float))                                                            \
-                    for (int64_t c = 0; c < Dv; ++c) ST(o + c, of[c]);                                     \
+                if (sizeof(T) != sizeof(float)) STOREROW(of, o, Dv);                                       \
             }                                                                                              \
         }                                                                                                  \
         free(Kp);                                                                                          \
@@ -452,6 +543,6 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
 }
 
-DEFINE_FORWARD(gag_forward_f32, float, ld_f32, st_f32)
-DEFINE_FORWARD(gag_forward_bf16, uint16_t, ld_bf16, st_bf16)
-DEFINE_FORWARD(gag_forward_f16, uint16_t, ld_f16, st_f16)
+DEFINE_FORWARD(gag_forward_f32, float, ld_f32, load_row_f32, store_row_f32)
+DEFINE_FORWARD(gag_forward_bf16, uint16_t, ld_bf16, load_row_bf16, store_row_bf16)
+DEFINE_FORWARD(gag_forward_f16, hg_half, ld_f16, load_row_f16, store_row_f16)
