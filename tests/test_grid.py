@@ -143,6 +143,8 @@ def test_judge_metrics_catch_the_errors_they_name(judge):
     f_real = judge.frechet_canvas(real, prompts, reference=real_canvases(prompts, seed=3))
     f_blank = judge.frechet_canvas(blank + 1e-3, prompts, reference=real_canvases(prompts, seed=3))
     assert f_real < f_blank
+    small = judge.evaluate(real[:1], prompts[:1])  # too few samples for Fréchet / diversity: None, not NaN
+    assert small["exact"] == 1.0 and small["frechet_canvas"] is None
     with pytest.raises(ValueError, match="shape"):
         judge.alignment(torch.zeros(2, 1, 8, 8), prompts[:2])
     with pytest.raises(ValueError, match="prompts"):

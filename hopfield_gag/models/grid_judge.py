@@ -200,13 +200,20 @@ class GridJudge:
         return self.digit_judge.diversity(cells, digits)
 
     def evaluate(self, images: Tensor, prompts) -> dict:
-        """Every metric in one dict (alignment, realism, Fréchet distances, diversity)."""
+        """Every metric in one dict (alignment, realism, Fréchet distances, diversity).
+
+        A metric the batch is too small for is ``None`` (not NaN): the Fréchet distances need >= 2 canvases
+        and >= 2 requested cells, diversity two requested cells of one digit. Compare Fréchet distances at
+        equal sample counts only (with few samples the covariances are rank-deficient)."""
         out = self.alignment(images, prompts)
         out.update(self.realism(images, prompts))
-        out["frechet_cells"] = self.frechet_cells(images, prompts)
+        n_cells = int((prompts_to_layouts(prompts) >= 0).sum())
+        out["frechet_cells"] = self.frechet_cells(images, prompts) if n_cells >= 2 else None
         if self.canvas_net is not None:
-            out["frechet_canvas"] = self.frechet_canvas(images, prompts)
-        out["diversity"] = self.diversity(images, prompts)
+            out["frechet_canvas"] = self.frechet_canvas(images, prompts) if images.shape[0] >= 2 else None
+        _, digits = self._requested_cells(images, prompts)
+        enough = len(digits) and int(torch.bincount(digits, minlength=NUM_CLASSES).max()) >= 2
+        out["diversity"] = self.diversity(images, prompts) if enough else None
         return out
 
 
