@@ -346,7 +346,7 @@ def write_card(name: str) -> None:
         results = headroom(load_model(name), load_grid_judge(), steps=(1, 2, 4), cfgs=(1.0, CARD_CFG),
                            gag_settings=((1, 1.0), (2, 1.0)))
         teacher = json.loads((WEIGHTS / "dit-grid.metrics.json").read_text())
-        print(write_grid_card(name, WEIGHTS, results, extra_lines=student_lines(results, teacher)))
+        print(write_grid_card(name, WEIGHTS, results, extra_lines=student_lines(results, teacher), png_steps=1, png_cfg=1.0))
     else:
         print(write_grid_card(name, WEIGHTS))
 

@@ -116,9 +116,10 @@ def table(rows, cols=("prompts", "steps", "cfg", "method", "cell_accuracy", "exa
     return out
 
 
-def write_grid_card(name: str, directory: Path, results: dict | None = None, extra_lines: list[str] | None = None) -> Path:
+def write_grid_card(name: str, directory: Path, results: dict | None = None, extra_lines: list[str] | None = None,
+                    png_steps: int = 16, png_cfg: float = CARD_CFG) -> Path:
     """Evaluate the shipped ``name`` (unless ``results`` are given) and write ``<name>.md``, ``<name>.png``
-    and ``<name>.metrics.json``."""
+    (16 in-distribution prompts at ``png_steps`` Euler steps, CFG ``png_cfg``) and ``<name>.metrics.json``."""
     from .grid_data import eval_prompts
     from .grid_judge import load_grid_judge
     from .registry import load_model
@@ -131,7 +132,7 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
         results = headroom(model, judge)
     (directory / f"{name}.metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     prompts = eval_prompts("in-distribution", 16)
-    save_grid_png(sample(model, prompts, steps=16, cfg_scale=CARD_CFG, seed=0), 2, directory / f"{name}.png", scale=3)
+    save_grid_png(sample(model, prompts, steps=png_steps, cfg_scale=png_cfg, seed=0), 2, directory / f"{name}.png", scale=3)
     meta = json.loads((directory / f"{name}.json").read_text())
     tr = meta["training"]
     s = results["summary"]
@@ -196,7 +197,7 @@ def write_grid_card(name: str, directory: Path, results: dict | None = None, ext
         "",
         *table(results["rows"]),
         "",
-        f"![16 in-distribution prompts, 16 steps, CFG {results['cfg']:g}, dense]({name}.png)",
+        f"![16 in-distribution prompts, {png_steps} steps, CFG {png_cfg:g}, dense]({name}.png)",
         "",
         f"Regenerate this card: `python experiments/train_grid.py --model {tr.get('card_model', arch_key)} --card-only`.",
         "",
