@@ -72,3 +72,40 @@ def test_c_and_flip_margin_definitions():
     assert abs(t.c - (s - d) * s / (s * s)) < mp.mpf(10) ** -55
     assert float(t.flip_margin(10.0, 15.0)) == pytest.approx(1 + 10 * float(t.c) * min(1.0, 15 / abs(float(t.c) * float(s))))
     assert math.isclose(float(t.c), -0.238, abs_tol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# alpha-entmax near softmax (issue 21 item 8): every method against the 60-digit oracle, alpha in (1, 1.05]
+# ------------------------------------------------------------------------------------------------
+@given(st.lists(st.floats(-30, 30), min_size=2, max_size=12), st.floats(1.0001, 1.05),
+       st.sampled_from([torch.float64, torch.float32]), st.sampled_from(["newton", "bisect"]))
+def test_entmax_near_alpha_one_matches_the_oracle(zs, alpha, dtype, method):
+    """p = alpha-entmax(z) for alpha just above 1, where p_j = (w_j)^r with r = 1/(alpha-1) up to 1e4: the
+    default (C kernel / torch) and the bisection method agree with the exact weights to (r + n) ulps of the
+    compute dtype (the power r amplifies the relative rounding of w_j r times)."""
+    from hopfield_gag.ops.normalizers import entmax
+
+    z = torch.tensor(zs, dtype=dtype)
+    p = entmax(z, alpha, method=method).double()
+    exact = _truth.entmax([_truth.exact(x) for x in z.double().tolist()], alpha)
+    r = 1.0 / (alpha - 1.0)
+    tol = 16 * (r + len(zs)) * torch.finfo(dtype).eps
+    for pj, ej in zip(p.tolist(), exact):
+        assert abs(pj - float(ej)) <= tol * max(float(ej), 1e-3), (pj, float(ej), alpha, method)
+
+
+@pytest.mark.parametrize("alpha", [1.001, 1.005, 1.02])
+def test_gag_attention_near_alpha_one_agrees_with_the_oracle_op(alpha):
+    """gag_attention(alpha near 1) equals the float64 per-token reference (issue 21 item 8: it differed by up to
+    2e-2 at alpha = 1.001 when the C kernel's threshold search overflowed y^r)."""
+    from hopfield_gag import gag_attention
+    from hopfield_gag.guidance.reference import reference_gag_attention
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 5, 8, generator=g, dtype=F64) * 2
+    k = torch.randn(1, 2, 9, 8, generator=g, dtype=F64)
+    v = torch.randn(1, 2, 9, 4, generator=g, dtype=F64)
+    got = gag_attention(q, k, v, alpha=alpha, lam=4.0, eta=2.0)
+    want = reference_gag_attention(q, k, v, alpha=alpha, lam=4.0, eta=2.0)
+    # float64 both; the threshold's rounding is amplified r = 1/(alpha-1) times in p = w^r, then by (1 + lam)
+    torch.testing.assert_close(got, want, rtol=0, atol=64 * (1 / (alpha - 1)) * 2.2e-16 * (1 + 4.0) * 10)

@@ -95,11 +95,13 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
             for (int64_t i = 0; i < m; ++i) {
                 const double y = buf[i] - t;
                 if (y > 0) {
-                    const double y1 = pow(y, r - 1.0);
+                    /* in w = a y (w <= 1 for t >= lo): y^r itself overflows for r = 1/(alpha-1) >~ 130 */
+                    const double w = a * y;
+                    const double y1 = pow(w, r - 1.0);
                     s0 += 1.0;
                     s1 += y;
                     srm1 += y1;
-                    sr += y1 * y;
+                    sr += y1 * w;
                 }
             }
         } else {
@@ -111,7 +113,8 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
                 s2 += y * y;
             }
         }
-        const double N = P->kind == HG_KIND_SPARSEMAX ? s1 : (P->kind == HG_KIND_ENTMAX15 ? sqrt(s2) : pow(sr, a));
+        const double Nw = HG_POW_KIND(P->kind) ? pow(sr, a) : 0.0; /* ||a (u - t)_+||_r */
+        const double N = P->kind == HG_KIND_SPARSEMAX ? s1 : (P->kind == HG_KIND_ENTMAX15 ? sqrt(s2) : Nw * inv_a);
         if (N >= inv_a) {
             lo = t;
             m = compact(buf, m, lo, 0.0);
@@ -142,7 +145,7 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
         } else {
             /* Converged when h(t) is zero to rounding or the bracket has collapsed. */
             if (fabs(N - inv_a) <= 8.0 * DBL_EPSILON * inv_a || hi - lo <= tol) { tau = t; break; }
-            tn = t + (N - inv_a) * pow(N, r - 1.0) / srm1;
+            tn = t + (N - inv_a) * pow(Nw, r - 1.0) / srm1; /* Newton on ||y||_r, in w units */
             if (!(tn > lo && tn < hi) || !isfinite(tn)) {
                 tn = 0.5 * (lo + hi);
             } else if (fabs(tn - t) <= tol) {

@@ -180,7 +180,7 @@ def _norm_inf(A: Interval) -> float:
 
 def certify_orbit(X, beta, lam, eta, alpha, orbit: list, r: float, P: np.ndarray, power: int = 1):
     """The contraction check of the module docstring for the orbit point ``orbit[0]`` of period
-    ``len(orbit)``, applied to :math:`G^{p\cdot power}` (a power of the return map contracts in the max-norm
+    ``len(orbit)``, applied to the power ``power`` of the return map :math:`G^p` (a power of the return map contracts in the max-norm
     even when complex multipliers make :math:`G^p` itself fail it); returns a dict (kappa, f0, r, Q, x_box)
     or raises IntervalFailure with the reason."""
     period = len(orbit)
