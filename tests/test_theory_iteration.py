@@ -157,3 +157,29 @@ def test_verdict_other_and_validation():
         gag_iteration_verdict(x, x[0], 1.0, lam=-1.0)
     with pytest.raises(ValueError, match="max_warmup"):
         gag_iteration_verdict(x, x[0], 1.0, max_warmup=-1)
+
+
+def _experiment(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_verdict_decides_the_audits_first_problem_and_agrees_with_brute_force():
+    """A small slice of experiments/theory_verdict_coverage.py: problem 0 of the second audit's distribution
+    (seed 11: d = 4, N = 3, beta = 4.49), 12 starts: every start decided (v2 left starts like these "other"),
+    none contradicting the script's independent brute force."""
+    import numpy as np
+
+    exp = _experiment("theory_verdict_coverage")
+    d, N, beta, X, starts = exp.regen(11, 1)[0]
+    bf = exp.brute(X, beta, np.stack([s[1] for s in starts]))
+    for (_, x0), (per, pts) in zip(starts, bf):
+        v = gag_iteration_verdict(torch.tensor(X), torch.tensor(x0), beta, exp.LAM, exp.ETA, exp.ALPHA)
+        assert v.kind != "undecided", v.reason
+        assert exp.agrees(v, per, pts), (v.kind, v.period, per)
