@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..ops.params import GagParams
+
 __all__ = ["write_model_card", "evaluate"]
 
 
@@ -33,7 +35,7 @@ def write_model_card(name: str, directory: Path) -> Path:
     rows = []
     grid = None
     for steps in ((8, 4) if name.startswith("dit") else (8,)):  # the UNet is ~5x slower per sample
-        for method, params in (("dense", {}), ("gag", dict(lam=10.0, eta=15.0))):
+        for method, params in (("dense", {}), ("gag", dict(lam=GagParams.lam, eta=GagParams.eta))):
             m, images = evaluate(model, judge, steps=steps, method=method, **params)
             rows.append((steps, method, m))
             if grid is None:

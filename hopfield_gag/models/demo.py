@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..ops.params import GagParams
+
 from .report import judge_metrics, save_grid_png
 
 __all__ = ["run_demo", "check_demo_options", "prepare_output", "DemoOutputError", "PROPERTIES", "MARKER"]
@@ -53,8 +55,8 @@ class DemoOutputError(ValueError):
     """The output directory cannot be used as asked; nothing was written or deleted."""
 
 
-def check_demo_options(per_class: int = 10, steps: int = 4, cfg_scale: float = 2.0, lam: float = 10.0,
-                       eta: float = 15.0, zeta: float = 0.0, capture_per_class: int = 2, seed: int = 0) -> None:
+def check_demo_options(per_class: int = 10, steps: int = 4, cfg_scale: float = 2.0, lam: float = GagParams.lam,
+                       eta: float = GagParams.eta, zeta: float = GagParams.zeta, capture_per_class: int = 2, seed: int = 0) -> None:
     """Validate :func:`run_demo`'s numbers before any work: ``per_class >= 2`` (the Fréchet distance and the
     diversity need pairs), ``steps >= 1``, finite ``cfg_scale >= 0``, GAG's ``lam >= 0``, ``eta > 0``,
     ``zeta`` in [0, 1], ``capture_per_class >= 1``, ``seed >= 0``; raises ``ValueError`` naming the argument."""
@@ -144,7 +146,7 @@ def _layer_table(store, lam: float, eta: float, zeta: float) -> list[dict]:
 
 
 def run_demo(out: str | Path = "hopfield-gag-demo", per_class: int = 10, steps: int = 4, cfg_scale: float = 2.0,
-             lam: float = 10.0, eta: float = 15.0, zeta: float = 0.0, capture_per_class: int = 2, seed: int = 0,
+             lam: float = GagParams.lam, eta: float = GagParams.eta, zeta: float = GagParams.zeta, capture_per_class: int = 2, seed: int = 0,
              progress: bool = True, model_name: str = "dit-grid", force: bool = False) -> Path:
     """Run the demo and return the path of ``<out>/report.md`` (see the module docstring for what it does).
 

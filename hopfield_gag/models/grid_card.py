@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
+from ..ops.params import GagParams
+
 __all__ = ["CARD_CFG", "STEPS", "BAR", "evaluate_grid", "headroom", "write_grid_card", "student_lines"]
 
 CARD_CFG = 3.0
 STEPS = (1, 2, 4, 16)
 BAR = dict(cell_accuracy=0.95, exact=0.80)
 N_IN, N_HELD = 150, 60
-GAG = dict(lam=10.0, eta=15.0)
+GAG = dict(lam=GagParams.lam, eta=GagParams.eta)  # the paper's setting
 ARCH = {
     "dit": "the project's DiT (patch 2 -> 144 image tokens, 4 blocks of self-attention + cross-attention to the "
            "9 prompt tokens + MLP, adaLN-Zero on the timestep, dim 128, 4 heads)",
