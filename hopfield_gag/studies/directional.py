@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ops.params import GagParams
 from ..ops.combine import combine
 from ..theory import sparse_dense_discrepancy
 from .mapreduce import Stats, run_study, torch_threads
@@ -67,8 +68,8 @@ DIRECTIONAL_COLUMNS = (
 class DirectionalConfig:
     """GAG settings (paper defaults) and the query chunk bounding memory (score elements per chunk)."""
 
-    lam: float = 10.0
-    eta: float = 15.0
+    lam: float = GagParams.lam
+    eta: float = GagParams.eta
     zeta: float = 0.0
     alpha: float = 1.5
     max_score_elements: int = 1 << 22

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops.params import GagParams
 from .._validation import check_scalar, check_tensor, compute_dtype
 from .gag import gag_output
 from .discrepancy import SparseDenseDiscrepancy, sparse_dense_discrepancy
@@ -392,8 +393,8 @@ def sign_flip_margin(
     q: Tensor,
     k: Tensor,
     v: Tensor | None = None,
-    lam: float = 10.0,
-    eta: float | None = 15.0,
+    lam: float = GagParams.lam,
+    eta: float | None = GagParams.eta,
     zeta: float = 0.0,
     scale: float | None = None,
     alpha: float = 1.5,
@@ -422,7 +423,7 @@ def sign_flip_margin(
     return sparse_dense_discrepancy(q, k, v, scale, alpha, mask).sign_flip_margin(lam, eta, zeta, parallel)
 
 
-def sign_flip_of_discrepancy(disc: SparseDenseDiscrepancy, lam: float = 10.0, eta: float | None = 15.0,
+def sign_flip_of_discrepancy(disc: SparseDenseDiscrepancy, lam: float = GagParams.lam, eta: float | None = GagParams.eta,
                              zeta: float = 0.0, parallel: str = "paper") -> Tensor:
     r""":func:`sign_flip_margin` from an existing :class:`SparseDenseDiscrepancy`; same as
     ``disc.sign_flip_margin(lam, eta, zeta, parallel)``. Returns (..., Lq)."""
@@ -481,8 +482,8 @@ def flipped_tokens(
     q: Tensor,
     k: Tensor,
     v: Tensor | None = None,
-    lam: float = 10.0,
-    eta: float | None = 15.0,
+    lam: float = GagParams.lam,
+    eta: float | None = GagParams.eta,
     zeta: float = 0.0,
     scale: float | None = None,
     alpha: float = 1.5,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops.params import GagParams
 from .._validation import check_int, check_qkv, check_scalar, check_tensor, compute_dtype, default_scale
 from ..hopfield.dynamics import energy_grad
 from ..ops.combine import parallel_coefficient
@@ -236,7 +237,7 @@ class SparseDenseDiscrepancy:
 
         return bounds_of_discrepancy(self)
 
-    def sign_flip_margin(self, lam: float = 10.0, eta: float | None = 15.0, zeta: float = 0.0,
+    def sign_flip_margin(self, lam: float = GagParams.lam, eta: float | None = GagParams.eta, zeta: float = 0.0,
                          parallel: str = "paper") -> Tensor:
         r""":func:`hopfield_gag.theory.sign_flip_margin` of these tokens, (..., Lq)."""
         from .certificates import sign_flip_of_discrepancy

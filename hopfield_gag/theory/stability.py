@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.params import GagParams
 from .._validation import check_scalar, check_tensor
 from .discrepancy import sparse_dense_discrepancy
 
@@ -38,8 +39,8 @@ def gag_layer_deviation_bound(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    lam: float = 10.0,
-    eta: float | None = 15.0,
+    lam: float = GagParams.lam,
+    eta: float | None = GagParams.eta,
     strength: float = 1.0,
     out_proj: Tensor | None = None,
     scale: float | None = None,
