@@ -92,3 +92,16 @@ def test_prompt_forms_agree_and_bad_prompts_are_named():
         sample(m, torch.zeros(2, 3, dtype=torch.int64), steps=1)
     with pytest.raises(ValueError, match="x must have shape"):
         m(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.zeros(1, 9, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name", ["dit-grid", "unet-grid", "sd3-grid"])
+def test_bad_denoiser_inputs_name_the_argument(name):
+    """Each architecture runs the one input check: a wrong canvas or a mismatched batch names x or t."""
+    model = load_model(name)
+    ch = getattr(model.config, "channels", 1)
+    r = model.config.resolution
+    tokens = torch.zeros(2, model.prompt_length, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"x must have shape \(B, {ch}, {r}, {r}\)"):
+        model(torch.zeros(2, ch, r - 1, r), torch.zeros(2), tokens)
+    with pytest.raises(ValueError, match=r"t must be \(B,\)"):
+        model(torch.zeros(2, ch, r, r), torch.zeros(3), tokens)

@@ -49,3 +49,15 @@ class GridPromptEncoder(nn.Module):
         e = e + self.bind(e)
         e = torch.where(is_null[..., None], self.null.expand_as(e), e)
         return self.norm(self.encoder(e))
+
+
+def check_denoiser_inputs(x: Tensor, t: Tensor, tokens: Tensor, channels: int, resolution: int) -> None:
+    """The grid denoisers' one input check: ``x`` (B, channels, resolution, resolution), ``t`` (B,), ``tokens``
+    (B, PROMPT_LENGTH); raises ``ValueError`` naming the argument and the shape it expected."""
+    r = resolution
+    if x.dim() != 4 or tuple(x.shape[1:]) != (channels, r, r):
+        raise ValueError(f"x must have shape (B, {channels}, {r}, {r}), got {tuple(x.shape)}")
+    if t.shape != (x.shape[0],) or tokens.shape[:1] != (x.shape[0],):
+        raise ValueError(f"t must be (B,) and tokens (B, {PROMPT_LENGTH}) with B = {x.shape[0]}, got "
+                         f"{tuple(t.shape)} and {tuple(tokens.shape)}")
+

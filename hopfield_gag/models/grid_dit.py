@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .dit import DiT, _modulate, timestep_embedding
-from .grid_conditioning import GridPromptEncoder
+from .grid_conditioning import GridPromptEncoder, check_denoiser_inputs
 from .grid_data import CANVAS, PROMPT_LENGTH
 
 __all__ = ["GridDiT", "GridDiTConfig", "sincos_2d"]
@@ -63,12 +63,7 @@ class GridDiT(DiT):
         self.register_buffer("pos_fixed", sincos_2d(self.grid, config.dim), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
-        r, ch = self.config.resolution, self.config.channels
-        if x.dim() != 4 or tuple(x.shape[1:]) != (ch, r, r):
-            raise ValueError(f"x must have shape (B, {ch}, {r}, {r}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],) or tokens.shape[:1] != (x.shape[0],):
-            raise ValueError(f"t must be (B,) and tokens (B, {PROMPT_LENGTH}) with B = {x.shape[0]}, got "
-                             f"{tuple(t.shape)} and {tuple(tokens.shape)}")
+        check_denoiser_inputs(x, t, tokens, self.config.channels, self.config.resolution)
         temb = self.t_mlp(timestep_embedding(t, self.config.dim))
         prompt = self.prompt(tokens)
         h = self.patch_embed(self._patchify(x)) + self.pos + self.pos_fixed

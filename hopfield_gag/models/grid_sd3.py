@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .grid_conditioning import GridPromptEncoder
+from .grid_conditioning import GridPromptEncoder, check_denoiser_inputs
 from .grid_data import CANVAS, PROMPT_LENGTH
 
 __all__ = ["GridSD3", "GridSD3Config"]
@@ -54,12 +54,7 @@ class GridSD3(nn.Module):
         self.prompt = GridPromptEncoder(c.prompt_dim, c.heads)
 
     def forward(self, x: Tensor, t: Tensor, tokens: Tensor) -> Tensor:
-        r = self.config.resolution
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, r, r):
-            raise ValueError(f"x must have shape (B, 1, {r}, {r}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],) or tokens.shape[:1] != (x.shape[0],):
-            raise ValueError(f"t must be (B,) and tokens (B, {PROMPT_LENGTH}) with B = {x.shape[0]}, got "
-                             f"{tuple(t.shape)} and {tuple(tokens.shape)}")
+        check_denoiser_inputs(x, t, tokens, 1, self.config.resolution)
         prompt = self.prompt(tokens)
         return self.transformer(x, encoder_hidden_states=prompt, pooled_projections=prompt.mean(1),
                                 timestep=1000.0 * t).sample
