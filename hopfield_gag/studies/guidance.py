@@ -668,9 +668,16 @@ def plot_where_it_helps(rows: list[dict], out_dir, filename: str = "guidance_whe
     panels = list(dict.fromkeys((r["model"], r["guidance"], r["w"]) for r in sel))
     if not panels:
         return []
-    ncol = len(panels)
-    fig, axes = plt.subplots(2, ncol, figsize=(2.9 * ncol + 1, 6.2), squeeze=False)
-    for j, (model, kind, w) in enumerate(panels):
+    models = list(dict.fromkeys(m for m, _, _ in panels))
+    guides = list(dict.fromkeys((k, w) for _, k, w in panels))
+    ncol = len(guides)
+    # one row pair (Delta exact, Delta Frechet) per model, one column per sampler guidance setting
+    fig, axes = plt.subplots(2 * len(models), ncol, figsize=(3.2 * ncol + 1, 2.9 * len(models) + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for model, kind, w in panels:
+        j = guides.index((kind, w))
+        row0 = 2 * models.index(model)
         rs = [r for r in sel if (r["model"], r["guidance"], r["w"]) == (model, kind, w)]
         ylab = sorted({(r["family"], _num(r["lam"])) for r in rs}, key=lambda x: (families.index(x[0]), x[1]))
         steps = sorted({r["steps"] for r in rs})
@@ -685,7 +692,8 @@ def plot_where_it_helps(rows: list[dict], out_dir, filename: str = "guidance_whe
                         best = max(cand, key=lambda r: better * _num(r[f"{metric}_mean"]))
                         grid[a, b] = _num(best[f"{metric}_mean"])
                         sig[a, b] = _excludes_zero(best, metric)
-            ax = axes[i, j]
+            ax = axes[row0 + i, j]
+            ax.axis("on")
             lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
             im = ax.imshow(grid, cmap=cmap, vmin=-lim or -1, vmax=lim or 1, aspect="auto")
             for a, b in zip(*np.nonzero(np.isfinite(grid))):
