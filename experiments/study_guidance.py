@@ -114,11 +114,11 @@ def merge_fine(args):
 def run_fine(args, kept=None):
     """The fine pass, one model at a time (each model's table is written as soon as it is done, and the merged
     table, headline and figure are refreshed after each model, so a run cut short keeps what finished)."""
-    if kept is None:
+    if args.variants:  # an explicit subset (of the kept settings, by the budget), recorded in the log
+        kept = list(args.variants)
+    elif kept is None:
         kept, _ = prune_variants(read_csv(Path(args.out) / f"{args.tag}_coarse.csv"),
                                  keep_per_family=args.keep_per_family, max_kept=args.max_fine_variants or None)
-    if args.variants:  # an explicit subset (of the kept settings, by the budget), recorded in the log
-        kept = [n for n in args.variants]
     variants = [DENSE] + [v for v in _variant_by_name(kept) if v.method != "dense"]
     guidance = tuple(("cfg", float(w)) for w in args.cfg) + tuple(("apg", float(w)) for w in args.apg)
     _log(args.out, args.tag, f"fine settings: {[v.name for v in variants]}")
