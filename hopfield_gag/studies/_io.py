@@ -39,3 +39,15 @@ def read_csv(path) -> list[dict]:
 
     with open(path, newline="") as f:
         return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to ``path`` (parent folders created), close it, and return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+

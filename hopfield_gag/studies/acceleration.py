@@ -52,6 +52,7 @@ from .. import (
     retrieval_weights,
 )
 from .mapreduce import Stats, run_study, torch_threads
+from ._io import save_figure
 
 __all__ = ["AccelerationConfig", "study_acceleration", "acceleration_problem", "acceleration_methods", "dense_fixed_point",
            "acceleration_trajectory", "ACCELERATION_COLUMNS"]
@@ -291,7 +292,5 @@ def _plot_curves(cfg, out_dir, seed, plt, Path):
     axes[0, -1].legend(fontsize=6, loc="upper right")
     fig.tight_layout()
     path = Path(out_dir) / "acceleration_curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return [path]

@@ -52,6 +52,7 @@ import torch
 
 from .mapreduce import Stats, run_study, torch_threads
 from .sampling import mean_ci
+from ._io import save_figure
 
 __all__ = [
     "Variant", "GuidanceConfig", "study_guidance", "GUIDANCE_COLUMNS", "METRICS", "WINDOWS",
@@ -711,7 +712,5 @@ def plot_where_it_helps(rows: list[dict], out_dir, filename: str = "guidance_whe
                  fontsize=8)
     fig.tight_layout()
     path = Path(out_dir) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return [path]

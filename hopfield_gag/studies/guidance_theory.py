@@ -30,6 +30,7 @@ import torch
 
 from .guidance import WINDOWS, GuidanceConfig, Variant, layer_groups, prompts_for, study_guidance, _load
 from .mapreduce import torch_threads
+from ._io import save_figure
 
 __all__ = ["THEORY_STATS", "POINT_COLUMNS", "CORRELATION_COLUMNS", "capture_theory", "ablation_variants",
            "theory_points", "correlations", "study_guidance_theory", "plot_theory_outcome"]
@@ -259,7 +260,5 @@ def plot_theory_outcome(points: list[dict], corr: list[dict], path) -> Path:
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return path

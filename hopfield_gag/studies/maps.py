@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._io import save_figure
+
 __all__ = ["AttentionMaps", "attention_maps", "plot_attention_maps", "store_maps"]
 
 
@@ -151,9 +153,7 @@ def plot_attention_maps(maps: AttentionMaps, path, token_labels=None, title: str
     fig.suptitle(title or f"{maps.layer}, step {maps.step}, {maps.branch}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=100)
     return path
 
 

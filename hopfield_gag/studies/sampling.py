@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .mapreduce import Stats, run_study, torch_threads
+from ._io import save_figure
 
 __all__ = ["SamplingConfig", "study_sampling", "SAMPLING_COLUMNS", "VARIANTS"]
 
@@ -174,7 +175,5 @@ def plot_sampling(rows, out_dir, metric: str = "acc"):
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
     path = Path(out_dir) / f"sampling_{'accuracy' if metric == 'acc' else metric}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110)
     return [path]
