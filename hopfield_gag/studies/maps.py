@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..ops.params import GagParams
 from ._io import save_figure
 
 __all__ = ["AttentionMaps", "attention_maps", "plot_attention_maps", "store_maps"]
@@ -58,7 +59,8 @@ def _canvas(x: Tensor, side: int) -> Tensor:
     return x.reshape(*x.shape[:-1], side, side)
 
 
-def attention_maps(record: dict, *, row: int = 0, alpha: float = 1.5, lam: float = 10.0, eta: float | None = 15.0,
+def attention_maps(record: dict, *, row: int = 0, alpha: float = GagParams.alpha, lam: float = GagParams.lam,
+                   eta: float | None = GagParams.eta,
                    zeta: float = 0.0, parallel: str = "paper") -> AttentionMaps:
     r"""The maps of batch row ``row`` of a store ``record`` (module docstring for the math).
 
