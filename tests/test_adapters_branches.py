@@ -16,15 +16,8 @@ from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffu
 
 from hopfield_gag.adapters import apply_gag, installed  # noqa: E402
 from hopfield_gag.adapters.presets import PRESETS  # noqa: E402
+from _tiny_configs import SD15_UNET, SDXL_UNET  # noqa: E402
 
-SDXL_UNET = dict(block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                 attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                 cross_attention_dim=64, norm_num_groups=1)
-SD15_UNET = dict(block_out_channels=(4, 8), norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
-                 out_channels=4, in_channels=4, layers_per_block=1, sample_size=16)
 FIX = "branches='cond'.*GAGGuidance.*cache_context.*batch_branches"
 
 

@@ -12,15 +12,7 @@ from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel, SD3Tr
 
 from hopfield_gag.adapters import apply_gag, install_attention_fn, list_attention_layers  # noqa: E402
 from hopfield_gag.adapters.processors import ADAPTERS  # noqa: E402
-
-SD3 = dict(sample_size=32, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-           caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
-           pos_embed_max_size=96, dual_attention_layers=(), qk_norm=None)
-SD35 = dict(SD3, dual_attention_layers=(0,), qk_norm="rms_norm")
-FLUX = dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-            joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
-QWEN = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=4,
-            joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+from _tiny_configs import SD3, SD35, FLUX, QWEN  # noqa: E402
 
 
 def _model(cls, cfg):

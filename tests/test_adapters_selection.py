@@ -9,12 +9,7 @@ from diffusers import UNet2DConditionModel  # noqa: E402
 
 from hopfield_gag.adapters import install_attention_fn  # noqa: E402
 from hopfield_gag.adapters.selection import is_block_string, parse_block_string  # noqa: E402
-
-SDXL_UNET = dict(block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                 attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                 cross_attention_dim=64, norm_num_groups=1)
+from _tiny_configs import SDXL_UNET  # noqa: E402
 
 
 @pytest.fixture(scope="module")

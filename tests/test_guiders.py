@@ -14,12 +14,8 @@ from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffu
 
 from hopfield_gag.adapters import installed, list_attention_layers  # noqa: E402
 from hopfield_gag.adapters.guiders import GAGGuidance, PLADISGuidance  # noqa: E402
+from _tiny_configs import SDXL_UNET  # noqa: E402
 
-SDXL_UNET = dict(block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                 attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                 cross_attention_dim=64, norm_num_groups=1)
 N_AUTO = 10  # "auto" on this UNet: its 10 down + up cross-attention layers (not mid)
 
 

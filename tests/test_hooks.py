@@ -26,18 +26,8 @@ from diffusers import (  # noqa: E402
 
 from hopfield_gag.adapters import install_attention_fn, installed, list_attention_layers  # noqa: E402
 from hopfield_gag.adapters.gag import GuidedAttention  # noqa: E402
+from _tiny_configs import SD15_UNET, SD3, SD35, FLUX, QWEN  # noqa: E402
 
-SD15_UNET = dict(block_out_channels=(4, 8), norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8, attention_head_dim=2,
-                 out_channels=4, in_channels=4, layers_per_block=1, sample_size=16)
-SD3 = dict(sample_size=32, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-           caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
-           pos_embed_max_size=96, dual_attention_layers=(), qk_norm=None)
-SD35 = dict(SD3, dual_attention_layers=(0,), qk_norm="rms_norm")
-FLUX = dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-            joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
-QWEN = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=4,
-            joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
 PIXART = dict(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
               in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
               num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
