@@ -16,6 +16,7 @@ failures (must be 0). Public names only.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -194,14 +195,12 @@ def summarize(stats):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    out = None
-    if "--json" in argv:
-        i = argv.index("--json")
-        out = argv[i + 1]
-        del argv[i:i + 2]
-    n = int(argv[0]) if argv else 50_000
-    seed = int(argv[1]) if len(argv) > 1 else 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=50_000, help="number of adversarial rows (default %(default)s)")
+    parser.add_argument("seed", type=int, nargs="?", default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    n, seed, out = args.n, args.seed, args.json
     torch.set_num_threads(1)
     stats, failures, dt = run(n, seed)
     for key in sorted(stats):

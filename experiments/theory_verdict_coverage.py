@@ -12,6 +12,7 @@ Prints the decided share (overall, by method, by beta bin), the undecided reason
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -117,14 +118,12 @@ def agrees(v, per, pts):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    out = None
-    if "--json" in argv:
-        i = argv.index("--json")
-        out = argv[i + 1]
-        del argv[i:i + 2]
-    n = int(argv[0]) if argv else 400
-    first = int(argv[1]) if len(argv) > 1 else 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=400, help="number of the audit's problems (default %(default)s)")
+    parser.add_argument("first", type=int, nargs="?", default=0, help="index of the first problem (default %(default)s)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    n, first, out = args.n, args.first, args.json
     torch.set_num_threads(1)
     probs = regen(11, first + n)[first:]
     rows = []
