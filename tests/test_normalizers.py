@@ -327,6 +327,18 @@ def test_finite_output_for_extreme_finite_input(dtype, alpha):
     torch.testing.assert_close(p.double().sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=4e-3)
 
 
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("scale", [1e30, 1e20, 3e17, 1e8])
+def test_rows_whose_max_absorbs_the_bracket(scale, alpha):
+    # max z - 1/(alpha-1) rounds back to max z in double once |z| >~ 1e16: the fp32 candidate bound must
+    # still lie strictly below the max (found by the kernel's row sets: a bound equal to the max dropped every
+    # entry and gave NaN rows with no status bit). Tied maxima share the mass; the rest is 0 (a gap of `scale`).
+    x = torch.tensor([[scale, 0.0, 0.0, scale], [scale, -scale, scale, scale], [0.0, -scale, -scale, scale]])
+    want = torch.tensor([[0.5, 0, 0, 0.5], [1 / 3, 0, 1 / 3, 1 / 3], [0, 0, 0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(N.entmax(x, alpha).double(), want, rtol=0, atol=1e-7)
+    torch.testing.assert_close(N.entmax(x.double(), alpha), want, rtol=0, atol=1e-15)
+
+
 def test_fp32_rows_sum_to_one_before_cast():
     x = random_scores(11, 64, 1024, 4.0, dtype=torch.float32)
     for alpha in (1.5, 2.0, 1.25):

@@ -14,8 +14,11 @@
  * the bracket is bisected to its rounding.
  *
  * Speed: entries <= max - 1/(alpha-1) can never be in the support and the lower bound only rises, so the
- * candidates are gathered once and compacted after each iteration; the iterations touch a few percent of
- * a long row. Loops are branch-free SIMD reductions; accumulation is in double whatever the storage type.
+ * candidates are gathered once (and, for alpha = 1.5, once more above the first Newton step); the
+ * iterations touch a few percent of a long row. Rows are normalized in sets of HG_LANES: for alpha = 1.5
+ * the set's searches run in the lanes of one vector (see "Row sets" below), which overlaps the latency of
+ * each row's chain of square roots and divisions. Loops are branch-free SIMD reductions; accumulation is
+ * in double whatever the storage type.
  * Everything after the max pass is in max-shifted coordinates u = z - max z: at |z| ~ 1e38 an unshifted
  * max(z) - 1/(alpha-1) would round back to max(z).
  *
@@ -28,6 +31,13 @@
 #endif
 #define HG_STATUS_NO_DISTRIBUTION (HG_STATUS_NONFINITE_SCORES | HG_STATUS_FULLY_MASKED)
 #include <float.h>
+/* Loops whose rows fit a few 512-bit vectors (rows of ~77 entries) run them 16 lanes wide where the target
+   has AVX-512 (GCC otherwise prefers 256-bit vectors on these CPUs). */
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define HG_WIDE_FN __attribute__((target("prefer-vector-width=512")))
+#else
+#define HG_WIDE_FN
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -164,93 +174,10 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
 }
 
 
-/* The statistics of one alpha = 1.5 pass over the candidates buf[0..m): sum and sum of squares of
-   (u - t)_+, the count above t, the count above tc. buf holds -inf up to the next multiple of 4 (the
-   gather pads it), so the AVX2 loop has no remainder. */
-#if defined(__AVX2__)
-#include <immintrin.h>
-static inline double hsum4(__m256d v) {
-    const __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
-}
-static inline void stats15(const double *buf, int64_t m, double t, double tc, double *s1, double *s2,
-                           double *cnt_t, double *cnt_tc) {
-    const __m256d vt = _mm256_set1_pd(t), vc = _mm256_set1_pd(tc), zero = _mm256_setzero_pd(),
-                  one = _mm256_set1_pd(1.0);
-    __m256d a1 = zero, a2 = zero, aj = zero, ac = zero;
-    for (int64_t i = 0; i < m; i += 4) {
-        const __m256d u = _mm256_loadu_pd(buf + i);
-        const __m256d y = _mm256_sub_pd(u, vt);
-        const __m256d yk = _mm256_max_pd(y, zero);
-        a1 = _mm256_add_pd(a1, yk);
-        a2 = _mm256_fmadd_pd(yk, yk, a2);
-        aj = _mm256_add_pd(aj, _mm256_and_pd(_mm256_cmp_pd(y, zero, _CMP_GT_OQ), one));
-        ac = _mm256_add_pd(ac, _mm256_and_pd(_mm256_cmp_pd(u, vc, _CMP_GT_OQ), one));
-    }
-    *s1 = hsum4(a1); *s2 = hsum4(a2); *cnt_t = hsum4(aj); *cnt_tc = hsum4(ac);
-}
-#else
-static inline void stats15(const double *buf, int64_t m, double t, double tc, double *s1o, double *s2o,
-                           double *cnt_t, double *cnt_tc) {
-    double s1 = 0, s2 = 0, jd = 0, cntd = 0;
-#pragma omp simd reduction(+ : s1, s2, jd, cntd)
-    for (int64_t i = 0; i < m; ++i) {
-        const double u = buf[i];
-        const double y = u - t;
-        const double yk = y > 0 ? y : 0.0;
-        s1 += yk;
-        s2 += yk * yk;
-        jd += y > 0 ? 1.0 : 0.0;
-        cntd += u > tc ? 1.0 : 0.0;
-    }
-    *s1o = s1; *s2o = s2; *cnt_t = jd; *cnt_tc = cntd;
-}
-#endif
-
-/* -inf up to the next multiple of 4 (room: the scratch has n + 16 doubles before the fp32 area) */
-static inline void pad4(double *buf, int64_t m) {
-    for (int64_t i = m; i < ((m + 3) & ~(int64_t)3); ++i) buf[i] = -INFINITY;
-}
-
-/* alpha = 1.5: one SIMD pass per iteration computes the statistics at t over the candidates (entries
-   below t are masked, not moved: the candidates are few after the gather) and counts the candidates
-   above the previous closed-form root (verifying it exactly, one pass late). When t is confirmed as a
-   lower bound and at most half of the candidates lie above it, they are compacted (long rows). */
-static double threshold15(double *buf, int64_t *m_io, const params *P, int *status) {
-    const double inv_a = P->inv_a, C = inv_a * inv_a;
-    int64_t m = *m_io;
-    double lo = -inv_a, hi = P->hi0, t = lo, tc_prev = INFINITY, tau = NAN;
-    int64_t s0_prev = -1;
-    for (int it = 0; it < MAXIT; ++it) {
-        double s1, s2, jd, cntd; /* counts in double: exact below 2^53, and one SIMD type */
-        stats15(buf, m, t, tc_prev, &s1, &s2, &jd, &cntd);
-        const int64_t j = (int64_t)jd, cnt = (int64_t)cntd;
-        if (cnt == s0_prev) { tau = tc_prev; break; } /* the previous closed form kept its support */
-        const double s0 = (double)j, N = sqrt(s2);
-        if (N >= inv_a) { /* t is a lower bound: the entries above it hold the support */
-            lo = t;
-            if (2 * j <= m) { m = compact(buf, m, lo, 0.0); pad4(buf, m); }
-        } else {
-            hi = t;
-        }
-        const double D = s1 * s1 - s0 * (s2 - C);
-        double tc = INFINITY;
-        if (D >= 0) tc = t + (s1 - sqrt(D)) / s0;
-        tc_prev = tc;
-        s0_prev = D >= 0 ? j : -1;
-        double tn = t + (N - inv_a) * N / s1;
-        if (!(tn >= lo && tn <= hi)) tn = 0.5 * (lo + hi);
-        if (fabs(tn - t) <= 4.0 * DBL_EPSILON * (fabs(t) + inv_a)) { tau = D >= 0 ? tc : tn; break; }
-        t = tn;
-    }
-    if (isnan(tau)) { *status |= HG_STATUS_ITER_LIMIT; tau = t; }
-    *m_io = m;
-    return tau;
-}
-
-/* The candidate gather: the entries z_i > bound of a row, in order, into out (room for n + 8 entries);
-   returns their count. fp32 with AVX2: 8 entries per step, compacted by a permutation from a 256-entry
-   table (a scalar store-and-advance loop costs ~4 cycles per entry, half of a short row's time). */
+/* The candidate gather: the entries z_i > bound of a row, in order, into out, their column indices into idx
+   (both with room for n + 16 entries); returns their count. fp32 with AVX2: 8 entries per step, compacted by
+   a permutation from a 256-entry table (a scalar store-and-advance loop costs ~4 cycles per entry, half of a
+   short row's time). */
 #if defined(__AVX2__)
 #include <immintrin.h>
 static uint64_t g_perm[256]; /* mask -> the indices of its set bits, one byte each, in order */
@@ -263,141 +190,498 @@ __attribute__((constructor)) static void init_perm(void) {
         g_perm[mask] = v;
     }
 }
-static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out) {
+static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out, int32_t *idx) {
+#if defined(__AVX512F__)
+    /* 16 entries a step, kept by a compress in registers (full-width stores: out and idx have n + 16 room) */
+    const __m512 vb16 = _mm512_set1_ps(bound);
+    const __m512i step16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int64_t m16 = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 x = _mm512_maskz_loadu_ps(k, z + i);
+        const __mmask16 keep = _mm512_mask_cmp_ps_mask(k, x, vb16, _CMP_GT_OQ);
+        _mm512_storeu_ps(out + m16, _mm512_maskz_compress_ps(keep, x));
+        _mm512_storeu_si512((void *)(idx + m16),
+                            _mm512_maskz_compress_epi32(keep, _mm512_add_epi32(_mm512_set1_epi32((int)i), step16)));
+        m16 += __builtin_popcount(keep);
+    }
+    return m16;
+#endif
     const __m256 vb = _mm256_set1_ps(bound);
+    const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     int64_t m = 0, i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 x = _mm256_loadu_ps(z + i);
         const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, vb, _CMP_GT_OQ));
-        const __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
-        _mm256_storeu_ps(out + m, _mm256_permutevar8x32_ps(x, idx));
+        const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
+        _mm256_storeu_ps(out + m, _mm256_permutevar8x32_ps(x, perm));
+        const __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)i), step);
+        _mm256_storeu_si256((__m256i *)(void *)(idx + m), _mm256_permutevar8x32_epi32(ix, perm));
         m += __builtin_popcount(mask);
     }
     for (; i < n; ++i) {
         out[m] = z[i];
+        idx[m] = (int32_t)i;
         m += z[i] > bound;
     }
     return m;
 }
 #else
-static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out) {
+static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, float *out, int32_t *idx) {
     int64_t m = 0;
     for (int64_t i = 0; i < n; ++i) {
         out[m] = z[i];
+        idx[m] = (int32_t)i;
         m += z[i] > bound;
     }
     return m;
 }
 #endif
 
-/* Scratch (doubles) that a row of length n needs: the candidates, and room for the fp32 gather. */
-#define ROW_SCRATCH(n) ((size_t)(n) * 2 + 16)
+/* ------------------------------------------------------------------------------------------------------
+ * Row sets: up to HG_LANES rows normalized together. Each row's candidates u = z - max z (those above
+ * -1/(alpha-1)) are stored interleaved, u[i * HG_LANES + r] (-inf past the row's count), so that the
+ * alpha = 1.5 threshold search runs the rows in the lanes of one vector: the search is a chain of
+ * dependent square roots and divisions (~100 cycles an iteration for one row), which the lanes overlap.
+ * Each lane's sums run over its candidates in order, so a row's result does not depend on the rows
+ * beside it (nor on the thread or the block it falls in).
+ * ------------------------------------------------------------------------------------------------------ */
+#define HG_LANES 8
+typedef double lanes_d __attribute__((vector_size(HG_LANES * sizeof(double)), aligned(8)));
+typedef int64_t lanes_l __attribute__((vector_size(HG_LANES * sizeof(int64_t)), aligned(8)));
 
-/* One row: a SIMD max pass (NaN/+inf flagged), a branch-free gather of the candidates u = z - max with
-   u > -1/(alpha-1), the threshold on them, the normalizing sum over them (the support is among them),
-   and one SIMD write pass. */
-#define DEFINE_ROW(NAME, T)                                                                    \
-    static int NAME(const T *z, T *p, int64_t n, const params *P, double *buf) {              \
-        /* in the storage type: the max is exact, and fp32 lanes pair with int32 flag lanes */     \
-        T tmax = -INFINITY;                                                                    \
-        int bad = 0;                                                                           \
-        _Pragma("omp simd reduction(max : tmax) reduction(| : bad)")                           \
-        for (int64_t i = 0; i < n; ++i) {                                                      \
-            const T v = z[i];                                                                  \
-            bad |= !(v < (T)INFINITY); /* NaN or +inf */                                       \
-            tmax = v > tmax ? v : tmax;                                                        \
+typedef struct {
+    int nrows;                 /* rows in the set, <= HG_LANES (the other lanes are empty) */
+    int64_t n, mmax;           /* row length; the longest candidate list */
+    int64_t m[HG_LANES];       /* candidates per row in the interleaved layout */
+    int64_t mg[HG_LANES];      /* fp32 rows: candidates per row in the contiguous gather (m <= mg) */
+    double t0[HG_LANES], tc0[HG_LANES], s00[HG_LANES]; /* alpha = 1.5: the search's state after its first step */
+    int done0[HG_LANES];       /* alpha = 1.5: the first step found the threshold (in tau) */
+    int status[HG_LANES];      /* HG_STATUS_* of each row (NO_DISTRIBUTION: the row has no output) */
+    double zmax[HG_LANES], tau[HG_LANES], inv_sum[HG_LANES];
+    double *u;                 /* candidates, shifted, interleaved; -inf pads */
+    int32_t *ix;               /* their columns, same layout */
+    float *gv;                 /* fp32 rows: each row's gathered candidates, contiguous (row r at r (n + 16)) */
+    int32_t *gi;               /*            and their columns, same layout */
+    double *row;               /* one row's candidates, contiguous, for the per-row searches (n + 16) */
+} rowset;
+
+/* Scratch (doubles) of a row set of rows of length n. */
+#define SET_SCRATCH(n) ((size_t)HG_LANES * ((size_t)(n) + 16) * 5 / 2 + ((size_t)(n) + 16) + 16)
+
+static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
+    S->n = n;
+    S->nrows = 0;
+    S->u = scratch;
+    S->ix = (int32_t *)(void *)(S->u + HG_LANES * (n + 16));
+    S->gv = (float *)(void *)(S->ix + HG_LANES * (n + 16) + 8);
+    S->gi = (int32_t *)(void *)(S->gv + HG_LANES * (n + 16));
+    S->row = (double *)(void *)(((uintptr_t)(S->gi + HG_LANES * (n + 16)) + 7) & ~(uintptr_t)7);
+}
+
+/* alpha = 1.5, the search's first step on one row's candidates u[0..m) (contiguous, shifted): the
+   statistics at the lower bracket end lo = -1/a (a lower bound: the max alone gives ||.||_2 = 1/a), the
+   closed-form root on all candidates (verified by the next pass) and the Newton step from lo. Returns the
+   bound below which no candidate can be in the support: the Newton step (a lower bound of the threshold;
+   less a margin far above its rounding), or lo when the step left the bracket (then bisection). The lane
+   search continues from this state (threshold15_set), so the result is the single-row search's. */
+static double first_step15(rowset *S, int r, const double *u, int64_t m, const params *P) {
+    const double inv_a = P->inv_a, lo = -inv_a;
+    double s1 = 0, s2 = 0, j = 0;
+#pragma omp simd reduction(+ : s1, s2, j)
+    for (int64_t i = 0; i < m; ++i) {
+        const double y = u[i] - lo;
+        const double yk = y > 0 ? y : 0.0;
+        s1 += yk;
+        s2 += yk * yk;
+        j += y > 0 ? 1.0 : 0.0;
+    }
+    const double N = sqrt(s2), D = s1 * s1 - j * (s2 - inv_a * inv_a);
+    const double tc = D >= 0 ? lo + (s1 - sqrt(D)) / j : INFINITY;
+    double tn = lo + (N - inv_a) * N / s1;
+    const int inside = tn >= lo && tn <= P->hi0;
+    if (!inside) tn = 0.5 * (lo + P->hi0);
+    S->done0[r] = fabs(tn - lo) <= 4.0 * DBL_EPSILON * (fabs(lo) + inv_a);
+    S->tau[r] = D >= 0 ? tc : tn;
+    S->t0[r] = tn;
+    S->tc0[r] = tc;
+    S->s00[r] = D >= 0 ? j : -1.0;
+    return inside ? tn - 1e-9 * (fabs(tn) + inv_a) : lo;
+}
+
+/* Row r's candidates u[0..m) (contiguous, shifted) and their columns into the interleaved layout: all of
+   them, or for alpha = 1.5 those above first_step15's bound. */
+static void rowset_place(rowset *S, int r, const double *u, const int32_t *cols, int64_t m, const params *P) {
+    double bound = -INFINITY;
+    S->done0[r] = 0;
+    if (P->kind == HG_KIND_ENTMAX15) bound = first_step15(S, r, u, m, P);
+    double *ur = S->u + r;
+    int32_t *ir = S->ix + r;
+    int64_t k = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    /* 8 candidates a step: the kept ones compressed, then scattered to their interleaved slots */
+    const __m512d vb = _mm512_set1_pd(bound);
+    const __m512i slot = _mm512_setr_epi64(0, HG_LANES, 2 * HG_LANES, 3 * HG_LANES, 4 * HG_LANES, 5 * HG_LANES,
+                                           6 * HG_LANES, 7 * HG_LANES);
+    for (int64_t i = 0; i < m; i += 8) {
+        const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+        const __m512d x = _mm512_maskz_loadu_pd(valid, u + i);
+        const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, x, vb, _CMP_GT_OQ);
+        const int pc = __builtin_popcount(keep);
+        const __m512i pos = _mm512_add_epi64(_mm512_set1_epi64(k * HG_LANES), slot);
+        const __mmask8 w = (__mmask8)((1u << pc) - 1u);
+        _mm512_mask_i64scatter_pd(ur, w, pos, _mm512_maskz_compress_pd(keep, x), 8);
+        _mm512_mask_i64scatter_epi32(ir, w, pos, _mm256_maskz_compress_epi32(keep, _mm256_maskz_loadu_epi32(valid, cols + i)), 4);
+        k += pc;
+    }
+    S->m[r] = k;
+    return;
+#endif
+    for (int64_t i = 0; i < m; ++i) {
+        ur[k * HG_LANES] = u[i];
+        ir[k * HG_LANES] = cols[i];
+        k += u[i] > bound;
+    }
+    S->m[r] = k;
+}
+
+/* fp32 rows: the max (in fp32, exact) and whether some entry is NaN or +inf; with AVX-512 16 lanes a step,
+   the tail masked. */
+static inline float max_flag_f32(const float *z, int64_t n, int *bad_out) {
+#if defined(__AVX512F__)
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __mmask16 bad = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(k, z + i);
+        bad |= _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ); /* NaN or +inf */
+        mx = _mm512_mask_max_ps(mx, k, mx, v);
+    }
+    *bad_out = bad != 0;
+    return _mm512_reduce_max_ps(mx);
+#else
+    float tmax = -INFINITY;
+    int bad = 0;
+#pragma omp simd reduction(max : tmax) reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = z[i];
+        bad |= !(v < INFINITY);
+        tmax = v > tmax ? v : tmax;
+    }
+    *bad_out = bad;
+    return tmax;
+#endif
+}
+static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
+    double tmax = -INFINITY;
+    int bad = 0;
+#pragma omp simd reduction(max : tmax) reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) {
+        const double v = z[i];
+        bad |= !(v < INFINITY);
+        tmax = v > tmax ? v : tmax;
+    }
+    *bad_out = bad;
+    return tmax;
+}
+
+/* Add row r of the set: a SIMD max pass (NaN/+inf flagged), then the branch-free gather of the candidates
+   u = z - max z > lo = -1/(alpha-1). fp32 rows gather in fp32 with a bound rounded down (a superset of
+   u > lo), kept contiguous for the support (rowset_support_f32), then shift in double, where z - max is
+   exact; entries at or below lo are masked by every later pass. */
+#define DEFINE_SET_ADD(NAME, T, MAXFLAG)                                                        \
+    static void NAME(rowset *S, int r, const T *z, const params *P) {                          \
+        const int64_t n = S->n;                                                                \
+        int bad;                                                                               \
+        const double zmax = (double)MAXFLAG(z, n, &bad), lo = -P->inv_a; /* exact in T */      \
+        S->zmax[r] = zmax;                                                                     \
+        S->m[r] = S->mg[r] = 0;                                                                \
+        if (bad || zmax == -INFINITY) { /* no distribution */                                  \
+            S->status[r] = bad ? HG_STATUS_NONFINITE_SCORES : HG_STATUS_FULLY_MASKED;          \
+            return;                                                                            \
         }                                                                                      \
-        const double zmax = (double)tmax;                                                      \
-        if (bad || zmax == -INFINITY) { /* no distribution: a NaN row, flagged for the caller */ \
-            for (int64_t i = 0; i < n; ++i) p[i] = (T)NAN;                                     \
-            return bad ? HG_STATUS_NONFINITE_SCORES : HG_STATUS_FULLY_MASKED;                  \
-        }                                                                                      \
-        const double a = P->a, r = P->r, lo = -P->inv_a;                                       \
+        S->status[r] = 0;                                                                      \
+        int32_t *gi = S->gi + r * (n + 16);                                                     \
+        double *u = S->row;                                                                    \
         int64_t m = 0;                                                                         \
         if (sizeof(T) == sizeof(float)) {                                                      \
-            /* gather in fp32 with a bound rounded down (a superset of u > lo), then shift in     \
-               double, where z - max is exact; entries at or below lo are masked later */         \
-            float *fz = (float *)(buf + n + 4);                                                \
-            const float fb = nextafterf((float)(zmax + lo), -INFINITY);                        \
-            const int64_t mf = gather_above_f32((const float *)(const void *)z, n, fb, fz);     \
-            for (int64_t i = 0; i < mf; ++i) buf[i] = (double)fz[i] - zmax;                    \
-            m = mf;                                                                            \
+            float *gv = S->gv + r * (n + 16);                                                   \
+            float fb = (float)(zmax + lo);                                                     \
+            if ((double)fb >= zmax + lo) fb = nextafterf(fb, -INFINITY); /* strictly below */    \
+            m = gather_above_f32((const float *)(const void *)z, n, fb, gv, gi);               \
+            _Pragma("omp simd")                                                                \
+            for (int64_t i = 0; i < m; ++i) u[i] = (double)gv[i] - zmax;                       \
         } else {                                                                               \
             for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double u = (double)z[i] - zmax;                                          \
-                buf[m] = u;                                                                    \
-                m += u > lo;                                                                   \
+                const double v = (double)z[i] - zmax;                                          \
+                u[m] = v;                                                                      \
+                gi[m] = (int32_t)i;                                                            \
+                m += v > lo;                                                                   \
             }                                                                                  \
         }                                                                                      \
-        int status = 0;                                                                        \
-        pad4(buf, m);                                                                          \
-        const double tau = P->kind == HG_KIND_ENTMAX15 ? threshold15(buf, &m, P, &status)                     \
-                                        : threshold(buf, &m, P, &status);                      \
-        double sum = 0;                                                                        \
-        if (HG_POW_KIND(P->kind)) {                                                           \
-            for (int64_t i = 0; i < m; ++i) {                                                  \
-                const double y = buf[i] - tau;                                                 \
-                if (y > 0) sum += pow(a * y, r);                                               \
-            }                                                                                  \
-        } else {                                                                               \
-            const int sq = P->kind == HG_KIND_ENTMAX15;                                                       \
-            _Pragma("omp simd reduction(+ : sum)")                                             \
-            for (int64_t i = 0; i < m; ++i) {                                                  \
-                const double y = a * pos(buf[i] - tau);                                          \
-                sum += sq ? y * y : y;                                                         \
-            }                                                                                  \
+        S->mg[r] = m;                                                                          \
+        rowset_place(S, r, u, gi, m, P);                                                       \
+    }
+DEFINE_SET_ADD(rowset_add_f32, float, max_flag_f32)
+DEFINE_SET_ADD(rowset_add_f64, double, max_flag_f64)
+
+static inline lanes_d lanes_load(const double *p) { return *(const lanes_d *)(const void *)p; }
+static inline void lanes_store(double *p, lanes_d x) { *(lanes_d *)(void *)p = x; }
+static inline lanes_d lanes_and(lanes_d x, lanes_l m) { return (lanes_d)((lanes_l)x & m); } /* x where m, else 0 */
+static inline lanes_d lanes_select(lanes_l m, lanes_d x, lanes_d y) {                           /* m ? x : y */
+    return (lanes_d)(((lanes_l)x & m) | ((lanes_l)y & ~m));
+}
+static inline lanes_d lanes_sqrt(lanes_d x) {
+#if defined(__AVX512F__)
+    return (lanes_d)_mm512_sqrt_pd((__m512d)x);
+#else
+    lanes_d o;
+    for (int r = 0; r < HG_LANES; ++r) o[r] = sqrt(x[r]);
+    return o;
+#endif
+}
+static inline int lanes_any(lanes_l m) {
+    int64_t a = 0;
+    for (int r = 0; r < HG_LANES; ++r) a |= m[r];
+    return a != 0;
+}
+
+/* alpha = 1.5 on every live row of the set at once. Per lane the iteration of the single-row search:
+   one pass computes the statistics at t (sum and sum of squares of (u - t)_+, the count above t) and
+   counts the candidates above the previous closed-form root (verifying it exactly, one pass late: a
+   root whose support is its own is the exact threshold); Newton on ||(u - t)_+||_2 = 1/a from the lower
+   bracket end, bisection when a step leaves the bracket. The lanes' updates are branch-free (selects);
+   the passes keep two partial sums per lane (even and odd candidates) to halve the add latency chain. */
+static void threshold15_set(rowset *S, const params *P) {
+    const double inv_a = P->inv_a, C = inv_a * inv_a;
+    const lanes_d zero = {0}, half = zero + 0.5, inf = zero + INFINITY, neg1 = zero - 1.0;
+    const lanes_d ia = zero + inv_a, tol_k = zero + 4.0 * DBL_EPSILON;
+    lanes_l live = {0};
+    lanes_d t = zero - inv_a, tcp = inf, s0p = neg1, tau = zero + NAN;
+    for (int r = 0; r < S->nrows; ++r) {
+        if (S->status[r] & HG_STATUS_NO_DISTRIBUTION) continue;
+        if (S->done0[r]) { tau[r] = S->tau[r]; continue; }
+        live[r] = -1;
+        t[r] = S->t0[r]; tcp[r] = S->tc0[r]; s0p[r] = S->s00[r];
+    }
+    /* the first step evaluated lo = -1/a, a lower bound */
+    lanes_d lo = zero - inv_a, hi = zero + P->hi0;
+    const double *u = S->u;
+    const int64_t mmax = S->mmax, mev = mmax & ~(int64_t)1;
+    for (int it = 1; it < MAXIT && lanes_any(live); ++it) { /* iteration 0 was first_step15 */
+        lanes_d a1 = zero, a2 = zero, aj = zero, ac = zero, b1 = zero, b2 = zero, bj = zero, bc = zero;
+        int64_t i = 0;
+        for (; i < mev; i += 2) {
+            const lanes_d x = lanes_load(u + i * HG_LANES), y = x - t;
+            const lanes_d x2 = lanes_load(u + (i + 1) * HG_LANES), y2 = x2 - t;
+            const lanes_l gt = y > 0.0, gt2 = y2 > 0.0;
+            const lanes_d yk = lanes_and(y, gt), yk2 = lanes_and(y2, gt2);
+            a1 += yk; a2 += yk * yk;
+            b1 += yk2; b2 += yk2 * yk2;
+            aj -= __builtin_convertvector(gt, lanes_d); /* comparisons give -1 where true */
+            bj -= __builtin_convertvector(gt2, lanes_d);
+            ac -= __builtin_convertvector(x > tcp, lanes_d);
+            bc -= __builtin_convertvector(x2 > tcp, lanes_d);
+        }
+        if (i < mmax) {
+            const lanes_d x = lanes_load(u + i * HG_LANES), y = x - t;
+            const lanes_l gt = y > 0.0;
+            const lanes_d yk = lanes_and(y, gt);
+            a1 += yk; a2 += yk * yk;
+            aj -= __builtin_convertvector(gt, lanes_d);
+            ac -= __builtin_convertvector(x > tcp, lanes_d);
+        }
+        const lanes_d s1 = a1 + b1, s2 = a2 + b2, s0 = aj + bj, cnt = ac + bc;
+        /* the previous closed-form root kept its support: it is the threshold */
+        const lanes_l hit = live & (cnt == s0p);
+        tau = lanes_select(hit, tcp, tau);
+        live &= ~hit;
+        const lanes_d N = lanes_sqrt(s2);
+        const lanes_l lower = N >= ia; /* t is a lower bound: the entries above it hold the support */
+        lo = lanes_select(live & lower, t, lo);
+        hi = lanes_select(live & ~lower, t, hi);
+        const lanes_d D = s1 * s1 - s0 * (s2 - C);
+        const lanes_l dok = D >= 0.0;
+        const lanes_d tc = lanes_select(dok, t + (s1 - lanes_sqrt(lanes_and(D, dok))) / s0, inf);
+        lanes_d tn = t + (N - ia) * N / s1;
+        tn = lanes_select((tn >= lo) & (tn <= hi), tn, half * (lo + hi));
+        lanes_d dt = tn - t, at = t;
+        dt = lanes_select(dt < 0.0, -dt, dt);
+        at = lanes_select(at < 0.0, -at, at);
+        const lanes_l done = live & (dt <= tol_k * (at + ia)); /* a tie at the threshold */
+        tau = lanes_select(done, lanes_select(dok, tc, tn), tau);
+        live &= ~done;
+        tcp = lanes_select(live, tc, tcp);
+        s0p = lanes_select(live, lanes_select(dok, s0, neg1), s0p);
+        t = lanes_select(live, tn, t);
+    }
+    lanes_store(S->tau, tau);
+    for (int r = 0; r < HG_LANES; ++r)
+        if (live[r]) { S->status[r] |= HG_STATUS_ITER_LIMIT; S->tau[r] = t[r]; }
+    /* the normalizing sums: sum (a (u - tau)_+)^2 over the candidates (the support is among them) */
+    lanes_d vtau = lanes_load(S->tau);
+    vtau = lanes_select(vtau == vtau, vtau, inf); /* empty lanes: NaN -> nothing above */
+    lanes_d acc = zero, acc2 = zero;
+    int64_t i = 0;
+    for (; i < mev; i += 2) {
+        const lanes_d y = lanes_load(u + i * HG_LANES) - vtau, y2 = lanes_load(u + (i + 1) * HG_LANES) - vtau;
+        const lanes_d w = P->a * lanes_and(y, y > 0.0), w2 = P->a * lanes_and(y2, y2 > 0.0);
+        acc += w * w;
+        acc2 += w2 * w2;
+    }
+    if (i < mmax) {
+        const lanes_d y = lanes_load(u + i * HG_LANES) - vtau;
+        const lanes_d w = P->a * lanes_and(y, y > 0.0);
+        acc += w * w;
+    }
+    const lanes_d inv = 1.0 / (acc + acc2);
+    lanes_store(S->inv_sum, inv);
+}
+
+/* Every other alpha: row by row on a contiguous copy of the row's candidates (the search compacts it). */
+static void threshold_rows(rowset *S, const params *P) {
+    const double a = P->a, r_exp = P->r;
+    for (int r = 0; r < S->nrows; ++r) {
+        if (S->status[r] & HG_STATUS_NO_DISTRIBUTION) continue;
+        int64_t m = S->m[r];
+        for (int64_t i = 0; i < m; ++i) S->row[i] = S->u[i * HG_LANES + r];
+        const double tau = threshold(S->row, &m, P, &S->status[r]);
+        double sum = 0;
+        if (HG_POW_KIND(P->kind)) {
+            for (int64_t i = 0; i < m; ++i) {
+                const double y = S->row[i] - tau;
+                if (y > 0) sum += pow(a * y, r_exp);
+            }
+        } else { /* sparsemax */
+            for (int64_t i = 0; i < m; ++i) sum += a * pos(S->row[i] - tau);
+        }
+        S->tau[r] = tau;
+        S->inv_sum[r] = 1.0 / sum;
+    }
+}
+
+/* The thresholds and normalizing sums of the set's rows (after rowset_add of rows 0..nrows). */
+static void rowset_solve(rowset *S, const params *P) {
+    int64_t mmax = 0;
+    for (int r = 0; r < HG_LANES; ++r) {
+        if (r >= S->nrows) S->m[r] = 0;
+        mmax = S->m[r] > mmax ? S->m[r] : mmax;
+    }
+    S->mmax = mmax;
+    for (int r = 0; r < HG_LANES; ++r)
+        for (int64_t i = S->m[r]; i < mmax; ++i) S->u[i * HG_LANES + r] = -INFINITY;
+    if (P->kind == HG_KIND_ENTMAX15) threshold15_set(S, P); else threshold_rows(S, P);
+}
+
+/* p_i of a candidate u of a solved row: ((a (u - tau))_+)^r / sum. */
+static inline double rowset_weight(const params *P, double y, double inv_sum) {
+    if (P->kind == HG_KIND_ENTMAX15) return P->a * P->a * inv_sum * pos(y) * pos(y);
+    if (P->kind == HG_KIND_SPARSEMAX) return pos(y) * inv_sum;
+    return y > 0 ? pow(P->a * y, P->r) * inv_sum : 0.0;
+}
+
+/* Row r of a solved set written out in full: p[0..n) from its scores z (NaN where the row has no
+   distribution). */
+#define DEFINE_SET_WRITE(NAME, T)                                                              \
+    static void NAME(const rowset *S, int r, const T *z, T *p, const params *P) {              \
+        const int64_t n = S->n;                                                                \
+        if (S->status[r] & HG_STATUS_NO_DISTRIBUTION) {                                        \
+            for (int64_t i = 0; i < n; ++i) p[i] = (T)NAN;                                     \
+            return;                                                                            \
         }                                                                                      \
-        const double inv_sum = 1.0 / sum;                                                      \
+        const double zmax = S->zmax[r], tau = S->tau[r], inv_sum = S->inv_sum[r];              \
         if (P->kind == HG_KIND_ENTMAX15) {                                                     \
-            const double c = a * a * inv_sum;                                                  \
+            const double c = P->a * P->a * inv_sum;                                            \
             _Pragma("omp simd")                                                                \
             for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double y = pos(((double)z[i] - zmax) - tau);                               \
+                const double y = pos(((double)z[i] - zmax) - tau);                             \
                 p[i] = (T)(c * y * y);                                                         \
             }                                                                                  \
         } else if (P->kind == HG_KIND_SPARSEMAX) {                                             \
             _Pragma("omp simd")                                                                \
-            for (int64_t i = 0; i < n; ++i)                                                    \
-                p[i] = (T)(pos(((double)z[i] - zmax) - tau) * inv_sum);                          \
+            for (int64_t i = 0; i < n; ++i) p[i] = (T)(pos(((double)z[i] - zmax) - tau) * inv_sum); \
         } else {                                                                               \
-            for (int64_t i = 0; i < n; ++i) {                                                  \
-                const double y = ((double)z[i] - zmax) - tau;                                  \
-                p[i] = (T)(y > 0 ? pow(a * y, r) * inv_sum : 0.0);                             \
-            }                                                                                  \
+            for (int64_t i = 0; i < n; ++i) p[i] = (T)rowset_weight(P, ((double)z[i] - zmax) - tau, inv_sum); \
         }                                                                                      \
-        return status;                                                                         \
     }
+DEFINE_SET_WRITE(rowset_write_f32, float)
+DEFINE_SET_WRITE(rowset_write_f64, double)
 
-DEFINE_ROW(row_f32, float)
-DEFINE_ROW(row_f64, double)
+/* The support of row r of a solved set of fp32 rows: its nonzero weights (rounded to fp32) and their
+   columns, in column order; returns their count. val, idx: room for the row's candidate count + 8. With
+   AVX-512, 8 candidates a step from the row's contiguous fp32 gather, kept by a compress (a scalar
+   store-and-advance loop mispredicts on every candidate near the threshold). */
+static inline int64_t rowset_support_f32(const rowset *S, int r, const params *P, float *val, int32_t *idx) {
+    const double tau = S->tau[r], inv_sum = S->inv_sum[r];
+    int64_t k = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    const int64_t m = S->mg[r];
+    if (P->kind == HG_KIND_ENTMAX15) {
+        const float *gv = S->gv + r * (S->n + 16);
+        const int32_t *gi = S->gi + r * (S->n + 16);
+        const __m512d vz = _mm512_set1_pd(S->zmax[r]), vt = _mm512_set1_pd(tau), zero = _mm512_setzero_pd(),
+                      vc = _mm512_set1_pd(P->a * P->a * inv_sum);
+        for (int64_t i = 0; i < m; i += 8) {
+            const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+            const __m512d y = _mm512_sub_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(gv + i)), vz), vt);
+            const __mmask8 gt = _mm512_mask_cmp_pd_mask(valid, y, zero, _CMP_GT_OQ);
+            const __m256 w = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(vc, y), y));
+            const __mmask8 keep = _mm256_mask_cmp_ps_mask(gt, w, _mm256_setzero_ps(), _CMP_GT_OQ);
+            _mm256_storeu_ps(val + k, _mm256_maskz_compress_ps(keep, w));
+            _mm256_storeu_si256((__m256i *)(void *)(idx + k),
+                                _mm256_maskz_compress_epi32(keep, _mm256_loadu_si256((const __m256i *)(const void *)(gi + i))));
+            k += __builtin_popcount(keep);
+        }
+        return k;
+    }
+#endif
+    for (int64_t i = 0; i < S->m[r]; ++i) {
+        const float w = (float)rowset_weight(P, S->u[i * HG_LANES + r] - tau, inv_sum);
+        val[k] = w;
+        idx[k] = S->ix[i * HG_LANES + r];
+        k += w > 0.0f;
+    }
+    return k;
+}
 
 /* Returns the OR of the rows' HG_STATUS_* bits: NONFINITE_SCORES (a NaN or +inf entry), FULLY_MASKED (no
    finite entry; such rows are written as NaN), ITER_LIMIT (a row hit MAXIT: its output is only the bracket
-   estimate), OUT_OF_MEMORY. kind, hi0: hopfield_gag.ops.threshold.entmax_setup(alpha, n). */
-#define DEFINE_ENTRY(NAME, ROW, T)                                                             \
+   estimate), OUT_OF_MEMORY. kind, hi0: hopfield_gag.ops.threshold.entmax_setup(alpha, n). Rows are dealt
+   to the threads a few sets at a time (dynamic: on a shared machine a descheduled thread then stalls the
+   region by one chunk, not by half of the rows); small inputs run on one thread: waking (and, on a busy
+   machine, waiting for) a second OpenMP thread costs more than the work. */
+#define DEFINE_ENTRY(NAME, ADD, WRITE, T)                                                      \
     int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int kind, double hi0,  \
                  int nthreads) {                                                               \
-        const params P = make_params(alpha, kind, hi0);                                                \
+        const params P = make_params(alpha, kind, hi0);                                        \
+        const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES;                                \
         int64_t flags = 0;                                                                     \
-        /* small inputs run on one thread: waking (and, on a busy machine, waiting for) a second  \
-           OpenMP thread costs more than the work. Rows are dealt in small dynamic chunks: on a   \
-           shared machine a descheduled thread then stalls the region by one chunk, not by half  \
-           of the rows. */                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
-            double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));             \
-            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                                       \
-            _Pragma("omp for schedule(dynamic, 64)")                                                \
-            for (int64_t row = 0; row < rows; ++row)                                           \
-                if (buf != NULL) flags |= ROW(z + row * n, p + row * n, n, &P, buf);           \
+            double *buf = (double *)malloc(SET_SCRATCH(n) * sizeof(double));                   \
+            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
+            rowset S;                                                                          \
+            if (buf != NULL) rowset_init(&S, buf, n);                                          \
+            _Pragma("omp for schedule(dynamic, 8)")                                            \
+            for (int64_t set = 0; set < nsets; ++set) {                                        \
+                if (buf == NULL) continue;                                                     \
+                const int64_t r0 = set * HG_LANES;                                             \
+                S.nrows = (int)(rows - r0 < HG_LANES ? rows - r0 : HG_LANES);                  \
+                for (int r = 0; r < S.nrows; ++r) ADD(&S, r, z + (r0 + r) * n, &P);            \
+                rowset_solve(&S, &P);                                                          \
+                for (int r = 0; r < S.nrows; ++r) {                                            \
+                    WRITE(&S, r, z + (r0 + r) * n, p + (r0 + r) * n, &P);                      \
+                    flags |= S.status[r];                                                      \
+                }                                                                              \
+            }                                                                                  \
             free(buf);                                                                         \
         }                                                                                      \
         return flags;                                                                          \
     }
 
-DEFINE_ENTRY(entmax_rows_f32, row_f32, float)
-DEFINE_ENTRY(entmax_rows_f64, row_f64, double)
+DEFINE_ENTRY(entmax_rows_f32, rowset_add_f32, rowset_write_f32, float)
+DEFINE_ENTRY(entmax_rows_f64, rowset_add_f64, rowset_write_f64, double)
 
 /* ------------------------------------------------------------------------------------------------------
  * Both maps of a chunk of score rows (hopfield_gag.ops.fused.dual_normalize, the chunked path): the softmax
@@ -425,10 +709,46 @@ static inline float exp_nonpos_f32(float x) {
     return x < -87.0f ? 0.0f : p * u.f;
 }
 
-static inline void softmax_row_f32(const float *z, float *p, int64_t n) {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+/* softmax of a row z[0..n) whose maximum m is known (the entmax pass found it): p = e^(z - m) / sum. */
+#if defined(__AVX512F__)
+/* exp_nonpos_f32 on 16 lanes (the same steps; the reduction x k ln2 in two fused parts) */
+static inline __m512 exp_nonpos_v16(__m512 x) {
+    const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 kf = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                           _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fnmadd_ps(kf, _mm512_set1_ps(1.42860682030941723e-6f),
+                                      _mm512_fnmadd_ps(kf, _mm512_set1_ps(0.693145751953125f), xc));
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512 two_k = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kf), _mm512_set1_epi32(127)), 23));
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+    return _mm512_maskz_mul_ps(keep, p, two_k);
+}
+static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+#endif
+
+static inline void softmax_shifted_f32(const float *z, float *p, int64_t n, float m) {
+#if defined(__AVX512F__)
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail16(n - i);
+        const __m512 e = exp_nonpos_v16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), vm));
+        _mm512_mask_storeu_ps(p + i, k, e);
+        acc = _mm512_mask_add_ps(acc, k, acc, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(acc));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail16(n - i);
+        _mm512_mask_storeu_ps(p + i, k, _mm512_mul_ps(inv, _mm512_maskz_loadu_ps(k, p + i)));
+    }
+#else
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < n; ++i) {
@@ -439,11 +759,10 @@ static inline void softmax_row_f32(const float *z, float *p, int64_t n) {
     const float inv = 1.0f / sum;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) p[i] *= inv;
+#endif
 }
 
-static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
-    double m = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) m = z[i] > m ? z[i] : m;
+static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, double m) {
     double sum = 0.0;
     for (int64_t i = 0; i < n; ++i) {
         const double e = exp(z[i] - m);
@@ -457,27 +776,35 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
 /* rows = G * group score rows of length n (row r = (g, i)); writes softmax row r to
    out[((2g) group + i) n] and entmax row r to out[((2g + 1) group + i) n], i.e. out is (G, 2, group, n).
    Flags as entmax_rows; a row without a distribution is NaN in both maps. */
-#define DEFINE_DUAL(NAME, ROW, SOFTMAX, T)                                                     \
+#define DEFINE_DUAL(NAME, ADD, WRITE, SOFTMAX, T)                                              \
     int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
                  int kind, double hi0, int nthreads) {                                         \
-        const params P = make_params(alpha, kind, hi0);                                                \
+        const params P = make_params(alpha, kind, hi0);                                        \
+        const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES;                                \
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
-            double *buf = (double *)malloc(ROW_SCRATCH(n) * sizeof(double));                  \
-            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                                       \
-            _Pragma("omp for schedule(dynamic, 64)")                                                \
-            for (int64_t row = 0; row < rows; ++row) {                                         \
+            double *buf = (double *)malloc(SET_SCRATCH(n) * sizeof(double));                   \
+            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
+            rowset S;                                                                          \
+            if (buf != NULL) rowset_init(&S, buf, n);                                          \
+            _Pragma("omp for schedule(dynamic, 8)")                                            \
+            for (int64_t set = 0; set < nsets; ++set) {                                        \
                 if (buf == NULL) continue;                                                     \
-                const int64_t g = row / group, i = row % group;                                \
-                T *ps = out + ((2 * g) * group + i) * n;                                       \
-                T *pe = out + ((2 * g + 1) * group + i) * n;                                   \
-                const int st = ROW(z + row * n, pe, n, &P, buf);                               \
-                flags |= st;                                                                   \
-                if (st & HG_STATUS_NO_DISTRIBUTION) {                                                                  \
-                    for (int64_t j = 0; j < n; ++j) ps[j] = (T)NAN;                            \
-                } else {                                                                       \
-                    SOFTMAX(z + row * n, ps, n);                                               \
+                const int64_t r0 = set * HG_LANES;                                             \
+                S.nrows = (int)(rows - r0 < HG_LANES ? rows - r0 : HG_LANES);                  \
+                for (int r = 0; r < S.nrows; ++r) ADD(&S, r, z + (r0 + r) * n, &P);            \
+                rowset_solve(&S, &P);                                                          \
+                for (int r = 0; r < S.nrows; ++r) {                                            \
+                    const int64_t row = r0 + r, g = row / group, i = row % group;              \
+                    T *ps = out + ((2 * g) * group + i) * n;                                   \
+                    WRITE(&S, r, z + row * n, out + ((2 * g + 1) * group + i) * n, &P);        \
+                    flags |= S.status[r];                                                      \
+                    if (S.status[r] & HG_STATUS_NO_DISTRIBUTION) {                             \
+                        for (int64_t j = 0; j < n; ++j) ps[j] = (T)NAN;                        \
+                    } else {                                                                   \
+                        SOFTMAX(z + row * n, ps, n, (T)S.zmax[r]);                             \
+                    }                                                                          \
                 }                                                                              \
             }                                                                                  \
             free(buf);                                                                         \
@@ -485,5 +812,5 @@ static inline void softmax_row_f64(const double *z, double *p, int64_t n) {
         return flags;                                                                          \
     }
 
-DEFINE_DUAL(dual_rows_f32, row_f32, softmax_row_f32, float)
-DEFINE_DUAL(dual_rows_f64, row_f64, softmax_row_f64, double)
+DEFINE_DUAL(dual_rows_f32, rowset_add_f32, rowset_write_f32, softmax_shifted_f32, float)
+DEFINE_DUAL(dual_rows_f64, rowset_add_f64, rowset_write_f64, softmax_shifted_f64, double)

@@ -15,19 +15,57 @@
    g = c~ s + zeta (Delta - c s), Delta = s - d, c = (|s|^2 - <d, s>) / |s|^2, 0 where |s|^2 <= tiny (the
    storage dtype's smallest normal number, the rule of ops/combine.py), c~ = c (parallel HG_PARALLEL_PAPER)
    or max(c, 0) (HG_PARALLEL_POSITIVE). Accumulation in double. */
-#define DEFINE_COMBINE_ONE(NAME, T, TINY)                                                      \
+/* The combination's two passes over a token: <s, s> and <d, s> in double, and o = fd d + fs s in double
+   rounded once. fp32 with AVX-512: 8 doubles a step, the row's tail masked (~3x the 256-bit loops the
+   compiler writes for these, whose conversions and horizontal sums dominate rows of 64). */
+#define DEFINE_COMBINE_PASSES(DOTS, BLEND, T)                                                  \
+    static inline void DOTS(const T *d, const T *s, int64_t n, double *ss_out, double *ds_out) { \
+        double ss = 0.0, ds = 0.0;                                                             \
+        _Pragma("omp simd reduction(+ : ss, ds)")                                              \
+        for (int64_t j = 0; j < n; ++j) {                                                      \
+            ss += (double)s[j] * s[j];                                                         \
+            ds += (double)d[j] * s[j];                                                         \
+        }                                                                                      \
+        *ss_out = ss; *ds_out = ds;                                                            \
+    }                                                                                          \
+    static inline void BLEND(const T *d, const T *s, T *o, int64_t n, double fd, double fs) {  \
+        _Pragma("omp simd")                                                                    \
+        for (int64_t j = 0; j < n; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                     \
+    }
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+static inline __mmask8 tail8(int64_t left) { return left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1u); }
+static inline void dots_f32(const float *d, const float *s, int64_t n, double *ss_out, double *ds_out) {
+    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+    for (int64_t j = 0; j < n; j += 8) {
+        const __mmask8 k = tail8(n - j);
+        const __m512d sv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, s + j)), dv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, d + j));
+        a = _mm512_fmadd_pd(sv, sv, a);
+        b = _mm512_fmadd_pd(dv, sv, b);
+    }
+    *ss_out = _mm512_reduce_add_pd(a); *ds_out = _mm512_reduce_add_pd(b);
+}
+static inline void blend_f32(const float *d, const float *s, float *o, int64_t n, double fd, double fs) {
+    const __m512d vd = _mm512_set1_pd(fd), vs = _mm512_set1_pd(fs);
+    for (int64_t j = 0; j < n; j += 8) {
+        const __mmask8 k = tail8(n - j);
+        const __m512d sv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, s + j)), dv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, d + j));
+        _mm256_mask_storeu_ps(o + j, k, _mm512_cvtpd_ps(_mm512_fmadd_pd(vd, dv, _mm512_mul_pd(vs, sv))));
+    }
+}
+#else
+DEFINE_COMBINE_PASSES(dots_f32, blend_f32, float)
+#endif
+DEFINE_COMBINE_PASSES(dots_f64, blend_f64, double)
+
+#define DEFINE_COMBINE_ONE(NAME, T, TINY, DOTS, BLEND)                                         \
     static inline void NAME(const T *d, const T *s, T *o, int64_t dv, int method, int parallel, \
                             double lam, double eta, double zeta, double strength) {            \
         double wd = 0.0, ws = 1.0; /* o_m = wd d + ws s */                                     \
         if (method == HG_METHOD_PLADIS) {                                                      \
             wd = 1.0 - lam; ws = lam;                                                          \
         } else if (method == HG_METHOD_GAG) {                                                  \
-            double ss = 0.0, ds = 0.0;                                                         \
-            _Pragma("omp simd reduction(+ : ss, ds)")                                          \
-            for (int64_t j = 0; j < dv; ++j) {                                                 \
-                ss += (double)s[j] * s[j];                                                     \
-                ds += (double)d[j] * s[j];                                                     \
-            }                                                                                  \
+            double ss, ds;                                                                     \
+            DOTS(d, s, dv, &ss, &ds);                                                          \
             const double c = ss > (TINY) ? (ss - ds) / ss : 0.0;                               \
             const double ca = parallel == HG_PARALLEL_POSITIVE && c < 0.0 ? 0.0 : c;           \
             /* g = ca s + zeta (Delta - c s) = a s + b d, a = zeta + ca - zeta c, b = -zeta */  \
@@ -47,12 +85,11 @@
         }                                                                                      \
         /* strength: d + t (wd d + ws s - d) */                                                \
         const double fd = 1.0 + strength * (wd - 1.0), fs = strength * ws;                     \
-        _Pragma("omp simd")                                                                    \
-        for (int64_t j = 0; j < dv; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                    \
+        BLEND(d, s, o, dv, fd, fs);                                                            \
     }
 
-DEFINE_COMBINE_ONE(combine_one_f32, float, FLT_MIN)
-DEFINE_COMBINE_ONE(combine_one_f64, double, DBL_MIN)
+DEFINE_COMBINE_ONE(combine_one_f32, float, FLT_MIN, dots_f32, blend_f32)
+DEFINE_COMBINE_ONE(combine_one_f64, double, DBL_MIN, dots_f64, blend_f64)
 
 /* R is (G, 2, group, dv): d = R[g, 0, i], s = R[g, 1, i]; o for token (g, i) goes to
    out + g * out_gstride + i * dv. */
@@ -76,10 +113,11 @@ DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
  * The fused guided-attention forward (hopfield_gag.ops.fused.attention_forward): fp32 compute on fp32, bf16
  * or fp16 storage (converted while packing and when writing the output: no conversion pass over the tensors).
  * Per block of RB queries of one (batch, head) g, everything stays in the thread's cache:
- *   S = (beta Q_blk) K^T (+ mask)                 register-tiled micro-kernels (6x16; with AVX-512 12x32
- *                                                 on long rows), K packed in panels of 16 keys
- *   per row: entmax row -> its support (values, indices) -> s = sum_support p_j V_j    (sparse gather)
- *            softmax in place of the score row
+ *   S = (beta Q_blk) K^T (+ mask)                 register-tiled micro-kernels (6x16; with AVX-512 12x32),
+ *                                                 K packed in panels of 16 keys
+ *   per set of HG_LANES rows: their entmax thresholds together (entmax_rows.c's row sets), then per row
+ *            its support (values, indices) -> s = sum_support p_j V_j                  (sparse gather)
+ *            softmax in place of the score row (the max is the entmax pass's)
  *   D = P_softmax V                               the same micro-kernel
  *   per row: o = combine(d, s), written to the output.
  * Cost: two dense GEMMs of attention's shape plus a gather over the entmax support (a few percent of Lk
@@ -88,10 +126,10 @@ DEFINE_COMBINE(combine_rows_f64, combine_one_f64, double)
 
 /* The micro-kernels: C[0..MR)[0..NR) (row stride ldc) = A[0..MR)[0..K) (row stride lda) times B[0..K)[0..NR)
    (row stride ldb), accumulated over k in order (the same sum, rounding for rounding, at every width).
-   6x16 in two 8-lane registers per row everywhere; with AVX-512 also 12x16 and 12x32 in 16-lane registers,
-   used where the two products dominate the call (long rows: gemm_panels' ``wide``). Where the row
-   normalizations dominate (Lk ~ 77) the 8-lane kernel is the faster one: 512-bit instructions in flight
-   take a vector port away from the 256-bit row code around them (measured ~3% slower at (2,8,4096,77,40)). */
+   6x16 in two 8-lane registers per row without AVX-512; with it 12x16 and 12x32 in 16-lane registers at
+   every row length (quiet machine, 1 thread, (2,8,1024,77,64): the two products 430 -> 290 cycles a row;
+   once the row code also ran 16 lanes wide, the 256-bit kernel's one advantage, not taking a port from
+   that code, was gone). */
 typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loads/stores */
 #define V8LD(p) (*(const v8f *)(p))
 #define V8ST(p, x) (*(v8f *)(p) = (x))
@@ -182,62 +220,54 @@ static inline void mk_12x32(const float *A, int64_t lda, const float *B0, const 
    panel p at B + p * pstride with row stride ldb (K packed in panels: pstride = 16 D, ldb = 16; a row-major
    matrix: pstride = 16, ldb = its row stride). rows: a multiple of FUSED_MR. */
 static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const float *B, int64_t pstride,
-                               int64_t ldb, int64_t npan, int64_t K, float *C, int64_t ldc, int wide) {
+                               int64_t ldb, int64_t npan, int64_t K, float *C, int64_t ldc) {
 #ifdef HG_WIDE_TILES
-    if (wide) {
-        for (int64_t i = 0; i < rows; i += 12) {
-            int64_t p = 0;
-            for (; p + 2 <= npan; p += 2)
-                mk_12x32(A + i * lda, lda, B + p * pstride, B + (p + 1) * pstride, ldb, K, C + i * ldc + p * 16, ldc);
-            if (p < npan) mk_12x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
-        }
-        return;
+    for (int64_t i = 0; i < rows; i += 12) {
+        int64_t p = 0;
+        for (; p + 2 <= npan; p += 2)
+            mk_12x32(A + i * lda, lda, B + p * pstride, B + (p + 1) * pstride, ldb, K, C + i * ldc + p * 16, ldc);
+        if (p < npan) mk_12x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
     }
-#endif
-    (void)wide;
+#else
     for (int64_t i = 0; i < rows; i += 6)
         for (int64_t p = 0; p < npan; ++p) mk_6x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
-}
-
-/* The nonzero entries of p[0..n) as (values, indices), in order; returns their count. val/idx hold n + 8. */
-#if defined(__AVX2__)
-static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
-    int64_t m = 0, i = 0;
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(p + i);
-        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_GT_OQ));
-        if (!mask) continue;
-        const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)g_perm[mask]));
-        _mm256_storeu_ps(val + m, _mm256_permutevar8x32_ps(x, perm));
-        const __m256i ix = _mm256_add_epi32(_mm256_set1_epi32((int)i), step);
-        _mm256_storeu_si256((__m256i *)(idx + m), _mm256_permutevar8x32_epi32(ix, perm));
-        m += __builtin_popcount(mask);
-    }
-    for (; i < n; ++i) {
-        val[m] = p[i];
-        idx[m] = (int32_t)i;
-        m += p[i] > 0;
-    }
-    return m;
-}
-#else
-static inline int64_t support_f32(const float *p, int64_t n, float *val, int32_t *idx) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        val[m] = p[i];
-        idx[m] = (int32_t)i;
-        m += p[i] > 0;
-    }
-    return m;
-}
 #endif
+}
 
 /* o[0..dvp) = sum_t val[t] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
 static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t nnz, const float *V,
                                    int64_t ldv, int64_t dvp, float *o) {
     int64_t c = 0;
+#ifdef HG_WIDE_TILES
+    /* 16 lanes, and the even and odd support entries in separate accumulators: with ~10 entries a row the
+       chain of dependent adds, not the multiply-adds, bounds the loop */
+    for (; c + 64 <= dvp; c += 64) {
+        v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        int64_t t = 0;
+        for (; t + 2 <= nnz; t += 2) {
+            const float w = val[t], x = val[t + 1];
+            const float *r = V + (int64_t)idx[t] * ldv + c, *q = V + (int64_t)idx[t + 1] * ldv + c;
+            a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
+            b0 += x * V16LD(q); b1 += x * V16LD(q + 16); b2 += x * V16LD(q + 32); b3 += x * V16LD(q + 48);
+        }
+        if (t < nnz) {
+            const float w = val[t];
+            const float *r = V + (int64_t)idx[t] * ldv + c;
+            a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
+        }
+        V16ST(o + c, a0 + b0); V16ST(o + c + 16, a1 + b1); V16ST(o + c + 32, a2 + b2); V16ST(o + c + 48, a3 + b3);
+    }
+    for (; c < dvp; c += 16) {
+        v16f a0 = {0}, b0 = {0};
+        int64_t t = 0;
+        for (; t + 2 <= nnz; t += 2) {
+            a0 += val[t] * V16LD(V + (int64_t)idx[t] * ldv + c);
+            b0 += val[t + 1] * V16LD(V + (int64_t)idx[t + 1] * ldv + c);
+        }
+        if (t < nnz) a0 += val[t] * V16LD(V + (int64_t)idx[t] * ldv + c);
+        V16ST(o + c, a0 + b0);
+    }
+#else
     for (; c + 32 <= dvp; c += 32) {
         v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int64_t t = 0; t < nnz; ++t) {
@@ -256,13 +286,10 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         }
         V8ST(o + c, a0); V8ST(o + c + 8, a1);
     }
+#endif
 }
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-/* rows of at least this many keys take the 16-lane tiles (gemm_panels' wide): at Lk = 512, D = 128 they
-   cut the call by 15% (308 -> 263 ms, 1 thread); at Lk = 77 the 8-lane kernel is faster */
-#define WIDE_MIN_LK 256
-
 /* AA(1)'s per-token scale (ops/combine.aa_token_scale): f_prev = kd - q, f_curr = ks - q (the key-space
    residuals of the dense and sparse retrievals of the query q), gamma = <f_curr, f_curr - f_prev> /
    |f_curr - f_prev|^2, 0 for a pair at rounding level (|diff|^2 <= (64 eps)^2 (|f_prev|^2 + |f_curr|^2) or
@@ -409,7 +436,6 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     int64_t RB = (16384 / LkP) / FUSED_MR * FUSED_MR;                                                        \
     RB = RB < FUSED_MR ? FUSED_MR : (RB > 48 ? 48 : RB);                                                   \
     const int64_t nblk = (Lq + RB - 1) / RB, tasks = G * nblk;                                             \
-    const int wide = Lk >= WIDE_MIN_LK; /* the 16-lane tiles where the products dominate (see gemm_panels) */ \
     const int par = nthreads > 1 && (double)G * Lq * Lk * (D + Dv) >= 2e6 && tasks > 1;                    \
     /* fp32 storage whose rows need no padding is read in place; otherwise each thread keeps an fp32 copy */ \
     const int own_v = sizeof(T) != sizeof(float) || Dv != DvP, own_k = aa && (sizeof(T) != sizeof(float) || D != DP); \
@@ -423,14 +449,15 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         float *Kt = own_k ? (float *)malloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
         float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +    \
                                                      (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
-        double *buf = (double *)malloc(ROW_SCRATCH(Lk) * sizeof(double));                                  \
+        double *buf = (double *)malloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
         int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));                                     \
         int oom = Kp == NULL || Qb == NULL || buf == NULL || idx == NULL || (own_v && Vt == NULL) ||       \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
-        float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *prow = Os + RB * DvP, \
-              *val = prow + LkP + 8, *Okd = val + LkP + 8, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
+        float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *val = Os + RB * DvP, *Okd = val + LkP + 8, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
               *orow = aa ? Qr + RB * D : Okd;                                                              \
+        rowset set;                                                                                        \
+        if (!oom) rowset_init(&set, buf, Lk);                                                              \
         int64_t cur = -1; /* the group whose K (V) this thread holds packed */                             \
         const float *Vg = NULL, *Kg2 = NULL;                                                               \
         _Pragma("omp for schedule(dynamic, 1)")                                                            \
@@ -493,30 +520,38 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     for (int64_t d = 0; d < D; ++d) qd[d] = 0.0f;                                          \
                 }                                                                                          \
             }                                                                                              \
-            gemm_panels(Qb, D, rowsM, Kp, D * FUSED_NR, FUSED_NR, npan, D, S, LkP, wide);                   \
+            gemm_panels(Qb, D, rowsM, Kp, D * FUSED_NR, FUSED_NR, npan, D, S, LkP);                   \
             unsigned char bad[48];                                                                         \
-            for (int64_t i = 0; i < rows; ++i) {                                                           \
-                float *z = S + i * LkP;                                                                    \
-                if (mask != NULL) {                                                                        \
-                    const float *mr = mask + moff[g] + (i0 + i) * msi;                                     \
-                    _Pragma("omp simd")                                                                    \
-                    for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];                                        \
+            for (int64_t i0s = 0; i0s < rows; i0s += HG_LANES) { /* rows in sets: their entmax together */ \
+                set.nrows = (int)(rows - i0s < HG_LANES ? rows - i0s : HG_LANES);                          \
+                for (int r = 0; r < set.nrows; ++r) {                                                      \
+                    float *z = S + (i0s + r) * LkP;                                                        \
+                    if (mask != NULL) {                                                                    \
+                        const float *mr = mask + moff[g] + (i0 + i0s + r) * msi;                           \
+                        _Pragma("omp simd")                                                                \
+                        for (int64_t j = 0; j < Lk; ++j) z[j] += mr[j];                                    \
+                    }                                                                                      \
+                    rowset_add_f32(&set, r, z, &P);                                                        \
                 }                                                                                          \
-                const int st = row_f32(z, prow, Lk, &P, buf);                                              \
-                flags |= st;                                                                               \
-                bad[i] = (st & HG_STATUS_NO_DISTRIBUTION) != 0;                                            \
-                if (bad[i]) continue;                                                                      \
-                const int64_t nnz = support_f32(prow, Lk, val, idx);                                       \
-                gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);                                \
-                if (aa) gather_rows_f32(val, idx, nnz, Kg2, DP, DP, Oks + i * DP);                         \
-                softmax_row_f32(z, z, Lk);                                                                 \
+                rowset_solve(&set, &P);                                                                    \
+                for (int r = 0; r < set.nrows; ++r) {                                                      \
+                    const int64_t i = i0s + r;                                                             \
+                    float *z = S + i * LkP;                                                                \
+                    flags |= set.status[r];                                                                \
+                    bad[i] = (set.status[r] & HG_STATUS_NO_DISTRIBUTION) != 0;                             \
+                    if (bad[i]) continue;                                                                  \
+                    const int64_t nnz = rowset_support_f32(&set, r, &P, val, idx);                         \
+                    gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);                            \
+                    if (aa) gather_rows_f32(val, idx, nnz, Kg2, DP, DP, Oks + i * DP);                     \
+                    softmax_shifted_f32(z, z, Lk, (float)set.zmax[r]);                                     \
+                }                                                                                          \
             }                                                                                              \
             for (int64_t i = 0; i < rowsM; ++i) {                                                          \
                 float *z = S + i * LkP;                                                                    \
                 if (i >= rows || bad[i]) for (int64_t j = 0; j < Lk; ++j) z[j] = 0.0f;                     \
             }                                                                                              \
-            gemm_panels(S, LkP, rowsM, Vg, FUSED_NR, DvP, DvP / FUSED_NR, Lk, Od, DvP, wide);              \
-            if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP, wide);       \
+            gemm_panels(S, LkP, rowsM, Vg, FUSED_NR, DvP, DvP / FUSED_NR, Lk, Od, DvP);              \
+            if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP);       \
             for (int64_t i = 0; i < rows; ++i) {                                                           \
                 T *o = out + (g * Lq + i0 + i) * Dv;                                                       \
                 /* fp32 storage: combine straight into the output row; else into orow, then round */       \
