@@ -255,6 +255,7 @@ typedef struct {
     int64_t n, mmax;           /* row length; the longest candidate list */
     int64_t m[HG_LANES];       /* candidates per row in the interleaved layout */
     int64_t mg[HG_LANES];      /* fp32 rows: candidates per row in the contiguous gather (m <= mg) */
+    double s1[HG_LANES], s2[HG_LANES], cnt[HG_LANES]; /* alpha = 1.5: the statistics at lo (rowset_add) */
     double t0[HG_LANES], tc0[HG_LANES], s00[HG_LANES]; /* alpha = 1.5: the search's state after its first step */
     int done0[HG_LANES];       /* alpha = 1.5: the first step found the threshold (in tau) */
     int status[HG_LANES];      /* HG_STATUS_* of each row (NO_DISTRIBUTION: the row has no output) */
@@ -263,11 +264,12 @@ typedef struct {
     int32_t *ix;               /* their columns, same layout */
     float *gv;                 /* fp32 rows: each row's gathered candidates, contiguous (row r at r (n + 16)) */
     int32_t *gi;               /*            and their columns, same layout */
+    double *cu;                /* each row's candidates u, contiguous (row r at r (n + 16)) */
     double *row;               /* one row's candidates, contiguous, for the per-row searches (n + 16) */
 } rowset;
 
 /* Scratch (doubles) of a row set of rows of length n. */
-#define SET_SCRATCH(n) ((size_t)HG_LANES * ((size_t)(n) + 16) * 5 / 2 + ((size_t)(n) + 16) + 16)
+#define SET_SCRATCH(n) ((size_t)HG_LANES * ((size_t)(n) + 16) * 7 / 2 + ((size_t)(n) + 16) + 16)
 
 static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
     S->n = n;
@@ -276,17 +278,13 @@ static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
     S->ix = (int32_t *)(void *)(S->u + HG_LANES * (n + 16));
     S->gv = (float *)(void *)(S->ix + HG_LANES * (n + 16) + 8);
     S->gi = (int32_t *)(void *)(S->gv + HG_LANES * (n + 16));
-    S->row = (double *)(void *)(((uintptr_t)(S->gi + HG_LANES * (n + 16)) + 7) & ~(uintptr_t)7);
+    S->cu = (double *)(void *)(((uintptr_t)(S->gi + HG_LANES * (n + 16)) + 7) & ~(uintptr_t)7);
+    S->row = S->cu + HG_LANES * (n + 16);
 }
 
-/* alpha = 1.5, the search's first step on one row's candidates u[0..m) (contiguous, shifted): the
-   statistics at the lower bracket end lo = -1/a (a lower bound: the max alone gives ||.||_2 = 1/a), the
-   closed-form root on all candidates (verified by the next pass) and the Newton step from lo. Returns the
-   bound below which no candidate can be in the support: the Newton step (a lower bound of the threshold;
-   less a margin far above its rounding), or lo when the step left the bracket (then bisection). The lane
-   search continues from this state (threshold15_set), so the result is the single-row search's. */
-static double first_step15(rowset *S, int r, const double *u, int64_t m, const params *P) {
-    const double inv_a = P->inv_a, lo = -inv_a;
+/* The statistics of alpha = 1.5's first step (sum and sum of squares of (u - lo)_+ and the count above
+   lo = -1/a) over a row's candidates u[0..m). */
+static inline void stats_at_lo(const double *u, int64_t m, double lo, double *s1o, double *s2o, double *cnto) {
     double s1 = 0, s2 = 0, j = 0;
 #pragma omp simd reduction(+ : s1, s2, j)
     for (int64_t i = 0; i < m; ++i) {
@@ -296,53 +294,7 @@ static double first_step15(rowset *S, int r, const double *u, int64_t m, const p
         s2 += yk * yk;
         j += y > 0 ? 1.0 : 0.0;
     }
-    const double N = sqrt(s2), D = s1 * s1 - j * (s2 - inv_a * inv_a);
-    const double tc = D >= 0 ? lo + (s1 - sqrt(D)) / j : INFINITY;
-    double tn = lo + (N - inv_a) * N / s1;
-    const int inside = tn >= lo && tn <= P->hi0;
-    if (!inside) tn = 0.5 * (lo + P->hi0);
-    S->done0[r] = fabs(tn - lo) <= 4.0 * DBL_EPSILON * (fabs(lo) + inv_a);
-    S->tau[r] = D >= 0 ? tc : tn;
-    S->t0[r] = tn;
-    S->tc0[r] = tc;
-    S->s00[r] = D >= 0 ? j : -1.0;
-    return inside ? tn - 1e-9 * (fabs(tn) + inv_a) : lo;
-}
-
-/* Row r's candidates u[0..m) (contiguous, shifted) and their columns into the interleaved layout: all of
-   them, or for alpha = 1.5 those above first_step15's bound. */
-static void rowset_place(rowset *S, int r, const double *u, const int32_t *cols, int64_t m, const params *P) {
-    double bound = -INFINITY;
-    S->done0[r] = 0;
-    if (P->kind == HG_KIND_ENTMAX15) bound = first_step15(S, r, u, m, P);
-    double *ur = S->u + r;
-    int32_t *ir = S->ix + r;
-    int64_t k = 0;
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-    /* 8 candidates a step: the kept ones compressed, then scattered to their interleaved slots */
-    const __m512d vb = _mm512_set1_pd(bound);
-    const __m512i slot = _mm512_setr_epi64(0, HG_LANES, 2 * HG_LANES, 3 * HG_LANES, 4 * HG_LANES, 5 * HG_LANES,
-                                           6 * HG_LANES, 7 * HG_LANES);
-    for (int64_t i = 0; i < m; i += 8) {
-        const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
-        const __m512d x = _mm512_maskz_loadu_pd(valid, u + i);
-        const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, x, vb, _CMP_GT_OQ);
-        const int pc = __builtin_popcount(keep);
-        const __m512i pos = _mm512_add_epi64(_mm512_set1_epi64(k * HG_LANES), slot);
-        const __mmask8 w = (__mmask8)((1u << pc) - 1u);
-        _mm512_mask_i64scatter_pd(ur, w, pos, _mm512_maskz_compress_pd(keep, x), 8);
-        _mm512_mask_i64scatter_epi32(ir, w, pos, _mm256_maskz_compress_epi32(keep, _mm256_maskz_loadu_epi32(valid, cols + i)), 4);
-        k += pc;
-    }
-    S->m[r] = k;
-    return;
-#endif
-    for (int64_t i = 0; i < m; ++i) {
-        ur[k * HG_LANES] = u[i];
-        ir[k * HG_LANES] = cols[i];
-        k += u[i] > bound;
-    }
-    S->m[r] = k;
+    *s1o = s1; *s2o = s2; *cnto = j;
 }
 
 /* fp32 rows: the max (in fp32, exact) and whether some entry is NaN or +inf; with AVX-512 16 lanes a step,
@@ -401,8 +353,8 @@ static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
             return;                                                                            \
         }                                                                                      \
         S->status[r] = 0;                                                                      \
-        int32_t *gi = S->gi + r * (n + 16);                                                     \
-        double *u = S->row;                                                                    \
+        int32_t *gi = S->gi + r * (n + 16);                                                    \
+        double *u = S->cu + r * (n + 16);                                                      \
         int64_t m = 0;                                                                         \
         if (sizeof(T) == sizeof(float)) {                                                      \
             float *gv = S->gv + r * (n + 16);                                                   \
@@ -419,8 +371,8 @@ static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
                 m += v > lo;                                                                   \
             }                                                                                  \
         }                                                                                      \
-        S->mg[r] = m;                                                                          \
-        rowset_place(S, r, u, gi, m, P);                                                       \
+        S->mg[r] = S->m[r] = m;                                                                \
+        if (P->kind == HG_KIND_ENTMAX15) stats_at_lo(u, m, lo, &S->s1[r], &S->s2[r], &S->cnt[r]);  \
     }
 DEFINE_SET_ADD(rowset_add_f32, float, max_flag_f32)
 DEFINE_SET_ADD(rowset_add_f64, double, max_flag_f64)
@@ -446,6 +398,75 @@ static inline int lanes_any(lanes_l m) {
     return a != 0;
 }
 
+/* alpha = 1.5, the search's first step for every live row of the set, in lanes: from the statistics at
+   the lower bracket end lo = -1/a (a lower bound: the max alone gives ||.||_2 = 1/a), the closed-form root
+   on all candidates (verified by the next pass) and the Newton step from lo. bound[r]: below it no
+   candidate can be in row r's support: the Newton step (a lower bound of the threshold; less a margin far
+   above its rounding), or lo when the step left the bracket (then bisection). The lane search continues
+   from this state (threshold15_set), so the result is the single-row search's. */
+static void first_steps15(rowset *S, const params *P, double bound[HG_LANES]) {
+    const double inv_a = P->inv_a, lo = -inv_a;
+    const lanes_d zero = {0}, ia = zero + inv_a, vlo = zero + lo, hi0 = zero + P->hi0;
+    lanes_d s1 = zero, s2 = zero, j = zero + 1.0;
+    for (int r = 0; r < S->nrows; ++r)
+        if (!(S->status[r] & HG_STATUS_NO_DISTRIBUTION)) { s1[r] = S->s1[r]; s2[r] = S->s2[r]; j[r] = S->cnt[r]; }
+    const lanes_d N = lanes_sqrt(s2), D = s1 * s1 - j * (s2 - inv_a * inv_a);
+    const lanes_l dok = D >= 0.0;
+    const lanes_d tc = lanes_select(dok, vlo + (s1 - lanes_sqrt(lanes_and(D, dok))) / j, zero + INFINITY);
+    lanes_d tn = vlo + (N - ia) * N / s1;
+    const lanes_l inside = (tn >= vlo) & (tn <= hi0);
+    tn = lanes_select(inside, tn, 0.5 * (vlo + hi0));
+    lanes_d dt = tn - vlo;
+    dt = lanes_select(dt < 0.0, -dt, dt);
+    const lanes_l done = dt <= zero + 4.0 * DBL_EPSILON * (fabs(lo) + inv_a);
+    lanes_d at = lanes_select(tn < 0.0, -tn, tn);
+    const lanes_d b = lanes_select(inside, tn - 1e-9 * (at + ia), vlo);
+    for (int r = 0; r < S->nrows; ++r) {
+        S->done0[r] = done[r] != 0;
+        S->tau[r] = dok[r] ? tc[r] : tn[r];
+        S->t0[r] = tn[r];
+        S->tc0[r] = tc[r];
+        S->s00[r] = dok[r] ? j[r] : -1.0;
+        bound[r] = b[r];
+    }
+}
+
+/* Row r's candidates (contiguous in cu) and their columns into the interleaved layout: those above bound
+   (all of them for bound = -inf). */
+static void rowset_place(rowset *S, int r, double bound) {
+    const double *u = S->cu + r * (S->n + 16);
+    const int32_t *cols = S->gi + r * (S->n + 16);
+    const int64_t m = S->mg[r];
+    double *ur = S->u + r;
+    int32_t *ir = S->ix + r;
+    int64_t k = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    /* 8 candidates a step: the kept ones compressed, then scattered to their interleaved slots */
+    const __m512d vb = _mm512_set1_pd(bound);
+    const __m512i slot = _mm512_setr_epi64(0, HG_LANES, 2 * HG_LANES, 3 * HG_LANES, 4 * HG_LANES, 5 * HG_LANES,
+                                           6 * HG_LANES, 7 * HG_LANES);
+    for (int64_t i = 0; i < m; i += 8) {
+        const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+        const __m512d x = _mm512_maskz_loadu_pd(valid, u + i);
+        const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, x, vb, _CMP_GT_OQ);
+        const int pc = __builtin_popcount(keep);
+        const __m512i pos = _mm512_add_epi64(_mm512_set1_epi64(k * HG_LANES), slot);
+        const __mmask8 w = (__mmask8)((1u << pc) - 1u);
+        _mm512_mask_i64scatter_pd(ur, w, pos, _mm512_maskz_compress_pd(keep, x), 8);
+        _mm512_mask_i64scatter_epi32(ir, w, pos, _mm256_maskz_compress_epi32(keep, _mm256_maskz_loadu_epi32(valid, cols + i)), 4);
+        k += pc;
+    }
+    S->m[r] = k;
+    return;
+#endif
+    for (int64_t i = 0; i < m; ++i) {
+        ur[k * HG_LANES] = u[i];
+        ir[k * HG_LANES] = cols[i];
+        k += u[i] > bound;
+    }
+    S->m[r] = k;
+}
+
 /* alpha = 1.5 on every live row of the set at once. Per lane the iteration of the single-row search:
    one pass computes the statistics at t (sum and sum of squares of (u - t)_+, the count above t) and
    counts the candidates above the previous closed-form root (verifying it exactly, one pass late: a
@@ -468,7 +489,7 @@ static void threshold15_set(rowset *S, const params *P) {
     lanes_d lo = zero - inv_a, hi = zero + P->hi0;
     const double *u = S->u;
     const int64_t mmax = S->mmax, mev = mmax & ~(int64_t)1;
-    for (int it = 1; it < MAXIT && lanes_any(live); ++it) { /* iteration 0 was first_step15 */
+    for (int it = 1; it < MAXIT && lanes_any(live); ++it) { /* iteration 0 was first_steps15 */
         lanes_d a1 = zero, a2 = zero, aj = zero, ac = zero, b1 = zero, b2 = zero, bj = zero, bc = zero;
         int64_t i = 0;
         for (; i < mev; i += 2) {
@@ -562,6 +583,11 @@ static void threshold_rows(rowset *S, const params *P) {
 
 /* The thresholds and normalizing sums of the set's rows (after rowset_add of rows 0..nrows). */
 static void rowset_solve(rowset *S, const params *P) {
+    double bound[HG_LANES];
+    for (int r = 0; r < HG_LANES; ++r) { bound[r] = -INFINITY; S->done0[r] = 0; }
+    if (P->kind == HG_KIND_ENTMAX15) first_steps15(S, P, bound);
+    for (int r = 0; r < S->nrows; ++r)
+        if (!(S->status[r] & HG_STATUS_NO_DISTRIBUTION)) rowset_place(S, r, bound[r]);
     int64_t mmax = 0;
     for (int r = 0; r < HG_LANES; ++r) {
         if (r >= S->nrows) S->m[r] = 0;

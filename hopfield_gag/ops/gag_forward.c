@@ -297,6 +297,22 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 static inline double aa_scale_f32(const float *q, const float *kd, const float *ks, int64_t d, double lo,
                                   double hi) {
     double dd = 0, fd = 0, pp = 0, cc = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    __m512d vdd = _mm512_setzero_pd(), vfd = vdd, vpp = vdd, vcc = vdd;
+    for (int64_t j = 0; j < d; j += 8) {
+        const __mmask8 k = tail8(d - j);
+        const __m512d qv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, q + j));
+        const __m512d fp = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, kd + j)), qv);
+        const __m512d fc = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, ks + j)), qv);
+        const __m512d df = _mm512_sub_pd(fc, fp);
+        vdd = _mm512_fmadd_pd(df, df, vdd);
+        vfd = _mm512_fmadd_pd(fc, df, vfd);
+        vpp = _mm512_fmadd_pd(fp, fp, vpp);
+        vcc = _mm512_fmadd_pd(fc, fc, vcc);
+    }
+    dd = _mm512_reduce_add_pd(vdd); fd = _mm512_reduce_add_pd(vfd);
+    pp = _mm512_reduce_add_pd(vpp); cc = _mm512_reduce_add_pd(vcc);
+#else
     _Pragma("omp simd reduction(+ : dd, fd, pp, cc)")
     for (int64_t j = 0; j < d; ++j) {
         const double fp = (double)kd[j] - q[j], fc = (double)ks[j] - q[j], df = fc - fp;
@@ -305,6 +321,7 @@ static inline double aa_scale_f32(const float *q, const float *kd, const float *
         pp += fp * fp;
         cc += fc * fc;
     }
+#endif
     const double floor = (64.0 * FLT_EPSILON) * (64.0 * FLT_EPSILON) * (pp + cc);
     const double gamma = (dd <= floor || dd <= FLT_MIN) ? 0.0 : fd / dd;
     const double l = 1.0 - gamma;
@@ -315,12 +332,6 @@ static inline double aa_scale_f32(const float *q, const float *kd, const float *
 /* Storage types of q, k, v and the output: fp32, bf16 and fp16 are read and written in the kernel (no
    conversion pass over the tensors); the compute is fp32 throughout. The roundings to bf16/fp16 are
    torch's (to nearest, ties to even; NaN stays NaN), so the output equals the fp32 result converted. */
-static inline float ld_f32(const float *p) { return *p; }
-static inline float ld_bf16(const uint16_t *p) {
-    union { uint32_t u; float f; } x;
-    x.u = (uint32_t)*p << 16;
-    return x.f;
-}
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -423,7 +434,7 @@ static inline void store_row_f16(const float *s, hg_half *d, int64_t n) {
    the group's ~Lq/RB blocks), so no thread ever waits for another until the region ends. The packing also
    checks k and v for NaN/inf (x - x is 0 exactly for finite x), which makes the caller's value checks free
    of any extra pass over the inputs. */
-#define DEFINE_FORWARD(NAME, T, LD, LOADROW, STOREROW)                                                                    \
+#define DEFINE_FORWARD(NAME, T, LOADROW, STOREROW)                                                                        \
 int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_t *moff, int64_t msi, T *out, \
              int64_t G, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, double beta, double alpha, int kind,  \
              double hi0, int method, int parallel, double lam, double eta, double zeta, double strength,     \
@@ -451,7 +462,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                                                      (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
         double *buf = (double *)malloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
         int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));                                     \
-        int oom = Kp == NULL || Qb == NULL || buf == NULL || idx == NULL || (own_v && Vt == NULL) ||       \
+        float *krow = (float *)malloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
+        int oom = Kp == NULL || Qb == NULL || buf == NULL || idx == NULL || krow == NULL || (own_v && Vt == NULL) || \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
         float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *val = Os + RB * DvP, *Okd = val + LkP + 8, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
@@ -472,9 +484,10 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     for (int64_t jj = 0; jj < FUSED_NR; ++jj) {                                            \
                         const int64_t j = p * FUSED_NR + jj;                                               \
                         const T *src = k + (g * Lk + j) * D;                                               \
-                        if (j < Lk) {                                                                      \
+                        if (j < Lk) { /* the row converted by the vectorized loader, then transposed */    \
+                            LOADROW(src, krow, D, 1.0f);                                                   \
                             for (int64_t d = 0; d < D; ++d) {                                              \
-                                const float x = LD(src + d);                                               \
+                                const float x = krow[d];                                                   \
                                 dst[d * FUSED_NR + jj] = x;                                                \
                                 bad |= !(x - x == 0.0f);                                                   \
                             }                                                                              \
@@ -500,8 +513,10 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     Vg = vf;                                                                               \
                 }                                                                                          \
                 if (own_k) {                                                                               \
-                    for (int64_t j = 0; j < Lk; ++j)                                                       \
-                        for (int64_t c = 0; c < DP; ++c) Kt[j * DP + c] = c < D ? LD(k + (g * Lk + j) * D + c) : 0.0f; \
+                    for (int64_t j = 0; j < Lk; ++j) {                                                     \
+                        LOADROW(k + (g * Lk + j) * D, Kt + j * DP, D, 1.0f);                               \
+                        for (int64_t c = D; c < DP; ++c) Kt[j * DP + c] = 0.0f;                            \
+                    }                                                                                      \
                     Kg2 = Kt;                                                                              \
                 } else if (aa) {                                                                           \
                     Kg2 = (const float *)(const void *)(k + g * Lk * D);                                   \
@@ -574,10 +589,11 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         free(Qb);                                                                                          \
         free(buf);                                                                                         \
         free(idx);                                                                                         \
+        free(krow);                                                                                        \
     }                                                                                                      \
     return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
 }
 
-DEFINE_FORWARD(gag_forward_f32, float, ld_f32, load_row_f32, store_row_f32)
-DEFINE_FORWARD(gag_forward_bf16, uint16_t, ld_bf16, load_row_bf16, store_row_bf16)
-DEFINE_FORWARD(gag_forward_f16, hg_half, ld_f16, load_row_f16, store_row_f16)
+DEFINE_FORWARD(gag_forward_f32, float, load_row_f32, store_row_f32)
+DEFINE_FORWARD(gag_forward_bf16, uint16_t, load_row_bf16, store_row_bf16)
+DEFINE_FORWARD(gag_forward_f16, hg_half, load_row_f16, store_row_f16)
