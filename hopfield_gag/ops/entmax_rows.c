@@ -249,6 +249,7 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
 #define HG_LANES 8
 typedef double lanes_d __attribute__((vector_size(HG_LANES * sizeof(double)), aligned(8)));
 typedef int64_t lanes_l __attribute__((vector_size(HG_LANES * sizeof(int64_t)), aligned(8)));
+typedef float lanes_f __attribute__((vector_size(HG_LANES * sizeof(float)), aligned(4)));
 
 typedef struct {
     int nrows;                 /* rows in the set, <= HG_LANES (the other lanes are empty) */
@@ -262,7 +263,7 @@ typedef struct {
     double zmax[HG_LANES], tau[HG_LANES], inv_sum[HG_LANES];
     double *u;                 /* candidates, shifted, interleaved; -inf pads */
     int32_t *ix;               /* their columns, same layout */
-    float *gv;                 /* fp32 rows: each row's gathered candidates, contiguous (row r at r (n + 16)) */
+    float *gv;                 /* fp32 rows: each row's gathered candidates in fp32 (row r at r (n + 16)) */
     int32_t *gi;               /*            and their columns, same layout */
     double *cu;                /* each row's candidates u, contiguous (row r at r (n + 16)) */
     double *row;               /* one row's candidates, contiguous, for the per-row searches (n + 16) */
@@ -337,10 +338,37 @@ static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
     return tmax;
 }
 
+/* u[0..m) = gv - zmax in double (exact), and with stats the statistics of stats_at_lo on them, in the
+   same pass where the target has AVX-512. */
+static inline void shift_f32(const float *gv, int64_t m, double zmax, double *u, int stats, double lo, double *s1,
+                             double *s2, double *cnt) {
+#if defined(__AVX512F__)
+    const __m512d vz = _mm512_set1_pd(zmax), vlo = _mm512_set1_pd(lo), zero = _mm512_setzero_pd();
+    __m512d a1 = zero, a2 = zero, aj = zero;
+    for (int64_t i = 0; i < m; i += 8) {
+        const __mmask8 k = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+        const __m512d x = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, gv + i)), vz);
+        _mm512_mask_storeu_pd(u + i, k, x);
+        const __m512d y = _mm512_sub_pd(x, vlo);
+        const __mmask8 gt = _mm512_mask_cmp_pd_mask(k, y, zero, _CMP_GT_OQ);
+        const __m512d yk = _mm512_maskz_mov_pd(gt, y);
+        a1 = _mm512_add_pd(a1, yk);
+        a2 = _mm512_fmadd_pd(yk, yk, a2);
+        aj = _mm512_mask_add_pd(aj, gt, aj, _mm512_set1_pd(1.0));
+    }
+    if (stats) { *s1 = _mm512_reduce_add_pd(a1); *s2 = _mm512_reduce_add_pd(a2); *cnt = _mm512_reduce_add_pd(aj); }
+#else
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) u[i] = (double)gv[i] - zmax;
+    if (stats) stats_at_lo(u, m, lo, s1, s2, cnt);
+#endif
+}
+
 /* Add row r of the set: a SIMD max pass (NaN/+inf flagged), then the branch-free gather of the candidates
-   u = z - max z > lo = -1/(alpha-1). fp32 rows gather in fp32 with a bound rounded down (a superset of
-   u > lo), kept contiguous for the support (rowset_support_f32), then shift in double, where z - max is
-   exact; entries at or below lo are masked by every later pass. */
+   u = z - max z > lo = -1/(alpha-1), kept contiguous (cu, gi) until rowset_solve places them. fp32 rows
+   gather in fp32 with a bound strictly below the max and rounded down (a superset of u > lo), then shift in
+   double, where z - max is exact; entries at or below lo are masked by every later pass. alpha = 1.5: also
+   the statistics of the search's first step. */
 #define DEFINE_SET_ADD(NAME, T, MAXFLAG)                                                        \
     static void NAME(rowset *S, int r, const T *z, const params *P) {                          \
         const int64_t n = S->n;                                                                \
@@ -361,8 +389,9 @@ static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
             float fb = (float)(zmax + lo);                                                     \
             if ((double)fb >= zmax + lo) fb = nextafterf(fb, -INFINITY); /* strictly below */    \
             m = gather_above_f32((const float *)(const void *)z, n, fb, gv, gi);               \
-            _Pragma("omp simd")                                                                \
-            for (int64_t i = 0; i < m; ++i) u[i] = (double)gv[i] - zmax;                       \
+            S->mg[r] = S->m[r] = m;                                                            \
+            shift_f32(gv, m, zmax, u, P->kind == HG_KIND_ENTMAX15, lo, &S->s1[r], &S->s2[r], &S->cnt[r]); \
+            return;                                                                            \
         } else {                                                                               \
             for (int64_t i = 0; i < n; ++i) {                                                  \
                 const double v = (double)z[i] - zmax;                                          \
@@ -633,41 +662,32 @@ static inline double rowset_weight(const params *P, double y, double inv_sum) {
 DEFINE_SET_WRITE(rowset_write_f32, float)
 DEFINE_SET_WRITE(rowset_write_f64, double)
 
-/* The support of row r of a solved set of fp32 rows: its nonzero weights (rounded to fp32) and their
-   columns, in column order; returns their count. val, idx: room for the row's candidate count + 8. With
-   AVX-512, 8 candidates a step from the row's contiguous fp32 gather, kept by a compress (a scalar
-   store-and-advance loop mispredicts on every candidate near the threshold). */
-static inline int64_t rowset_support_f32(const rowset *S, int r, const params *P, float *val, int32_t *idx) {
-    const double tau = S->tau[r], inv_sum = S->inv_sum[r];
-    int64_t k = 0;
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-    const int64_t m = S->mg[r];
+/* The weights of every candidate of a solved set in the interleaved layout, rounded to fp32: w[i HG_LANES + r]
+   = p of candidate i of row r (0 for candidates at or below the threshold and for the -inf pads), for
+   i < mmax; with ix, each row's (weight, column) list, zeros included, in column order. alpha = 1.5 in
+   lanes (one pass for the set); other alphas row by row. */
+static void rowset_weights_f32(const rowset *S, const params *P, float *w) {
+    const int64_t mmax = S->mmax;
     if (P->kind == HG_KIND_ENTMAX15) {
-        const float *gv = S->gv + r * (S->n + 16);
-        const int32_t *gi = S->gi + r * (S->n + 16);
-        const __m512d vz = _mm512_set1_pd(S->zmax[r]), vt = _mm512_set1_pd(tau), zero = _mm512_setzero_pd(),
-                      vc = _mm512_set1_pd(P->a * P->a * inv_sum);
-        for (int64_t i = 0; i < m; i += 8) {
-            const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
-            const __m512d y = _mm512_sub_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(gv + i)), vz), vt);
-            const __mmask8 gt = _mm512_mask_cmp_pd_mask(valid, y, zero, _CMP_GT_OQ);
-            const __m256 w = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(vc, y), y));
-            const __mmask8 keep = _mm256_mask_cmp_ps_mask(gt, w, _mm256_setzero_ps(), _CMP_GT_OQ);
-            _mm256_storeu_ps(val + k, _mm256_maskz_compress_ps(keep, w));
-            _mm256_storeu_si256((__m256i *)(void *)(idx + k),
-                                _mm256_maskz_compress_epi32(keep, _mm256_loadu_si256((const __m256i *)(const void *)(gi + i))));
-            k += __builtin_popcount(keep);
+        lanes_d tau = {0}, c = {0};
+        for (int r = 0; r < HG_LANES; ++r) {
+            const int ok = r < S->nrows && !(S->status[r] & HG_STATUS_NO_DISTRIBUTION);
+            tau[r] = ok ? S->tau[r] : INFINITY;
+            c[r] = ok ? P->a * P->a * S->inv_sum[r] : 0.0;
         }
-        return k;
+        for (int64_t i = 0; i < mmax; ++i) {
+            const lanes_d y = lanes_load(S->u + i * HG_LANES) - tau;
+            const lanes_d yk = lanes_and(y, y > 0.0);
+            const lanes_f wf = __builtin_convertvector((c * yk) * yk, lanes_f);
+            *(lanes_f *)(void *)(w + i * HG_LANES) = wf;
+        }
+        return;
     }
-#endif
-    for (int64_t i = 0; i < S->m[r]; ++i) {
-        const float w = (float)rowset_weight(P, S->u[i * HG_LANES + r] - tau, inv_sum);
-        val[k] = w;
-        idx[k] = S->ix[i * HG_LANES + r];
-        k += w > 0.0f;
-    }
-    return k;
+    for (int64_t i = 0; i < mmax; ++i)
+        for (int r = 0; r < HG_LANES; ++r) {
+            const int ok = r < S->nrows && !(S->status[r] & HG_STATUS_NO_DISTRIBUTION) && i < S->m[r];
+            w[i * HG_LANES + r] = ok ? (float)rowset_weight(P, S->u[i * HG_LANES + r] - S->tau[r], S->inv_sum[r]) : 0.0f;
+        }
 }
 
 /* Returns the OR of the rows' HG_STATUS_* bits: NONFINITE_SCORES (a NaN or +inf entry), FULLY_MASKED (no

@@ -234,8 +234,8 @@ static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const 
 #endif
 }
 
-/* o[0..dvp) = sum_t val[t] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
-static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t nnz, const float *V,
+/* o[0..dvp) = sum_t val[t * st] V[idx[t * st]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
+static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t st, int64_t nnz, const float *V,
                                    int64_t ldv, int64_t dvp, float *o) {
     int64_t c = 0;
 #ifdef HG_WIDE_TILES
@@ -245,14 +245,14 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
         int64_t t = 0;
         for (; t + 2 <= nnz; t += 2) {
-            const float w = val[t], x = val[t + 1];
-            const float *r = V + (int64_t)idx[t] * ldv + c, *q = V + (int64_t)idx[t + 1] * ldv + c;
+            const float w = val[t * st], x = val[(t + 1) * st];
+            const float *r = V + (int64_t)idx[t * st] * ldv + c, *q = V + (int64_t)idx[(t + 1) * st] * ldv + c;
             a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
             b0 += x * V16LD(q); b1 += x * V16LD(q + 16); b2 += x * V16LD(q + 32); b3 += x * V16LD(q + 48);
         }
         if (t < nnz) {
-            const float w = val[t];
-            const float *r = V + (int64_t)idx[t] * ldv + c;
+            const float w = val[t * st];
+            const float *r = V + (int64_t)idx[t * st] * ldv + c;
             a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
         }
         V16ST(o + c, a0 + b0); V16ST(o + c + 16, a1 + b1); V16ST(o + c + 32, a2 + b2); V16ST(o + c + 48, a3 + b3);
@@ -261,18 +261,18 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         v16f a0 = {0}, b0 = {0};
         int64_t t = 0;
         for (; t + 2 <= nnz; t += 2) {
-            a0 += val[t] * V16LD(V + (int64_t)idx[t] * ldv + c);
-            b0 += val[t + 1] * V16LD(V + (int64_t)idx[t + 1] * ldv + c);
+            a0 += val[t * st] * V16LD(V + (int64_t)idx[t * st] * ldv + c);
+            b0 += val[(t + 1) * st] * V16LD(V + (int64_t)idx[(t + 1) * st] * ldv + c);
         }
-        if (t < nnz) a0 += val[t] * V16LD(V + (int64_t)idx[t] * ldv + c);
+        if (t < nnz) a0 += val[t * st] * V16LD(V + (int64_t)idx[t * st] * ldv + c);
         V16ST(o + c, a0 + b0);
     }
 #else
     for (; c + 32 <= dvp; c += 32) {
         v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int64_t t = 0; t < nnz; ++t) {
-            const float w = val[t];
-            const float *r = V + (int64_t)idx[t] * ldv + c;
+            const float w = val[t * st];
+            const float *r = V + (int64_t)idx[t * st] * ldv + c;
             a0 += w * V8LD(r); a1 += w * V8LD(r + 8); a2 += w * V8LD(r + 16); a3 += w * V8LD(r + 24);
         }
         V8ST(o + c, a0); V8ST(o + c + 8, a1); V8ST(o + c + 16, a2); V8ST(o + c + 24, a3);
@@ -280,8 +280,8 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
     if (c < dvp) {
         v8f a0 = {0}, a1 = {0};
         for (int64_t t = 0; t < nnz; ++t) {
-            const float w = val[t];
-            const float *r = V + (int64_t)idx[t] * ldv + c;
+            const float w = val[t * st];
+            const float *r = V + (int64_t)idx[t * st] * ldv + c;
             a0 += w * V8LD(r); a1 += w * V8LD(r + 8);
         }
         V8ST(o + c, a0); V8ST(o + c + 8, a1);
@@ -458,15 +458,15 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         float *Kp = (float *)malloc(((size_t)npan * D * FUSED_NR + 16) * sizeof(float));                   \
         float *Vt = own_v ? (float *)malloc(((size_t)Lk * DvP + 16) * sizeof(float)) : NULL;               \
         float *Kt = own_k ? (float *)malloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
-        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP + 3 * (LkP + 8) +    \
+        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP +                    \
                                                      (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
         double *buf = (double *)malloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
-        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (LkP + 8));                                     \
+        float *wl = (float *)malloc(sizeof(float) * HG_LANES * (LkP + 16)); /* a row set's weights */      \
         float *krow = (float *)malloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
-        int oom = Kp == NULL || Qb == NULL || buf == NULL || idx == NULL || krow == NULL || (own_v && Vt == NULL) || \
+        int oom = Kp == NULL || Qb == NULL || buf == NULL || wl == NULL || krow == NULL || (own_v && Vt == NULL) || \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
-        float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *val = Os + RB * DvP, *Okd = val + LkP + 8, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
+        float *S = oom ? NULL : Qb + RB * D, *Od = S + RB * LkP, *Os = Od + RB * DvP, *Okd = Os + RB * DvP, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
               *orow = aa ? Qr + RB * D : Okd;                                                              \
         rowset set;                                                                                        \
         if (!oom) rowset_init(&set, buf, Lk);                                                              \
@@ -549,15 +549,16 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     rowset_add_f32(&set, r, z, &P);                                                        \
                 }                                                                                          \
                 rowset_solve(&set, &P);                                                                    \
+                rowset_weights_f32(&set, &P, wl);                                                          \
                 for (int r = 0; r < set.nrows; ++r) {                                                      \
                     const int64_t i = i0s + r;                                                             \
                     float *z = S + i * LkP;                                                                \
                     flags |= set.status[r];                                                                \
                     bad[i] = (set.status[r] & HG_STATUS_NO_DISTRIBUTION) != 0;                             \
                     if (bad[i]) continue;                                                                  \
-                    const int64_t nnz = rowset_support_f32(&set, r, &P, val, idx);                         \
-                    gather_rows_f32(val, idx, nnz, Vg, DvP, DvP, Os + i * DvP);                            \
-                    if (aa) gather_rows_f32(val, idx, nnz, Kg2, DP, DP, Oks + i * DP);                     \
+                    /* the row's candidates above the first step's bound, zero weights included */      \
+                    gather_rows_f32(wl + r, set.ix + r, HG_LANES, set.m[r], Vg, DvP, DvP, Os + i * DvP);   \
+                    if (aa) gather_rows_f32(wl + r, set.ix + r, HG_LANES, set.m[r], Kg2, DP, DP, Oks + i * DP); \
                     softmax_shifted_f32(z, z, Lk, (float)set.zmax[r]);                                     \
                 }                                                                                          \
             }                                                                                              \
@@ -588,7 +589,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         free(Kt);                                                                                          \
         free(Qb);                                                                                          \
         free(buf);                                                                                         \
-        free(idx);                                                                                         \
+        free(wl);                                                                                          \
         free(krow);                                                                                        \
     }                                                                                                      \
     return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
