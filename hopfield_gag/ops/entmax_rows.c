@@ -262,9 +262,8 @@ typedef struct {
     int status[HG_LANES];      /* HG_STATUS_* of each row (NO_DISTRIBUTION: the row has no output) */
     double zmax[HG_LANES], tau[HG_LANES], inv_sum[HG_LANES];
     double *u;                 /* candidates, shifted, interleaved; -inf pads */
-    int32_t *ix;               /* their columns, same layout */
     float *gv;                 /* fp32 rows: each row's gathered candidates in fp32 (row r at r (n + 16)) */
-    int32_t *gi;               /*            and their columns, same layout */
+    int32_t *gi;               /* each row's candidate columns (row r at r (n + 16)), in the order of cu */
     double *cu;                /* each row's candidates u, contiguous (row r at r (n + 16)) */
     double *row;               /* one row's candidates, contiguous, for the per-row searches (n + 16) */
 } rowset;
@@ -276,8 +275,7 @@ static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
     S->n = n;
     S->nrows = 0;
     S->u = scratch;
-    S->ix = (int32_t *)(void *)(S->u + HG_LANES * (n + 16));
-    S->gv = (float *)(void *)(S->ix + HG_LANES * (n + 16) + 8);
+    S->gv = (float *)(void *)(S->u + HG_LANES * (n + 16));
     S->gi = (int32_t *)(void *)(S->gv + HG_LANES * (n + 16));
     S->cu = (double *)(void *)(((uintptr_t)(S->gi + HG_LANES * (n + 16)) + 7) & ~(uintptr_t)7);
     S->row = S->cu + HG_LANES * (n + 16);
@@ -460,40 +458,70 @@ static void first_steps15(rowset *S, const params *P, double bound[HG_LANES]) {
     }
 }
 
-/* Row r's candidates (contiguous in cu) and their columns into the interleaved layout: those above bound
-   (all of them for bound = -inf). */
-static void rowset_place(rowset *S, int r, double bound) {
-    const double *u = S->cu + r * (S->n + 16);
-    const int32_t *cols = S->gi + r * (S->n + 16);
+/* Row r's candidates above bound (all of them for bound = -inf), compacted in place in cu and gi (in
+   order); S->m[r] is their count. */
+static void rowset_keep(rowset *S, int r, double bound) {
+    double *u = S->cu + r * (S->n + 16);
+    int32_t *cols = S->gi + r * (S->n + 16);
     const int64_t m = S->mg[r];
-    double *ur = S->u + r;
-    int32_t *ir = S->ix + r;
     int64_t k = 0;
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-    /* 8 candidates a step: the kept ones compressed, then scattered to their interleaved slots */
+    /* 8 a step, compressed in registers; full-width stores at k <= i only overwrite entries already read */
     const __m512d vb = _mm512_set1_pd(bound);
-    const __m512i slot = _mm512_setr_epi64(0, HG_LANES, 2 * HG_LANES, 3 * HG_LANES, 4 * HG_LANES, 5 * HG_LANES,
-                                           6 * HG_LANES, 7 * HG_LANES);
     for (int64_t i = 0; i < m; i += 8) {
         const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
         const __m512d x = _mm512_maskz_loadu_pd(valid, u + i);
+        const __m256i c = _mm256_maskz_loadu_epi32(valid, cols + i);
         const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, x, vb, _CMP_GT_OQ);
-        const int pc = __builtin_popcount(keep);
-        const __m512i pos = _mm512_add_epi64(_mm512_set1_epi64(k * HG_LANES), slot);
-        const __mmask8 w = (__mmask8)((1u << pc) - 1u);
-        _mm512_mask_i64scatter_pd(ur, w, pos, _mm512_maskz_compress_pd(keep, x), 8);
-        _mm512_mask_i64scatter_epi32(ir, w, pos, _mm256_maskz_compress_epi32(keep, _mm256_maskz_loadu_epi32(valid, cols + i)), 4);
-        k += pc;
+        _mm512_storeu_pd(u + k, _mm512_maskz_compress_pd(keep, x));
+        _mm256_storeu_si256((__m256i *)(void *)(cols + k), _mm256_maskz_compress_epi32(keep, c));
+        k += __builtin_popcount(keep);
     }
-    S->m[r] = k;
-    return;
-#endif
+#else
     for (int64_t i = 0; i < m; ++i) {
-        ur[k * HG_LANES] = u[i];
-        ir[k * HG_LANES] = cols[i];
-        k += u[i] > bound;
+        const double x = u[i];
+        u[k] = x;
+        cols[k] = cols[i];
+        k += x > bound;
     }
+#endif
     S->m[r] = k;
+}
+
+/* The interleaved layout: u[i HG_LANES + r] = cu_r[i] for i < mpad (a multiple of 8; the rows are -inf past
+   their counts). With AVX-512 by 8x8 transposes in registers (strided scalar stores cost ~4x as much). */
+static void rowset_interleave(rowset *S, int64_t mpad) {
+    const int64_t st = S->n + 16;
+    const double *c = S->cu;
+#if defined(__AVX512F__) && HG_LANES == 8
+    for (int64_t i0 = 0; i0 < mpad; i0 += 8) {
+        const __m512d r0 = _mm512_loadu_pd(c + i0), r1 = _mm512_loadu_pd(c + st + i0),
+                      r2 = _mm512_loadu_pd(c + 2 * st + i0), r3 = _mm512_loadu_pd(c + 3 * st + i0),
+                      r4 = _mm512_loadu_pd(c + 4 * st + i0), r5 = _mm512_loadu_pd(c + 5 * st + i0),
+                      r6 = _mm512_loadu_pd(c + 6 * st + i0), r7 = _mm512_loadu_pd(c + 7 * st + i0);
+        /* 128-bit lane L of t0 holds (r0[2L], r1[2L]), of t1 (r0[2L+1], r1[2L+1]), ... */
+        const __m512d t0 = _mm512_unpacklo_pd(r0, r1), t1 = _mm512_unpackhi_pd(r0, r1);
+        const __m512d t2 = _mm512_unpacklo_pd(r2, r3), t3 = _mm512_unpackhi_pd(r2, r3);
+        const __m512d t4 = _mm512_unpacklo_pd(r4, r5), t5 = _mm512_unpackhi_pd(r4, r5);
+        const __m512d t6 = _mm512_unpacklo_pd(r6, r7), t7 = _mm512_unpackhi_pd(r6, r7);
+        const __m512d a0 = _mm512_shuffle_f64x2(t0, t2, 0x88), a1 = _mm512_shuffle_f64x2(t0, t2, 0xDD);
+        const __m512d b0 = _mm512_shuffle_f64x2(t4, t6, 0x88), b1 = _mm512_shuffle_f64x2(t4, t6, 0xDD);
+        const __m512d e0 = _mm512_shuffle_f64x2(t1, t3, 0x88), e1 = _mm512_shuffle_f64x2(t1, t3, 0xDD);
+        const __m512d f0 = _mm512_shuffle_f64x2(t5, t7, 0x88), f1 = _mm512_shuffle_f64x2(t5, t7, 0xDD);
+        double *o = S->u + i0 * HG_LANES;
+        _mm512_storeu_pd(o, _mm512_shuffle_f64x2(a0, b0, 0x88));
+        _mm512_storeu_pd(o + 8, _mm512_shuffle_f64x2(e0, f0, 0x88));
+        _mm512_storeu_pd(o + 16, _mm512_shuffle_f64x2(a1, b1, 0x88));
+        _mm512_storeu_pd(o + 24, _mm512_shuffle_f64x2(e1, f1, 0x88));
+        _mm512_storeu_pd(o + 32, _mm512_shuffle_f64x2(a0, b0, 0xDD));
+        _mm512_storeu_pd(o + 40, _mm512_shuffle_f64x2(e0, f0, 0xDD));
+        _mm512_storeu_pd(o + 48, _mm512_shuffle_f64x2(a1, b1, 0xDD));
+        _mm512_storeu_pd(o + 56, _mm512_shuffle_f64x2(e1, f1, 0xDD));
+    }
+#else
+    for (int64_t i = 0; i < mpad; ++i)
+        for (int r = 0; r < HG_LANES; ++r) S->u[i * HG_LANES + r] = c[r * st + i];
+#endif
 }
 
 /* alpha = 1.5 on every live row of the set at once. Per lane the iteration of the single-row search:
@@ -594,7 +622,7 @@ static void threshold_rows(rowset *S, const params *P) {
     for (int r = 0; r < S->nrows; ++r) {
         if (S->status[r] & HG_STATUS_NO_DISTRIBUTION) continue;
         int64_t m = S->m[r];
-        for (int64_t i = 0; i < m; ++i) S->row[i] = S->u[i * HG_LANES + r];
+        for (int64_t i = 0; i < m; ++i) S->row[i] = S->cu[r * (S->n + 16) + i];
         const double tau = threshold(S->row, &m, P, &S->status[r]);
         double sum = 0;
         if (HG_POW_KIND(P->kind)) {
@@ -615,16 +643,19 @@ static void rowset_solve(rowset *S, const params *P) {
     double bound[HG_LANES];
     for (int r = 0; r < HG_LANES; ++r) { bound[r] = -INFINITY; S->done0[r] = 0; }
     if (P->kind == HG_KIND_ENTMAX15) first_steps15(S, P, bound);
-    for (int r = 0; r < S->nrows; ++r)
-        if (!(S->status[r] & HG_STATUS_NO_DISTRIBUTION)) rowset_place(S, r, bound[r]);
     int64_t mmax = 0;
     for (int r = 0; r < HG_LANES; ++r) {
         if (r >= S->nrows) S->m[r] = 0;
+        else if (!(S->status[r] & HG_STATUS_NO_DISTRIBUTION)) rowset_keep(S, r, bound[r]);
         mmax = S->m[r] > mmax ? S->m[r] : mmax;
     }
     S->mmax = mmax;
-    for (int r = 0; r < HG_LANES; ++r)
-        for (int64_t i = S->m[r]; i < mmax; ++i) S->u[i * HG_LANES + r] = -INFINITY;
+    const int64_t mpad = (mmax + 7) & ~(int64_t)7;
+    for (int r = 0; r < HG_LANES; ++r) {
+        double *c = S->cu + r * (S->n + 16);
+        for (int64_t i = S->m[r]; i < mpad; ++i) c[i] = -INFINITY;
+    }
+    rowset_interleave(S, mpad);
     if (P->kind == HG_KIND_ENTMAX15) threshold15_set(S, P); else threshold_rows(S, P);
 }
 
@@ -664,7 +695,7 @@ DEFINE_SET_WRITE(rowset_write_f64, double)
 
 /* The weights of every candidate of a solved set in the interleaved layout, rounded to fp32: w[i HG_LANES + r]
    = p of candidate i of row r (0 for candidates at or below the threshold and for the -inf pads), for
-   i < mmax; with ix, each row's (weight, column) list, zeros included, in column order. alpha = 1.5 in
+   i < mmax; with gi, each row's (weight, column) list, zeros included, in column order. alpha = 1.5 in
    lanes (one pass for the set); other alphas row by row. */
 static void rowset_weights_f32(const rowset *S, const params *P, float *w) {
     const int64_t mmax = S->mmax;

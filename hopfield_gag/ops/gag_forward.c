@@ -234,8 +234,8 @@ static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const 
 #endif
 }
 
-/* o[0..dvp) = sum_t val[t * st] V[idx[t * st]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
-static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t st, int64_t nnz, const float *V,
+/* o[0..dvp) = sum_t val[t * st] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
+static inline void gather_rows_f32(const float *val, int64_t st, const int32_t *idx, int64_t nnz, const float *V,
                                    int64_t ldv, int64_t dvp, float *o) {
     int64_t c = 0;
 #ifdef HG_WIDE_TILES
@@ -246,13 +246,13 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         int64_t t = 0;
         for (; t + 2 <= nnz; t += 2) {
             const float w = val[t * st], x = val[(t + 1) * st];
-            const float *r = V + (int64_t)idx[t * st] * ldv + c, *q = V + (int64_t)idx[(t + 1) * st] * ldv + c;
+            const float *r = V + (int64_t)idx[t] * ldv + c, *q = V + (int64_t)idx[t + 1] * ldv + c;
             a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
             b0 += x * V16LD(q); b1 += x * V16LD(q + 16); b2 += x * V16LD(q + 32); b3 += x * V16LD(q + 48);
         }
         if (t < nnz) {
             const float w = val[t * st];
-            const float *r = V + (int64_t)idx[t * st] * ldv + c;
+            const float *r = V + (int64_t)idx[t] * ldv + c;
             a0 += w * V16LD(r); a1 += w * V16LD(r + 16); a2 += w * V16LD(r + 32); a3 += w * V16LD(r + 48);
         }
         V16ST(o + c, a0 + b0); V16ST(o + c + 16, a1 + b1); V16ST(o + c + 32, a2 + b2); V16ST(o + c + 48, a3 + b3);
@@ -261,10 +261,10 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         v16f a0 = {0}, b0 = {0};
         int64_t t = 0;
         for (; t + 2 <= nnz; t += 2) {
-            a0 += val[t * st] * V16LD(V + (int64_t)idx[t * st] * ldv + c);
-            b0 += val[(t + 1) * st] * V16LD(V + (int64_t)idx[(t + 1) * st] * ldv + c);
+            a0 += val[t * st] * V16LD(V + (int64_t)idx[t] * ldv + c);
+            b0 += val[(t + 1) * st] * V16LD(V + (int64_t)idx[t + 1] * ldv + c);
         }
-        if (t < nnz) a0 += val[t * st] * V16LD(V + (int64_t)idx[t * st] * ldv + c);
+        if (t < nnz) a0 += val[t * st] * V16LD(V + (int64_t)idx[t] * ldv + c);
         V16ST(o + c, a0 + b0);
     }
 #else
@@ -272,7 +272,7 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int64_t t = 0; t < nnz; ++t) {
             const float w = val[t * st];
-            const float *r = V + (int64_t)idx[t * st] * ldv + c;
+            const float *r = V + (int64_t)idx[t] * ldv + c;
             a0 += w * V8LD(r); a1 += w * V8LD(r + 8); a2 += w * V8LD(r + 16); a3 += w * V8LD(r + 24);
         }
         V8ST(o + c, a0); V8ST(o + c + 8, a1); V8ST(o + c + 16, a2); V8ST(o + c + 24, a3);
@@ -281,7 +281,7 @@ static inline void gather_rows_f32(const float *val, const int32_t *idx, int64_t
         v8f a0 = {0}, a1 = {0};
         for (int64_t t = 0; t < nnz; ++t) {
             const float w = val[t * st];
-            const float *r = V + (int64_t)idx[t * st] * ldv + c;
+            const float *r = V + (int64_t)idx[t] * ldv + c;
             a0 += w * V8LD(r); a1 += w * V8LD(r + 8);
         }
         V8ST(o + c, a0); V8ST(o + c + 8, a1);
@@ -557,8 +557,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     bad[i] = (set.status[r] & HG_STATUS_NO_DISTRIBUTION) != 0;                             \
                     if (bad[i]) continue;                                                                  \
                     /* the row's candidates above the first step's bound, zero weights included */      \
-                    gather_rows_f32(wl + r, set.ix + r, HG_LANES, set.m[r], Vg, DvP, DvP, Os + i * DvP);   \
-                    if (aa) gather_rows_f32(wl + r, set.ix + r, HG_LANES, set.m[r], Kg2, DP, DP, Oks + i * DP); \
+                    gather_rows_f32(wl + r, HG_LANES, set.gi + r * (Lk + 16), set.m[r], Vg, DvP, DvP, Os + i * DvP);   \
+                    if (aa) gather_rows_f32(wl + r, HG_LANES, set.gi + r * (Lk + 16), set.m[r], Kg2, DP, DP, Oks + i * DP); \
                     softmax_shifted_f32(z, z, Lk, (float)set.zmax[r]);                                     \
                 }                                                                                          \
             }                                                                                              \
