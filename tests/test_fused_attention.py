@@ -217,15 +217,19 @@ def test_strided_inputs_give_the_contiguous_result():
 
 
 @needs_kernel
-def test_portable_build_without_native_simd_agrees(tmp_path, monkeypatch):
-    # the kernel has AVX2 paths (gather, support, statistics) and generic C twins; a machine without AVX2
-    # (or another architecture) builds the twins: build them here without -march=native and compare
+@pytest.mark.parametrize("build", ["portable", "no-avx512"])
+def test_portable_build_without_native_simd_agrees(tmp_path, monkeypatch, build):
+    # the kernel has AVX-512 paths (row max, gathers, compaction, transposes, softmax, combine), AVX2 paths
+    # and generic C twins; machines without AVX-512 (or without AVX2, or another architecture) build the
+    # others: build them here (without -march=native; native minus AVX-512) and compare
     import ctypes
 
     from hopfield_gag.ops import normalizers
 
     flags = tuple(f for f in _kernel._FLAGS if f != "-march=native")
-    target = tmp_path / "entmax_kernel-portable.so"
+    if build == "no-avx512":
+        flags += ("-march=native", "-mno-avx512f")
+    target = tmp_path / f"entmax_kernel-{build}.so"
     _kernel._compile(target, flags)
     portable = _kernel._bind(ctypes.CDLL(str(target)))
     q, k, v = make(9, 2, 3, 61, 45, 24, 20, qscale=2.0)

@@ -188,6 +188,30 @@ def test_agrees_with_entmax_package(seed, n, scale):
         torch.testing.assert_close(N.entmax(x, alpha), ref, rtol=0, atol=max(tol, 1e-12))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_kernel_rows_do_not_depend_on_their_neighbours(dtype, alpha):
+    # the C kernel normalizes rows in sets of 8 (alpha = 1.5: the searches share vector lanes, and run as
+    # long as the set's slowest row); each row must still come out exactly as when it is computed alone
+    from hopfield_gag.ops import _kernel
+
+    if _kernel.load() is None:
+        pytest.skip("no C compiler here: the kernel does not exist; the torch path is tested")
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(21, 77, generator=g) * torch.linspace(0.1, 8.0, 21)[:, None]).to(dtype)
+    z[2, :] = 5.0  # a tie: every entry in the support
+    z[4, 7] = float("nan")  # no distribution
+    z[9, :] = float("-inf")  # fully masked
+    z[11, :70] = float("-inf")
+    z[13, 0] = 60.0  # one entry far above the rest
+    p, flags = N._kernel_entmax(z, alpha)
+    for i in range(z.shape[0]):
+        alone, _ = N._kernel_entmax(z[i:i + 1].clone(), alpha)
+        assert torch.equal(p[i:i + 1].isnan(), alone.isnan())
+        assert torch.equal(p[i:i + 1].nan_to_num(), alone.nan_to_num()), i
+    assert flags & N._FLAG_NONFINITE and flags & N._FLAG_EMPTY
+
+
 def test_fp32_kernel_agrees_with_float64_reference_on_attention_shapes():
     g = torch.Generator().manual_seed(0)
     for lk in (1, 2, 77, 1024):
