@@ -488,17 +488,19 @@ static void rowset_keep(rowset *S, int r, double bound) {
     S->m[r] = k;
 }
 
-/* The interleaved layout: u[i HG_LANES + r] = cu_r[i] for i < mpad (a multiple of 8; the rows are -inf past
-   their counts). With AVX-512 by 8x8 transposes in registers (strided scalar stores cost ~4x as much). */
+/* The interleaved layout: u[i HG_LANES + r] = cu_r[i] for i < m_r, -inf for m_r <= i < mpad (a multiple of
+   8). With AVX-512 by 8x8 transposes in registers, the rows' tails replaced by -inf as they are loaded
+   (strided scalar stores, or -inf stores that the loads then straddle, cost ~4x as much). */
 static void rowset_interleave(rowset *S, int64_t mpad) {
     const int64_t st = S->n + 16;
     const double *c = S->cu;
 #if defined(__AVX512F__) && HG_LANES == 8
+    const __m512d ninf = _mm512_set1_pd(-INFINITY);
+#define HG_ROWCHUNK(r) _mm512_mask_loadu_pd(ninf, S->m[r] - i0 >= 8 ? (__mmask8)0xFF : S->m[r] <= i0 ? (__mmask8)0 \
+                                            : (__mmask8)((1u << (S->m[r] - i0)) - 1u), c + (r) * st + i0)
     for (int64_t i0 = 0; i0 < mpad; i0 += 8) {
-        const __m512d r0 = _mm512_loadu_pd(c + i0), r1 = _mm512_loadu_pd(c + st + i0),
-                      r2 = _mm512_loadu_pd(c + 2 * st + i0), r3 = _mm512_loadu_pd(c + 3 * st + i0),
-                      r4 = _mm512_loadu_pd(c + 4 * st + i0), r5 = _mm512_loadu_pd(c + 5 * st + i0),
-                      r6 = _mm512_loadu_pd(c + 6 * st + i0), r7 = _mm512_loadu_pd(c + 7 * st + i0);
+        const __m512d r0 = HG_ROWCHUNK(0), r1 = HG_ROWCHUNK(1), r2 = HG_ROWCHUNK(2), r3 = HG_ROWCHUNK(3),
+                      r4 = HG_ROWCHUNK(4), r5 = HG_ROWCHUNK(5), r6 = HG_ROWCHUNK(6), r7 = HG_ROWCHUNK(7);
         /* 128-bit lane L of t0 holds (r0[2L], r1[2L]), of t1 (r0[2L+1], r1[2L+1]), ... */
         const __m512d t0 = _mm512_unpacklo_pd(r0, r1), t1 = _mm512_unpackhi_pd(r0, r1);
         const __m512d t2 = _mm512_unpacklo_pd(r2, r3), t3 = _mm512_unpackhi_pd(r2, r3);
@@ -518,9 +520,10 @@ static void rowset_interleave(rowset *S, int64_t mpad) {
         _mm512_storeu_pd(o + 48, _mm512_shuffle_f64x2(a1, b1, 0xDD));
         _mm512_storeu_pd(o + 56, _mm512_shuffle_f64x2(e1, f1, 0xDD));
     }
+#undef HG_ROWCHUNK
 #else
     for (int64_t i = 0; i < mpad; ++i)
-        for (int r = 0; r < HG_LANES; ++r) S->u[i * HG_LANES + r] = c[r * st + i];
+        for (int r = 0; r < HG_LANES; ++r) S->u[i * HG_LANES + r] = i < S->m[r] ? c[r * st + i] : -INFINITY;
 #endif
 }
 
@@ -650,12 +653,7 @@ static void rowset_solve(rowset *S, const params *P) {
         mmax = S->m[r] > mmax ? S->m[r] : mmax;
     }
     S->mmax = mmax;
-    const int64_t mpad = (mmax + 7) & ~(int64_t)7;
-    for (int r = 0; r < HG_LANES; ++r) {
-        double *c = S->cu + r * (S->n + 16);
-        for (int64_t i = S->m[r]; i < mpad; ++i) c[i] = -INFINITY;
-    }
-    rowset_interleave(S, mpad);
+    rowset_interleave(S, (mmax + 7) & ~(int64_t)7);
     if (P->kind == HG_KIND_ENTMAX15) threshold15_set(S, P); else threshold_rows(S, P);
 }
 
@@ -690,8 +688,27 @@ static inline double rowset_weight(const params *P, double y, double inv_sum) {
             for (int64_t i = 0; i < n; ++i) p[i] = (T)rowset_weight(P, ((double)z[i] - zmax) - tau, inv_sum); \
         }                                                                                      \
     }
-DEFINE_SET_WRITE(rowset_write_f32, float)
+DEFINE_SET_WRITE(rowset_write_generic_f32, float)
 DEFINE_SET_WRITE(rowset_write_f64, double)
+
+/* fp32 rows: alpha = 1.5 with AVX-512, 8 entries a step in double, the tail masked; else the generic loop */
+static void rowset_write_f32(const rowset *S, int r, const float *z, float *p, const params *P) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    if (P->kind == HG_KIND_ENTMAX15 && !(S->status[r] & HG_STATUS_NO_DISTRIBUTION)) {
+        const int64_t n = S->n;
+        const __m512d vz = _mm512_set1_pd(S->zmax[r]), vt = _mm512_set1_pd(S->tau[r]),
+                      vc = _mm512_set1_pd(P->a * P->a * S->inv_sum[r]), zero = _mm512_setzero_pd();
+        for (int64_t i = 0; i < n; i += 8) {
+            const __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - i)) - 1u);
+            const __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, z + i));
+            const __m512d y = _mm512_max_pd(_mm512_sub_pd(_mm512_sub_pd(x, vz), vt), zero); /* -inf -> 0 */
+            _mm256_mask_storeu_ps(p + i, k, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(vc, y), y)));
+        }
+        return;
+    }
+#endif
+    rowset_write_generic_f32(S, r, z, p, P);
+}
 
 /* The weights of every candidate of a solved set in the interleaved layout, rounded to fp32: w[i HG_LANES + r]
    = p of candidate i of row r (0 for candidates at or below the threshold and for the -inf pads), for
