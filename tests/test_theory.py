@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from _theory_strategies import (
@@ -307,6 +307,9 @@ def test_crossing_certificate_bound():
 # T6 P-descent: <grad E(d), Delta> <= 0
 # ------------------------------------------------------------------------------------------------
 @given(st.data(), hopfield_problems("separated"))
+# the premise (the dense iteration still approaching x_i) holds for a minority of basin queries by design; in
+# unlucky random (non-CI) draws hypothesis filtered 50 of 58 and failed its health check: that is not a finding
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_descent_dense_energy_holds_while_dense_iteration_approaches(data, prob):
     """T6a: s = x_i exactly and ||x_i - T_d(d)|| <= ||x_i - d||  =>  descent for the dense energy."""
     xi, i = data.draw(basin_queries(prob, inside=True))
