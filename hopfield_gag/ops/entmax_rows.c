@@ -42,6 +42,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* Scratch aligned to a cache line (64 bytes): the kernels' 16-lane loads of packed K, V and score rows would
+   otherwise straddle two lines each (malloc aligns to 16). NULL if the memory is not there; free() frees it. */
+static void *hg_alloc(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63) == 0 ? p : NULL;
+}
+
 /* Iteration limit of the threshold searches. Settable (hg_set_max_iter) only so that tests can force the
    "limit hit" path; the searches converge in a handful of iterations on real rows. */
 static int g_maxit = 300;
@@ -254,6 +261,7 @@ typedef float lanes_f __attribute__((vector_size(HG_LANES * sizeof(float)), alig
 typedef struct {
     int nrows;                 /* rows in the set, <= HG_LANES (the other lanes are empty) */
     int64_t n, mmax;           /* row length; the longest candidate list */
+    int64_t st;                /* row stride of the per-row arrays: n + 16 rounded up to 16 (64-byte rows) */
     int64_t m[HG_LANES];       /* candidates per row in the interleaved layout */
     int64_t mg[HG_LANES];      /* fp32 rows: candidates per row in the contiguous gather (m <= mg) */
     double s1[HG_LANES], s2[HG_LANES], cnt[HG_LANES]; /* alpha = 1.5: the statistics at lo (rowset_add) */
@@ -262,23 +270,26 @@ typedef struct {
     int status[HG_LANES];      /* HG_STATUS_* of each row (NO_DISTRIBUTION: the row has no output) */
     double zmax[HG_LANES], tau[HG_LANES], inv_sum[HG_LANES];
     double *u;                 /* candidates, shifted, interleaved; -inf pads */
-    float *gv;                 /* fp32 rows: each row's gathered candidates in fp32 (row r at r (n + 16)) */
-    int32_t *gi;               /* each row's candidate columns (row r at r (n + 16)), in the order of cu */
-    double *cu;                /* each row's candidates u, contiguous (row r at r (n + 16)) */
-    double *row;               /* one row's candidates, contiguous, for the per-row searches (n + 16) */
+    float *gv;                 /* fp32 rows: each row's gathered candidates in fp32 (row r at r st) */
+    int32_t *gi;               /* each row's candidate columns (row r at r st), in the order of cu */
+    double *cu;                /* each row's candidates u, contiguous (row r at r st) */
+    double *row;               /* one row's candidates, contiguous, for the per-row searches (st) */
 } rowset;
 
-/* Scratch (doubles) of a row set of rows of length n. */
-#define SET_SCRATCH(n) ((size_t)HG_LANES * ((size_t)(n) + 16) * 7 / 2 + ((size_t)(n) + 16) + 16)
+/* Scratch (doubles) of a row set of rows of length n (from hg_alloc: 64-byte aligned): u, gv, gi, cu, row. */
+#define SET_STRIDE(n) (((int64_t)(n) + 16 + 15) & ~(int64_t)15)
+#define SET_SCRATCH(n) ((size_t)SET_STRIDE(n) * (HG_LANES * 3 + 1) + 16)
 
 static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
+    const int64_t st = SET_STRIDE(n); /* a multiple of 16: every row of every array starts on a cache line */
     S->n = n;
+    S->st = st;
     S->nrows = 0;
     S->u = scratch;
-    S->gv = (float *)(void *)(S->u + HG_LANES * (n + 16));
-    S->gi = (int32_t *)(void *)(S->gv + HG_LANES * (n + 16));
-    S->cu = (double *)(void *)(((uintptr_t)(S->gi + HG_LANES * (n + 16)) + 7) & ~(uintptr_t)7);
-    S->row = S->cu + HG_LANES * (n + 16);
+    S->gv = (float *)(void *)(S->u + HG_LANES * st);
+    S->gi = (int32_t *)(void *)(S->gv + HG_LANES * st);
+    S->cu = (double *)(void *)(S->gi + HG_LANES * st);
+    S->row = S->cu + HG_LANES * st;
 }
 
 /* The statistics of alpha = 1.5's first step (sum and sum of squares of (u - lo)_+ and the count above
@@ -379,11 +390,11 @@ static inline void shift_f32(const float *gv, int64_t m, double zmax, double *u,
             return;                                                                            \
         }                                                                                      \
         S->status[r] = 0;                                                                      \
-        int32_t *gi = S->gi + r * (n + 16);                                                    \
-        double *u = S->cu + r * (n + 16);                                                      \
+        int32_t *gi = S->gi + r * S->st;                                                    \
+        double *u = S->cu + r * S->st;                                                      \
         int64_t m = 0;                                                                         \
         if (sizeof(T) == sizeof(float)) {                                                      \
-            float *gv = S->gv + r * (n + 16);                                                   \
+            float *gv = S->gv + r * S->st;                                                   \
             float fb = (float)(zmax + lo);                                                     \
             if ((double)fb >= zmax + lo) fb = nextafterf(fb, -INFINITY); /* strictly below */    \
             m = gather_above_f32((const float *)(const void *)z, n, fb, gv, gi);               \
@@ -461,8 +472,8 @@ static void first_steps15(rowset *S, const params *P, double bound[HG_LANES]) {
 /* Row r's candidates above bound (all of them for bound = -inf), compacted in place in cu and gi (in
    order); S->m[r] is their count. */
 static void rowset_keep(rowset *S, int r, double bound) {
-    double *u = S->cu + r * (S->n + 16);
-    int32_t *cols = S->gi + r * (S->n + 16);
+    double *u = S->cu + r * S->st;
+    int32_t *cols = S->gi + r * S->st;
     const int64_t m = S->mg[r];
     int64_t k = 0;
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -492,7 +503,7 @@ static void rowset_keep(rowset *S, int r, double bound) {
    8). With AVX-512 by 8x8 transposes in registers, the rows' tails replaced by -inf as they are loaded
    (strided scalar stores, or -inf stores that the loads then straddle, cost ~4x as much). */
 static void rowset_interleave(rowset *S, int64_t mpad) {
-    const int64_t st = S->n + 16;
+    const int64_t st = S->st;
     const double *c = S->cu;
 #if defined(__AVX512F__) && HG_LANES == 8
     const __m512d ninf = _mm512_set1_pd(-INFINITY);
@@ -625,7 +636,7 @@ static void threshold_rows(rowset *S, const params *P) {
     for (int r = 0; r < S->nrows; ++r) {
         if (S->status[r] & HG_STATUS_NO_DISTRIBUTION) continue;
         int64_t m = S->m[r];
-        for (int64_t i = 0; i < m; ++i) S->row[i] = S->cu[r * (S->n + 16) + i];
+        for (int64_t i = 0; i < m; ++i) S->row[i] = S->cu[r * S->st + i];
         const double tau = threshold(S->row, &m, P, &S->status[r]);
         double sum = 0;
         if (HG_POW_KIND(P->kind)) {
@@ -753,7 +764,7 @@ static void rowset_weights_f32(const rowset *S, const params *P, float *w) {
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
             /* every thread must reach the worksharing loop, even one whose malloc failed */  \
-            double *buf = (double *)malloc(SET_SCRATCH(n) * sizeof(double));                   \
+            double *buf = (double *)hg_alloc(SET_SCRATCH(n) * sizeof(double));                   \
             if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
             rowset S;                                                                          \
             if (buf != NULL) rowset_init(&S, buf, n);                                          \
@@ -878,7 +889,7 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
-            double *buf = (double *)malloc(SET_SCRATCH(n) * sizeof(double));                   \
+            double *buf = (double *)hg_alloc(SET_SCRATCH(n) * sizeof(double));                   \
             if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
             rowset S;                                                                          \
             if (buf != NULL) rowset_init(&S, buf, n);                                          \

@@ -454,15 +454,15 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     int kv_bad = 0;                                                                                        \
     _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags, kv_bad)")                     \
     {                                                                                                      \
-        /* + 16 floats: malloc(0) may return NULL, and D = 0 is a valid, if degenerate, call */            \
-        float *Kp = (float *)malloc(((size_t)npan * D * FUSED_NR + 16) * sizeof(float));                   \
-        float *Vt = own_v ? (float *)malloc(((size_t)Lk * DvP + 16) * sizeof(float)) : NULL;               \
-        float *Kt = own_k ? (float *)malloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
-        float *Qb = (float *)malloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP +                    \
+        /* + 16 floats: D = 0 is a valid, if degenerate, call (no zero-size allocation) */            \
+        float *Kp = (float *)hg_alloc(((size_t)npan * D * FUSED_NR + 16) * sizeof(float));                   \
+        float *Vt = own_v ? (float *)hg_alloc(((size_t)Lk * DvP + 16) * sizeof(float)) : NULL;               \
+        float *Kt = own_k ? (float *)hg_alloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
+        float *Qb = (float *)hg_alloc(sizeof(float) * (RB * D + RB * LkP + 2 * RB * DvP +                    \
                                                      (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
-        double *buf = (double *)malloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
-        float *wl = (float *)malloc(sizeof(float) * HG_LANES * (LkP + 16)); /* a row set's weights */      \
-        float *krow = (float *)malloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
+        double *buf = (double *)hg_alloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
+        float *wl = (float *)hg_alloc(sizeof(float) * HG_LANES * (LkP + 16)); /* a row set's weights */      \
+        float *krow = (float *)hg_alloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
         int oom = Kp == NULL || Qb == NULL || buf == NULL || wl == NULL || krow == NULL || (own_v && Vt == NULL) || \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
@@ -557,8 +557,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     bad[i] = (set.status[r] & HG_STATUS_NO_DISTRIBUTION) != 0;                             \
                     if (bad[i]) continue;                                                                  \
                     /* the row's candidates above the first step's bound, zero weights included */      \
-                    gather_rows_f32(wl + r, HG_LANES, set.gi + r * (Lk + 16), set.m[r], Vg, DvP, DvP, Os + i * DvP);   \
-                    if (aa) gather_rows_f32(wl + r, HG_LANES, set.gi + r * (Lk + 16), set.m[r], Kg2, DP, DP, Oks + i * DP); \
+                    gather_rows_f32(wl + r, HG_LANES, set.gi + r * set.st, set.m[r], Vg, DvP, DvP, Os + i * DvP);   \
+                    if (aa) gather_rows_f32(wl + r, HG_LANES, set.gi + r * set.st, set.m[r], Kg2, DP, DP, Oks + i * DP); \
                     softmax_shifted_f32(z, z, Lk, (float)set.zmax[r]);                                     \
                 }                                                                                          \
             }                                                                                              \
