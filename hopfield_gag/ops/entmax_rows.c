@@ -749,44 +749,6 @@ static void rowset_weights_f32(const rowset *S, const params *P, float *w) {
         }
 }
 
-/* Returns the OR of the rows' HG_STATUS_* bits: NONFINITE_SCORES (a NaN or +inf entry), FULLY_MASKED (no
-   finite entry; such rows are written as NaN), ITER_LIMIT (a row hit MAXIT: its output is only the bracket
-   estimate), OUT_OF_MEMORY. kind, hi0: hopfield_gag.ops.threshold.entmax_setup(alpha, n). Rows are dealt
-   to the threads a few sets at a time (dynamic: on a shared machine a descheduled thread then stalls the
-   region by one chunk, not by half of the rows); small inputs run on one thread: waking (and, on a busy
-   machine, waiting for) a second OpenMP thread costs more than the work. */
-#define DEFINE_ENTRY(NAME, ADD, WRITE, T)                                                      \
-    int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int kind, double hi0,  \
-                 int nthreads) {                                                               \
-        const params P = make_params(alpha, kind, hi0);                                        \
-        const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES;                                \
-        int64_t flags = 0;                                                                     \
-        _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
-        {                                                                                      \
-            /* every thread must reach the worksharing loop, even one whose malloc failed */  \
-            double *buf = (double *)hg_alloc(SET_SCRATCH(n) * sizeof(double));                   \
-            if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
-            rowset S;                                                                          \
-            if (buf != NULL) rowset_init(&S, buf, n);                                          \
-            _Pragma("omp for schedule(dynamic, 8)")                                            \
-            for (int64_t set = 0; set < nsets; ++set) {                                        \
-                if (buf == NULL) continue;                                                     \
-                const int64_t r0 = set * HG_LANES;                                             \
-                S.nrows = (int)(rows - r0 < HG_LANES ? rows - r0 : HG_LANES);                  \
-                for (int r = 0; r < S.nrows; ++r) ADD(&S, r, z + (r0 + r) * n, &P);            \
-                rowset_solve(&S, &P);                                                          \
-                for (int r = 0; r < S.nrows; ++r) {                                            \
-                    WRITE(&S, r, z + (r0 + r) * n, p + (r0 + r) * n, &P);                      \
-                    flags |= S.status[r];                                                      \
-                }                                                                              \
-            }                                                                                  \
-            free(buf);                                                                         \
-        }                                                                                      \
-        return flags;                                                                          \
-    }
-
-DEFINE_ENTRY(entmax_rows_f32, rowset_add_f32, rowset_write_f32, float)
-DEFINE_ENTRY(entmax_rows_f64, rowset_add_f64, rowset_write_f64, double)
 
 /* ------------------------------------------------------------------------------------------------------
  * Both maps of a chunk of score rows (hopfield_gag.ops.fused.dual_normalize, the chunked path): the softmax
@@ -878,18 +840,18 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
     for (int64_t i = 0; i < n; ++i) p[i] *= inv;
 }
 
-/* rows = G * group score rows of length n (row r = (g, i)); writes softmax row r to
-   out[((2g) group + i) n] and entmax row r to out[((2g + 1) group + i) n], i.e. out is (G, 2, group, n).
-   Flags as entmax_rows; a row without a distribution is NaN in both maps. */
-#define DEFINE_DUAL(NAME, ADD, WRITE, SOFTMAX, T)                                              \
-    int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
-                 int kind, double hi0, int nthreads) {                                         \
-        const params P = make_params(alpha, kind, hi0);                                        \
+/* The row-set loop of both entry points. dual = 0: entmax row r to out + r n. dual = 1: rows = G * group
+   score rows (row r = (g, i)), softmax row r to out[((2g) group + i) n] and entmax row r to
+   out[((2g + 1) group + i) n], i.e. out is (G, 2, group, n); a row without a distribution is NaN in both. */
+#define DEFINE_ROW_SETS(NAME, ADD, WRITE, SOFTMAX, T)                                          \
+    static int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, int dual,  \
+                        const params *P, int nthreads) {                                       \
         const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES;                                \
         int64_t flags = 0;                                                                     \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
-            double *buf = (double *)hg_alloc(SET_SCRATCH(n) * sizeof(double));                   \
+            /* every thread must reach the worksharing loop, even one whose allocation failed */ \
+            double *buf = (double *)hg_alloc(SET_SCRATCH(n) * sizeof(double));                 \
             if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
             rowset S;                                                                          \
             if (buf != NULL) rowset_init(&S, buf, n);                                          \
@@ -898,13 +860,14 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
                 if (buf == NULL) continue;                                                     \
                 const int64_t r0 = set * HG_LANES;                                             \
                 S.nrows = (int)(rows - r0 < HG_LANES ? rows - r0 : HG_LANES);                  \
-                for (int r = 0; r < S.nrows; ++r) ADD(&S, r, z + (r0 + r) * n, &P);            \
-                rowset_solve(&S, &P);                                                          \
+                for (int r = 0; r < S.nrows; ++r) ADD(&S, r, z + (r0 + r) * n, P);             \
+                rowset_solve(&S, P);                                                           \
                 for (int r = 0; r < S.nrows; ++r) {                                            \
                     const int64_t row = r0 + r, g = row / group, i = row % group;              \
-                    T *ps = out + ((2 * g) * group + i) * n;                                   \
-                    WRITE(&S, r, z + row * n, out + ((2 * g + 1) * group + i) * n, &P);        \
+                    WRITE(&S, r, z + row * n, dual ? out + ((2 * g + 1) * group + i) * n : out + row * n, P); \
                     flags |= S.status[r];                                                      \
+                    if (!dual) continue;                                                       \
+                    T *ps = out + ((2 * g) * group + i) * n;                                   \
                     if (S.status[r] & HG_STATUS_NO_DISTRIBUTION) {                             \
                         for (int64_t j = 0; j < n; ++j) ps[j] = (T)NAN;                        \
                     } else {                                                                   \
@@ -916,6 +879,30 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
         }                                                                                      \
         return flags;                                                                          \
     }
+DEFINE_ROW_SETS(row_sets_f32, rowset_add_f32, rowset_write_f32, softmax_shifted_f32, float)
+DEFINE_ROW_SETS(row_sets_f64, rowset_add_f64, rowset_write_f64, softmax_shifted_f64, double)
 
-DEFINE_DUAL(dual_rows_f32, rowset_add_f32, rowset_write_f32, softmax_shifted_f32, float)
-DEFINE_DUAL(dual_rows_f64, rowset_add_f64, rowset_write_f64, softmax_shifted_f64, double)
+/* Returns the OR of the rows' HG_STATUS_* bits: NONFINITE_SCORES (a NaN or +inf entry), FULLY_MASKED (no
+   finite entry; such rows are written as NaN), ITER_LIMIT (a row hit MAXIT: its output is only the bracket
+   estimate), OUT_OF_MEMORY. kind, hi0: hopfield_gag.ops.threshold.entmax_setup(alpha, n). Rows are dealt
+   to the threads a few sets at a time (dynamic: on a shared machine a descheduled thread then stalls the
+   region by one chunk, not by half of the rows); small inputs run on one thread: waking (and, on a busy
+   machine, waiting for) a second OpenMP thread costs more than the work. */
+#define DEFINE_ENTRY(NAME, SETS, T)                                                            \
+    int64_t NAME(const T *z, T *p, int64_t rows, int64_t n, double alpha, int kind, double hi0,  \
+                 int nthreads) {                                                               \
+        const params P = make_params(alpha, kind, hi0);                                        \
+        return SETS(z, p, rows, n, 1, 0, &P, nthreads);                                        \
+    }
+DEFINE_ENTRY(entmax_rows_f32, row_sets_f32, float)
+DEFINE_ENTRY(entmax_rows_f64, row_sets_f64, double)
+
+/* Both maps of a chunk of rows (see DEFINE_ROW_SETS, dual = 1); flags as entmax_rows. */
+#define DEFINE_DUAL(NAME, SETS, T)                                                             \
+    int64_t NAME(const T *z, T *out, int64_t rows, int64_t n, int64_t group, double alpha,     \
+                 int kind, double hi0, int nthreads) {                                         \
+        const params P = make_params(alpha, kind, hi0);                                        \
+        return SETS(z, out, rows, n, group, 1, &P, nthreads);                                  \
+    }
+DEFINE_DUAL(dual_rows_f32, row_sets_f32, float)
+DEFINE_DUAL(dual_rows_f64, row_sets_f64, double)
