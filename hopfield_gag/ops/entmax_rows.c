@@ -307,8 +307,23 @@ static inline void stats_at_lo(const double *u, int64_t m, double lo, double *s1
     *s1o = s1; *s2o = s2; *cnto = j;
 }
 
-/* fp32 rows: the max (in fp32, exact) and whether some entry is NaN or +inf; with AVX-512 16 lanes a step,
-   the tail masked. */
+/* A row's max (in the storage type: exact) and whether some entry is NaN or +inf; fp32 with AVX-512 16 lanes
+   a step, the tail masked. */
+#define DEFINE_MAX_FLAG(NAME, T)                                                               \
+    static inline T NAME(const T *z, int64_t n, int *bad_out) {                                \
+        T tmax = -INFINITY;                                                                    \
+        int bad = 0;                                                                           \
+        _Pragma("omp simd reduction(max : tmax) reduction(| : bad)")                           \
+        for (int64_t i = 0; i < n; ++i) {                                                      \
+            const T v = z[i];                                                                  \
+            bad |= !(v < (T)INFINITY);                                                         \
+            tmax = v > tmax ? v : tmax;                                                        \
+        }                                                                                      \
+        *bad_out = bad;                                                                        \
+        return tmax;                                                                           \
+    }
+DEFINE_MAX_FLAG(max_flag_generic_f32, float)
+DEFINE_MAX_FLAG(max_flag_f64, double)
 static inline float max_flag_f32(const float *z, int64_t n, int *bad_out) {
 #if defined(__AVX512F__)
     __m512 mx = _mm512_set1_ps(-INFINITY);
@@ -322,29 +337,8 @@ static inline float max_flag_f32(const float *z, int64_t n, int *bad_out) {
     *bad_out = bad != 0;
     return _mm512_reduce_max_ps(mx);
 #else
-    float tmax = -INFINITY;
-    int bad = 0;
-#pragma omp simd reduction(max : tmax) reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) {
-        const float v = z[i];
-        bad |= !(v < INFINITY);
-        tmax = v > tmax ? v : tmax;
-    }
-    *bad_out = bad;
-    return tmax;
+    return max_flag_generic_f32(z, n, bad_out);
 #endif
-}
-static inline double max_flag_f64(const double *z, int64_t n, int *bad_out) {
-    double tmax = -INFINITY;
-    int bad = 0;
-#pragma omp simd reduction(max : tmax) reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) {
-        const double v = z[i];
-        bad |= !(v < INFINITY);
-        tmax = v > tmax ? v : tmax;
-    }
-    *bad_out = bad;
-    return tmax;
 }
 
 /* u[0..m) = gv - zmax in double (exact), and with stats the statistics of stats_at_lo on them, in the
