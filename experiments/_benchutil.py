@@ -133,8 +133,11 @@ class Burner:
         self._procs = []
 
     def __enter__(self):
+        # each burner spins only while its parent lives: a benchmark killed mid-row (SIGTERM/SIGKILL skip
+        # __exit__) must not leave a busy process behind to load every later measurement
+        spin = f"import os\nwhile os.getppid() == {os.getpid()}:\n    for _ in range(200000): pass"
         for _ in range(self.n):
-            self._procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+            self._procs.append(subprocess.Popen([sys.executable, "-c", spin]))
         time.sleep(0.2)  # let them start spinning
         return self
 
