@@ -31,13 +31,6 @@
 #endif
 #define HG_STATUS_NO_DISTRIBUTION (HG_STATUS_NONFINITE_SCORES | HG_STATUS_FULLY_MASKED)
 #include <float.h>
-/* Loops whose rows fit a few 512-bit vectors (rows of ~77 entries) run them 16 lanes wide where the target
-   has AVX-512 (GCC otherwise prefers 256-bit vectors on these CPUs). */
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
-#define HG_WIDE_FN __attribute__((target("prefer-vector-width=512")))
-#else
-#define HG_WIDE_FN
-#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
