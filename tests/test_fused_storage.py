@@ -2,7 +2,10 @@
 
 The kernel reads bf16/fp16 q, k, v and writes the output in that type itself (no conversion pass). Its
 compute is fp32 and its roundings are torch's (to nearest, ties to even), so the result must equal, bit
-for bit, the fp32 kernel on the upcast inputs converted with ``.to()``: that is the test, on shapes whose
+for bit, the fp32 kernel on the upcast inputs converted with ``.to()`` — except bf16 where the kernel
+multiplies on AMX tiles (``fused.bf16_uses_tiles()``): there the products' sums run in another order and P
+is split into two bf16 matrices, so the output is within one bf16 ulp of that (subnormals flushed), and a
+build without the tiles (``-DHG_NO_AMX``) must still be bit-exact. That is the test, on shapes whose
 head dims are not multiples of the micro-kernel's 16 columns, several query blocks, masks, every method,
 outputs that reach the half types' subnormal and overflow ranges, and a build with the portable fp16
 conversions. Blocks are dealt to threads dynamically; a block's arithmetic does not depend on the thread
@@ -35,6 +38,28 @@ def run(q, k, v, params, mask=None):
     return fused.attention_forward(q, k, v, mask, q.shape[:-2], q.shape[-1] ** -0.5, params)
 
 
+BF16_TINY = torch.finfo(torch.bfloat16).tiny  # the tiles flush results below it to 0
+
+
+def assert_storage_result(out, ref, dtype, v):
+    """out (half storage) against ref (the fp32 kernel on the upcast inputs): bit for bit, or for bf16 on AMX
+    tiles within one bf16 ulp of the value (2^-7 of it) plus the pre-rounding difference: the tiles sum the
+    products in another order and split P into two bf16 matrices (~2^-17 of P each), so d and s move by
+    <= ~2^-16 of the largest |v| of the column, which gag's (1 + lam) <= 11 raises to < 2^-12; and the
+    tiles' flush to zero of products below bf16's smallest normal number (two per key: P_hi v and P_lo v), at
+    most 2 Lk such products, raised by the same (1 + lam) <= 11."""
+    want = ref.to(dtype)
+    assert torch.equal(out.isinf(), want.isinf()) and torch.equal(out.isnan(), want.isnan())
+    if dtype == torch.bfloat16 and fused.bf16_uses_tiles():
+        col = v.float().abs().amax(dim=-2, keepdim=True).expand_as(want)  # max |v| over the keys, per column
+        fin = want.isfinite()
+        err = (out.float() - want.float())[fin].abs()
+        tol = 2.0**-7 * want.float()[fin].abs() + 2.0**-12 * col[fin] + 22 * v.shape[-2] * BF16_TINY
+        assert bool((err <= tol).all()), float((err / tol).max())
+    else:
+        assert torch.equal(out, want)
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"{p.method}-{p.parallel}")
@@ -48,7 +73,7 @@ def test_half_storage_equals_fp32_compute_converted(dtype, params):
         out, flags = run(q, k, v, params, m)
         ref, ref_flags = run(q.float(), k.float(), v.float(), params, m)
         assert out.dtype == dtype and flags == ref_flags == 0
-        assert torch.equal(out, ref.to(dtype))
+        assert_storage_result(out, ref, dtype, v)
 
 
 def _extremes(dtype):
@@ -71,9 +96,7 @@ def test_half_rounding_at_the_range_ends(dtype):
     for params in (GagParams(method="pladis", lam=2.0), GagParams(method="sparse")):
         out, _ = run(q, k, v, params)
         ref, _ = run(q.float(), k.float(), v.float(), params)
-        want = ref.to(dtype)
-        assert torch.equal(out.isinf(), want.isinf())
-        assert torch.equal(out, want)
+        assert_storage_result(out, ref, dtype, v)
 
 
 @needs_kernel
@@ -144,3 +167,26 @@ def test_long_rows_take_the_wide_tiles_and_match_the_oracle(params):
         # tests/test_fused_attention.py)
         tol = 8 * 2.0**-24 * (1 + 10.0) * (40 + 300) * float(v.abs().max())
         torch.testing.assert_close(out.double(), want, rtol=0, atol=tol)
+
+
+@needs_kernel
+def test_bf16_without_tiles_is_bit_exact_and_tiles_agree(tmp_path, monkeypatch):
+    # the AMX path is one of two bf16 paths: a build without it (-DHG_NO_AMX, what CPUs without AMX-BF16 run)
+    # must keep the fp32-compute-converted contract bit for bit, and the tiles must agree with it to one ulp
+    flags = _kernel._FLAGS + ("-DHG_NO_AMX",)
+    target = tmp_path / "kernel-no-amx.so"
+    _kernel._compile(target, flags)
+    plain = _kernel._bind(ctypes.CDLL(str(target)))
+    assert plain.hg_bf16_tiles() == 0
+    q, k, v = (t.bfloat16() for t in make(4, 2, 2, 70, 77, 40, 24))
+    tiles = [run(q, k, v, p)[0] for p in PARAMS]
+    tiles_lib = _kernel.load()
+    monkeypatch.setattr(_kernel, "_lib", plain)
+    assert not fused.bf16_uses_tiles()
+    for p, a in zip(PARAMS, tiles):
+        b, fl = run(q, k, v, p)
+        ref, _ = run(q.float(), k.float(), v.float(), p)
+        assert fl == 0 and torch.equal(b, ref.to(torch.bfloat16))
+        monkeypatch.setattr(_kernel, "_lib", tiles_lib)
+        assert_storage_result(a, b.float(), torch.bfloat16, v)  # tiles against the bit-exact plain path
+        monkeypatch.setattr(_kernel, "_lib", plain)

@@ -140,6 +140,8 @@ def _bind(lib):
         fn.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 5
                        + [ctypes.c_double] * 2 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_int] * 2
                        + [ctypes.c_double] * 6 + [ctypes.c_int])
+    lib.hg_bf16_tiles.argtypes = []
+    lib.hg_bf16_tiles.restype = ctypes.c_int
     lib.hg_set_max_iter.argtypes = [ctypes.c_int]
     lib.hg_set_max_iter.restype = None
     lib.hg_get_max_iter.argtypes = []

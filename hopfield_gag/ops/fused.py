@@ -131,6 +131,16 @@ def _mask_operand(mask: Tensor, batch: torch.Size, lq: int, lk: int):
     return m, offs.reshape(-1).contiguous(), full.stride(-2)
 
 
+def bf16_uses_tiles() -> bool:
+    """Whether the fused CPU kernel multiplies bf16 storage on AMX tiles here (compiled with AMX-BF16 and the
+    tile state granted by the OS). Then both products are bf16 tile products (exact products, fp32 sums; P·V
+    with P split into two bf16 matrices, ~16 bits) and the output is within one bf16 ulp of the fp32
+    computation converted (not equal to it bit for bit), with bf16 subnormals flushed to zero by the tiles;
+    otherwise bf16 is computed in fp32 like fp16."""
+    lib = _kernel.load()
+    return bool(lib is not None and lib.hg_bf16_tiles())
+
+
 _FORWARD_ENTRY = {torch.float32: "gag_forward_f32", torch.bfloat16: "gag_forward_bf16",
                   torch.float16: "gag_forward_f16"}  # the kernel's entry point by storage type
 
@@ -148,7 +158,8 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, batc
     (the dense one by the same micro-kernel against K, the sparse one by the support gather), clamped to
     ``aa_range``. Returns ``(out, flags)``: ``out`` (*batch, Lq, Dv) in q's dtype (fp32 compute; the kernel
     reads fp16/bf16 inputs and writes the output in their own type, rounded as ``.to()`` rounds, so the
-    result equals the fp32 computation on the upcast inputs, converted), and the status word of
+    result equals the fp32 computation on the upcast inputs, converted — for bf16 on AMX tiles, see
+    :func:`bf16_uses_tiles`, within one bf16 ulp of it), and the status word of
     :func:`dual_normalize` (``Status.ITER_LIMIT``: recompute elsewhere) with ``Status.KV_NONFINITE`` set when k
     or v holds NaN or an infinity.
     """
