@@ -76,6 +76,18 @@ def test_half_storage_equals_fp32_compute_converted(dtype, params):
         assert_storage_result(out, ref, dtype, v)
 
 
+@needs_kernel
+@pytest.mark.parametrize("lk", [300, 512, 700])  # query blocks of 48, 24 and 12 rows: not all multiples of 16
+def test_bf16_long_rows_every_method(lk):
+    # the bf16 tiles work on 16-row tiles of blocks of 12..48 rows: the padding rows must not reach any output
+    q, k, v = (t.bfloat16() for t in make(5, 1, 2, 53, lk, 40, 24))
+    for params in PARAMS:
+        out, flags = run(q, k, v, params)
+        ref, _ = run(q.float(), k.float(), v.float(), params)
+        assert flags == 0
+        assert_storage_result(out, ref, torch.bfloat16, v)
+
+
 def _extremes(dtype):
     """Values whose outputs cross the half type's subnormal range and its overflow (fp16 only)."""
     q, k, v = make(2, 1, 2, 40, 19, 16, 20)

@@ -491,6 +491,21 @@ static inline void amx_split(const float *p, int64_t n, uint16_t *hi, uint16_t *
     }
 }
 #define AMX_SPLIT amx_split
+/* B tiles of a product along the keys: dst[(kb ntiles + t) 512 + kp 32 + c 2 + e] = src[key][t 16 + c] with
+   key = 32 kb + 2 kp + e (src row stride cols; zero past Lk keys and cols columns) */
+static void amx_pack_by_keys(const uint16_t *src, int64_t lk, int64_t cols, int64_t ntiles, int64_t nkb, uint16_t *dst) {
+    for (int64_t kb = 0; kb < nkb; ++kb)
+        for (int64_t t = 0; t < ntiles; ++t) {
+            uint16_t *tile = dst + (kb * ntiles + t) * 512;
+            for (int64_t kp = 0; kp < 16; ++kp)
+                for (int64_t c = 0; c < 16; ++c)
+                    for (int e = 0; e < 2; ++e) {
+                        const int64_t j = kb * 32 + 2 * kp + e, col = t * 16 + c;
+                        tile[kp * 32 + c * 2 + e] = j < lk && col < cols ? src[j * cols + col] : 0;
+                    }
+        }
+}
+#define AMX_PACK_BY_KEYS amx_pack_by_keys
 #define AMX_CONFIGURE() amx_configure()
 int hg_bf16_tiles(void) { return amx_ready(); }
 #define AMX_RELEASE() _tile_release()
@@ -504,6 +519,7 @@ int hg_bf16_tiles(void) { return 0; }
 #define AMX_QK(...) ((void)0)
 #define AMX_PV(...) ((void)0)
 #define AMX_SPLIT(...) ((void)0)
+#define AMX_PACK_BY_KEYS(...) ((void)0)
 #endif
 
 /* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous, of storage type T; out (G, Lq, Dv) contiguous, T.
@@ -540,7 +556,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     const int own_v = sizeof(T) != sizeof(float) || Dv != DvP, own_k = aa && (sizeof(T) != sizeof(float) || D != DP); \
     const int amx = USE_AMX && amx_ready();                                                                 \
     const int64_t RB16 = round_up(RB, 16), D32 = round_up(D, 32), Lk32 = round_up(Lk, 32);                 \
-    const int64_t nkb = D32 / 32, nvb = Lk32 / 32, ntv = DvP / 16;                                         \
+    const int64_t nkb = D32 / 32, nvb = Lk32 / 32, ntv = DvP / 16, ntk = aa ? DP / 16 : 0;                 \
     int64_t flags = 0;                                                                                     \
     int kv_bad = 0;                                                                                        \
     _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags, kv_bad)")                     \
@@ -549,18 +565,19 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         float *Kp = (float *)hg_alloc(((size_t)npan * D * FUSED_NR + 16) * sizeof(float));                   \
         float *Vt = own_v ? (float *)hg_alloc(((size_t)Lk * DvP + 16) * sizeof(float)) : NULL;               \
         float *Kt = own_k ? (float *)hg_alloc(((size_t)Lk * DP + 16) * sizeof(float)) : NULL;                \
-        uint16_t *Kv = amx ? (uint16_t *)hg_alloc(sizeof(uint16_t) * (npan * nkb * 512 + nvb * ntv * 512 + RB16 * (D32 + 2 * Lk32))) : NULL; \
+        uint16_t *Kv = amx ? (uint16_t *)hg_alloc(sizeof(uint16_t) * (npan * nkb * 512 + nvb * (ntv + ntk) * 512 + RB16 * (D32 + 2 * Lk32))) : NULL; \
         uint16_t *Vv = amx ? Kv + npan * nkb * 512 : NULL, *Qh = amx ? Vv + nvb * ntv * 512 : NULL, *Ph = amx ? Qh + RB16 * D32 : NULL, *Pl = amx ? Ph + RB16 * Lk32 : NULL; \
+        uint16_t *Kk = amx ? Pl + RB16 * Lk32 : NULL; /* K as tiles along the keys (aa) */                 \
         float *Qb = (float *)hg_alloc(sizeof(float) * (RB16 * D + RB16 * LkP + 2 * RB16 * DvP +              \
-                                                     (aa ? 2 * RB * DP + RB * D : 0) + DvP + 16));         \
+                                                     (aa ? 2 * RB16 * DP + RB16 * D : 0) + DvP + 16));         \
         double *buf = (double *)hg_alloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
         float *wl = (float *)hg_alloc(sizeof(float) * HG_LANES * (LkP + 16)); /* a row set's weights */      \
         float *krow = (float *)hg_alloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
         int oom = (amx && Kv == NULL) || Kp == NULL || Qb == NULL || buf == NULL || wl == NULL || krow == NULL || (own_v && Vt == NULL) || \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
-        float *S = oom ? NULL : Qb + RB16 * D, *Od = S + RB16 * LkP, *Os = Od + RB16 * DvP, *Okd = Os + RB * DvP, *Oks = Okd + RB * DP, *Qr = Oks + RB * DP,      \
-              *orow = aa ? Qr + RB * D : Okd;                                                              \
+        float *S = oom ? NULL : Qb + RB16 * D, *Od = S + RB16 * LkP, *Os = Od + RB16 * DvP, *Okd = Os + RB16 * DvP, *Oks = Okd + RB16 * DP, *Qr = Oks + RB16 * DP,      \
+              *orow = aa ? Qr + RB16 * D : Okd;                                                              \
         rowset set;                                                                                        \
         if (!oom) rowset_init(&set, buf, Lk);                                                              \
         if (amx) AMX_CONFIGURE();                                                                          \
@@ -629,16 +646,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                                         tile[dp * 32 + jj * 2 + e] = j < Lk && d < D ? kb16[j * D + d] : 0; \
                                     }                                                                      \
                         }                                                                                  \
-                    for (int64_t kb = 0; kb < nvb; ++kb)                                                   \
-                        for (int64_t t = 0; t < ntv; ++t) {                                                \
-                            uint16_t *tile = Vv + (kb * ntv + t) * 512;                                    \
-                            for (int64_t kp = 0; kp < 16; ++kp)                                            \
-                                for (int64_t c = 0; c < 16; ++c)                                           \
-                                    for (int e = 0; e < 2; ++e) {                                          \
-                                        const int64_t j = kb * 32 + 2 * kp + e, dv = t * 16 + c;           \
-                                        tile[kp * 32 + c * 2 + e] = j < Lk && dv < Dv ? vb16[j * Dv + dv] : 0; \
-                                    }                                                                      \
-                        }                                                                                  \
+                    AMX_PACK_BY_KEYS(vb16, Lk, Dv, ntv, nvb, Vv);                                          \
+                    if (aa) AMX_PACK_BY_KEYS(kb16, Lk, D, ntk, nvb, Kk); /* AA(1)'s P K */                 \
                 }                                                                                          \
             }                                                                                              \
             const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rowsM = round_up(rows, FUSED_MR);            \
@@ -702,7 +711,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
             } else {                                                                                       \
                 gemm_panels(S, LkP, rowsM, Vg, FUSED_NR, DvP, DvP / FUSED_NR, Lk, Od, DvP);                \
             }                                                                                              \
-            if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP);       \
+            if (aa && amx) AMX_PV(Ph, Pl, Lk32, Kk, nvb, ntk, Okd, DP, rows16);                           \
+            else if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP);        \
             for (int64_t i = 0; i < rows; ++i) {                                                           \
                 T *o = out + (g * Lq + i0 + i) * Dv;                                                       \
                 /* fp32 storage: combine straight into the output row; else into orow, then round */       \
