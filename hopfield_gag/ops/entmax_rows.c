@@ -34,6 +34,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Scratch aligned to a cache line (64 bytes): the kernels' 16-lane loads of packed K, V and score rows would
    otherwise straddle two lines each (malloc aligns to 16). NULL if the memory is not there; free() frees it. */

@@ -423,7 +423,6 @@ static inline void store_row_f16(const float *s, hg_half *d, int64_t n) {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && \
     defined(__linux__) && !defined(HG_NO_AMX)
 #define HG_AMX 1
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 /* bf16 storage on CPUs with AMX: both products on bf16 tiles (TDPBF16PS: exact bf16 products, fp32 sums).
@@ -490,7 +489,6 @@ static inline void amx_split(const float *p, int64_t n, uint16_t *hi, uint16_t *
         _mm256_storeu_si256((__m256i *)(void *)(lo + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, hf)));
     }
 }
-#define AMX_SPLIT amx_split
 /* B tiles of a product along the keys: dst[(kb ntiles + t) 512 + kp 32 + c 2 + e] = src[key][t 16 + c] with
    key = 32 kb + 2 kp + e (src row stride cols; zero past Lk keys and cols columns) */
 static void amx_pack_by_keys(const uint16_t *src, int64_t lk, int64_t cols, int64_t ntiles, int64_t nkb, uint16_t *dst) {
@@ -505,21 +503,22 @@ static void amx_pack_by_keys(const uint16_t *src, int64_t lk, int64_t cols, int6
                     }
         }
 }
-#define AMX_PACK_BY_KEYS amx_pack_by_keys
-#define AMX_CONFIGURE() amx_configure()
 int hg_bf16_tiles(void) { return amx_ready(); }
-#define AMX_RELEASE() _tile_release()
-#define AMX_QK amx_qk
-#define AMX_PV amx_pv
+static inline void amx_release(void) { _tile_release(); }
 #else
 static int amx_ready(void) { return 0; }
 int hg_bf16_tiles(void) { return 0; }
-#define AMX_CONFIGURE() ((void)0)
-#define AMX_RELEASE() ((void)0)
-#define AMX_QK(...) ((void)0)
-#define AMX_PV(...) ((void)0)
-#define AMX_SPLIT(...) ((void)0)
-#define AMX_PACK_BY_KEYS(...) ((void)0)
+/* without AMX the tile steps never run (amx is 0); these keep the one code path compiling */
+static inline void amx_configure(void) {}
+static inline void amx_release(void) {}
+static inline void amx_qk(const uint16_t *Qh, int64_t d32, const uint16_t *Kv, int64_t nkb, int64_t npan, float *S,
+                          int64_t lds, int64_t rows16) { (void)Qh; (void)d32; (void)Kv; (void)nkb; (void)npan; (void)S; (void)lds; (void)rows16; }
+static inline void amx_pv(const uint16_t *Ph, const uint16_t *Pl, int64_t lk32, const uint16_t *Vv, int64_t nvb, int64_t ntv,
+                          float *Od, int64_t ldo, int64_t rows16) { (void)Ph; (void)Pl; (void)lk32; (void)Vv; (void)nvb; (void)ntv; (void)Od; (void)ldo; (void)rows16; }
+static inline void amx_split(const float *p, int64_t n, uint16_t *hi, uint16_t *lo, int64_t n32) { (void)p; (void)n; (void)hi; (void)lo; (void)n32; }
+static inline void amx_pack_by_keys(const uint16_t *src, int64_t lk, int64_t cols, int64_t ntiles, int64_t nkb, uint16_t *dst) {
+    (void)src; (void)lk; (void)cols; (void)ntiles; (void)nkb; (void)dst;
+}
 #endif
 
 /* q (G, Lq, D), k (G, Lk, D), v (G, Lk, Dv) contiguous, of storage type T; out (G, Lq, Dv) contiguous, T.
@@ -580,7 +579,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
               *orow = aa ? Qr + RB16 * D : Okd;                                                              \
         rowset set;                                                                                        \
         if (!oom) rowset_init(&set, buf, Lk);                                                              \
-        if (amx) AMX_CONFIGURE();                                                                          \
+        if (amx) amx_configure();                                                                          \
         int64_t cur = -1; /* the group whose K (V) this thread holds packed */                             \
         const float *Vg = NULL, *Kg2 = NULL;                                                               \
         _Pragma("omp for schedule(dynamic, 1)")                                                            \
@@ -646,8 +645,8 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                                         tile[dp * 32 + jj * 2 + e] = j < Lk && d < D ? kb16[j * D + d] : 0; \
                                     }                                                                      \
                         }                                                                                  \
-                    AMX_PACK_BY_KEYS(vb16, Lk, Dv, ntv, nvb, Vv);                                          \
-                    if (aa) AMX_PACK_BY_KEYS(kb16, Lk, D, ntk, nvb, Kk); /* AA(1)'s P K */                 \
+                    amx_pack_by_keys(vb16, Lk, Dv, ntv, nvb, Vv);                                          \
+                    if (aa) amx_pack_by_keys(kb16, Lk, D, ntk, nvb, Kk); /* AA(1)'s P K */                 \
                 }                                                                                          \
             }                                                                                              \
             const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rowsM = round_up(rows, FUSED_MR);            \
@@ -669,7 +668,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     if (i < rows) memcpy(qh, q + (g * Lq + i0 + i) * D, D * sizeof(uint16_t));             \
                     for (int64_t d = i < rows ? D : 0; d < D32; ++d) qh[d] = 0;                            \
                 }                                                                                          \
-                AMX_QK(Qh, D32, Kv, nkb, npan, S, LkP, rows16);                                            \
+                amx_qk(Qh, D32, Kv, nkb, npan, S, LkP, rows16);                                            \
             } else {                                                                                       \
                 gemm_panels(Qb, D, rowsM, Kp, D * FUSED_NR, FUSED_NR, npan, D, S, LkP);                    \
             }                                                                                              \
@@ -706,12 +705,12 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
             }                                                                                              \
             if (amx) {                                                                                     \
                 for (int64_t i = 0; i < rows16; ++i)                                                       \
-                    AMX_SPLIT(S + i * LkP, i < rows && !bad[i] ? Lk : 0, Ph + i * Lk32, Pl + i * Lk32, Lk32); \
-                AMX_PV(Ph, Pl, Lk32, Vv, nvb, ntv, Od, DvP, rows16);                                       \
+                    amx_split(S + i * LkP, i < rows && !bad[i] ? Lk : 0, Ph + i * Lk32, Pl + i * Lk32, Lk32); \
+                amx_pv(Ph, Pl, Lk32, Vv, nvb, ntv, Od, DvP, rows16);                                       \
             } else {                                                                                       \
                 gemm_panels(S, LkP, rowsM, Vg, FUSED_NR, DvP, DvP / FUSED_NR, Lk, Od, DvP);                \
             }                                                                                              \
-            if (aa && amx) AMX_PV(Ph, Pl, Lk32, Kk, nvb, ntk, Okd, DP, rows16);                           \
+            if (aa && amx) amx_pv(Ph, Pl, Lk32, Kk, nvb, ntk, Okd, DP, rows16);                           \
             else if (aa) gemm_panels(S, LkP, rowsM, Kg2, FUSED_NR, DP, DP / FUSED_NR, Lk, Okd, DP);        \
             for (int64_t i = 0; i < rows; ++i) {                                                           \
                 T *o = out + (g * Lq + i0 + i) * Dv;                                                       \
@@ -737,7 +736,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         free(wl);                                                                                          \
         free(krow);                                                                                        \
         free(Kv);                                                                                          \
-        if (amx) AMX_RELEASE();                                                                            \
+        if (amx) amx_release();                                                                            \
     }                                                                                                      \
     return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
 }
