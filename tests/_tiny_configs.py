@@ -17,3 +17,27 @@ FLUX = dict(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, atte
             joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
 QWEN = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=4,
             joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+
+
+def tiny_sdxl_modular_pipeline():
+    """A diffusers modular SDXL core-denoise pipeline on the tiny SDXL UNet (Euler, classifier-free guidance 5,
+    no progress bar) and random prompt embeddings for it: ``(pipe, embeds)``. Imports diffusers when called."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers.guiders import ClassifierFreeGuidance
+    from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (
+        StableDiffusionXLCoreDenoiseStep,
+    )
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SDXL_UNET).eval()
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+                                   timestep_spacing="leading")
+    pipe = StableDiffusionXLCoreDenoiseStep().init_pipeline()
+    pipe.update_components(unet=unet, scheduler=sched, guider=ClassifierFreeGuidance(guidance_scale=5.0))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    embeds = dict(prompt_embeds=torch.randn(1, 7, 64, generator=g), negative_prompt_embeds=torch.randn(1, 7, 64, generator=g),
+                  pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+                  negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    return pipe, embeds

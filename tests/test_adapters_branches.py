@@ -9,31 +9,17 @@ import torch
 pytest.importorskip("diffusers")
 
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel  # noqa: E402
-from diffusers.guiders import ClassifierFreeGuidance  # noqa: E402
-from diffusers.modular_pipelines.stable_diffusion_xl.modular_blocks_stable_diffusion_xl import (  # noqa: E402
-    StableDiffusionXLCoreDenoiseStep,
-)
 
 from hopfield_gag.adapters import apply_gag, installed  # noqa: E402
 from hopfield_gag.adapters.presets import PRESETS  # noqa: E402
-from _tiny_configs import SD15_UNET, SDXL_UNET  # noqa: E402
+from _tiny_configs import SD15_UNET, tiny_sdxl_modular_pipeline  # noqa: E402
 
 FIX = "branches='cond'.*GAGGuidance.*cache_context.*batch_branches"
 
 
 @pytest.fixture(scope="module")
 def modular():
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SDXL_UNET).eval()
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
-                                   timestep_spacing="leading")
-    pipe = StableDiffusionXLCoreDenoiseStep().init_pipeline()
-    pipe.update_components(unet=unet, scheduler=sched, guider=ClassifierFreeGuidance(guidance_scale=5.0))
-    g = torch.Generator().manual_seed(1)
-    embeds = dict(prompt_embeds=torch.randn(1, 7, 64, generator=g), negative_prompt_embeds=torch.randn(1, 7, 64, generator=g),
-                  pooled_prompt_embeds=torch.randn(1, 32, generator=g),
-                  negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-    return pipe, embeds
+    return tiny_sdxl_modular_pipeline()
 
 
 def _run(pipe, embeds):
