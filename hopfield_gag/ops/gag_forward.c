@@ -594,14 +594,18 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     for (int64_t jj = 0; jj < FUSED_NR; ++jj) {                                            \
                         const int64_t j = p * FUSED_NR + jj;                                               \
                         const T *src = k + (g * Lk + j) * D;                                               \
-                        if (j < Lk) { /* the row converted by the vectorized loader, then transposed */    \
+                        if (j < Lk && amx) { /* the tiles read k's bf16: only the finiteness check here */ \
+                            LOADROW(src, krow, D, 1.0f);                                                   \
+                            _Pragma("omp simd reduction(| : bad)")                                         \
+                            for (int64_t d = 0; d < D; ++d) bad |= !(krow[d] - krow[d] == 0.0f);           \
+                        } else if (j < Lk) { /* the row converted by the vectorized loader, then transposed */ \
                             LOADROW(src, krow, D, 1.0f);                                                   \
                             for (int64_t d = 0; d < D; ++d) {                                              \
                                 const float x = krow[d];                                                   \
                                 dst[d * FUSED_NR + jj] = x;                                                \
                                 bad |= !(x - x == 0.0f);                                                   \
                             }                                                                              \
-                        } else {                                                                           \
+                        } else if (!amx) {                                                                 \
                             for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;                 \
                         }                                                                                  \
                     }                                                                                      \
