@@ -10,6 +10,8 @@
   callable after the other (the order is a parameter: run both to see what order costs).
 * :class:`Burner` adds a known foreign load (busy processes) for measuring how a kernel degrades under load.
 * :func:`print_targets` prints the verdict lines (MET / MISSED) every script ends with.
+* :func:`machine_line` names the CPU and the instruction sets that decide which paths run (ours and torch's):
+  a ratio to SDPA is a statement about one machine (SDPA's bf16 runs on AMX tiles where they exist).
 * :func:`peak_rss_above_baseline` runs a callable and returns the peak resident memory above the level
   before it, from ``VmHWM`` after resetting it through ``/proc/self/clear_refs``. (``ru_maxrss`` is
   inherited across fork and kept across ``execve``, so in a child process it starts at the parent's peak.)
@@ -21,6 +23,35 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+# the CPU features that change which code runs: ours (AVX2 / AVX-512 tiles, AMX-BF16 for bf16) and oneDNN's
+# (AVX512-BF16 and AMX products behind torch's bf16 matmul and SDPA)
+_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_fp16")
+
+
+def machine_line(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """One line naming the CPU model (family and model numbers: a virtual machine's model name can be as bare as
+    "AMD EPYC") and which of :data:`_FEATURES` it has, from the first processor of ``cpuinfo`` (Linux's format;
+    an unreadable file gives "unknown CPU")."""
+    model, family, number, flags = "unknown CPU", "?", "?", set()
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key == "cpu family" and family == "?":
+                    family = value.strip()
+                elif key == "model" and number == "?":
+                    number = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    have = [f for f in _FEATURES if f in flags]
+    return f"{model} (family {family}, model {number}); {', '.join(have) if have else 'none'} of {', '.join(_FEATURES)}"
 
 
 def _cpu_jiffies():

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # measure the package of this checkout, not whichever copy is installed
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _benchutil import Contention, alone_medians, print_targets, round_robin_medians  # noqa: E402
+from _benchutil import Contention, alone_medians, machine_line, print_targets, round_robin_medians  # noqa: E402
 
 import entmax as entmax_pkg
 from hopfield_gag.ops import normalizers
@@ -64,7 +64,8 @@ def main(argv=None):
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, fp32, {args.clock} clock, median of {rounds} rounds "
-          f"(entmax_bisect: {min(rounds, 3)}), load average before the run {os.getloadavg()[0]:.2f}\n")
+          f"(entmax_bisect: {min(rounds, 3)}), load average before the run {os.getloadavg()[0]:.2f}")
+    print(machine_line() + "\n")
     verdicts = []
     with Contention() as contention:
         for shape in SHAPES:
