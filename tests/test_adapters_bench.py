@@ -3,22 +3,17 @@ power-of-two length without a mask (it reads the sequence length from q: on a cr
 read past K and V), labelled forward-only; the realistic SDXL and Flux shapes are in the table. Checked on CPU
 with a stand-in ``adasplash`` module that records what it was called with."""
 import importlib.machinery
-import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "_bench_cuda.py"
+from _experiments import load_experiment
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("_bench_cuda", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("_bench_cuda")
 
 
 def test_adasplash_only_on_shapes_it_supports(monkeypatch):

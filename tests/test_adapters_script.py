@@ -1,7 +1,6 @@
 """experiments/run_pipeline_gag.py: absent weights are a clear error with no download attempt; a pipeline saved
 on disk (tiny, with a tiny CLIP text encoder and a hand-written tokenizer vocabulary) runs off/on and the pair
 is saved side by side. The network is blocked in-process (socket.connect raises) for both."""
-import importlib.util
 import json
 import os
 import socket
@@ -15,15 +14,14 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from _experiments import load_experiment  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "run_pipeline_gag.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("run_pipeline_gag", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("run_pipeline_gag")
 
 
 @pytest.fixture

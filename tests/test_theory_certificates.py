@@ -314,13 +314,9 @@ def test_positive_rule_never_flips_the_output(case, lam, eta, zeta):
 def test_cert_sweep_slice_has_no_failures():
     """A slice of experiments/theory_cert_sweep.py (the 50,000-row soundness sweep): 66 rows over its 11 regimes,
     fp32, every certificate, margin sign and flip sign against the truth oracle."""
-    import importlib.util
-    from pathlib import Path
+    from _experiments import load_experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "theory_cert_sweep.py"
-    spec = importlib.util.spec_from_file_location("theory_cert_sweep", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_experiment("theory_cert_sweep")
     stats, failures, _ = mod.run(66, seed=5, dtypes=("float32",))
     assert failures == []
     tot = mod.summarize(stats)

@@ -160,14 +160,9 @@ def test_verdict_other_and_validation():
 
 
 def _experiment(name):
-    import importlib.util
-    from pathlib import Path
+    from _experiments import load_experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment(name)
 
 
 def test_verdict_decides_the_audits_first_problem_and_agrees_with_brute_force():
