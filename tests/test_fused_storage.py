@@ -9,7 +9,7 @@ build without the tiles (``-DHG_NO_AMX``) must still be bit-exact. That is the t
 head dims are not multiples of the micro-kernel's 16 columns, several query blocks, masks, every method,
 outputs that reach the half types' subnormal and overflow ranges, and a build with the portable fp16
 conversions. Blocks are dealt to threads dynamically; a block's arithmetic does not depend on the thread
-that runs it, so 1 and 2 threads agree bit for bit.
+that runs it, so 1, 2 and 3 threads agree bit for bit.
 """
 from __future__ import annotations
 
@@ -146,18 +146,19 @@ def test_nonfinite_k_or_v_flagged_in_every_storage_type(dtype):
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dynamic_blocks_give_the_same_bits_at_1_and_2_threads(dtype):
+def test_dynamic_blocks_give_the_same_bits_at_any_thread_count(dtype):
     q, k, v = (t.to(dtype) for t in make(5, 2, 4, 300, 77, 64, 64))  # large enough to run in parallel
     old = torch.get_num_threads()
     try:
         outs = []
-        for n in (1, 2):
+        for n in (1, 2, 3):  # 3 threads on 2 cores: shares of uneven size, one thread often descheduled
             torch.set_num_threads(n)
             outs.append([run(q, k, v, p)[0] for p in (GagParams(method="gag"), GagParams(method="aa"))])
     finally:
         torch.set_num_threads(old)
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
 
 
 @needs_kernel

@@ -212,6 +212,31 @@ def test_kernel_rows_do_not_depend_on_their_neighbours(dtype, alpha):
     assert flags & N._FLAG_NONFINITE and flags & N._FLAG_EMPTY
 
 
+@pytest.mark.parametrize("rows", [450, 1000, 4099])
+def test_kernel_writes_every_row_the_same_at_any_thread_count(rows):
+    # rows are dealt in chunks of 64: each thread takes its own contiguous share first, then steals what is
+    # left of the others'. 450 rows are 8 chunks (fewer than 13 threads: some shares are empty), 4099 end in
+    # a partial set. The output starts as NaN: a chunk no thread took would stay NaN.
+    import ctypes
+
+    from hopfield_gag.ops import _kernel
+
+    lib = _kernel.load()
+    if lib is None:
+        pytest.skip("no C compiler here: the kernel does not exist; the torch path is tested")
+    z = random_scores(5, rows, 77, 3.0, dtype=torch.float32)
+    ptr = ctypes.POINTER(ctypes.c_float)
+    outs = []
+    for threads in (1, 2, 3, 13):
+        p = torch.full_like(z, float("nan"))
+        flags = lib.entmax_rows_f32(ctypes.cast(z.data_ptr(), ptr), ctypes.cast(p.data_ptr(), ptr), rows, 77,
+                                    *N._c_setup(1.5, 77), threads)
+        assert flags == 0 and not p.isnan().any(), threads
+        outs.append(p)
+    for p in outs[1:]:
+        assert torch.equal(p, outs[0])
+
+
 def test_fp32_kernel_agrees_with_float64_reference_on_attention_shapes():
     g = torch.Generator().manual_seed(0)
     for lk in (1, 2, 77, 1024):

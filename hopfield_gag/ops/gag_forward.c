@@ -529,12 +529,14 @@ static inline void amx_pack_by_keys(const uint16_t *src, int64_t lk, int64_t col
    status bits of entmax_rows (rows without a distribution are NaN in the output; HG_STATUS_ITER_LIMIT: the
    caller must recompute), and HG_STATUS_KV_NONFINITE: k or v holds a NaN or an infinity.
 
-   Scheduling: one parallel region; the blocks of queries are dealt one at a time from a shared counter
-   (schedule(dynamic, 1): an atomic increment per block), so a thread that the OS deschedules (a busy
-   machine) delays the call by at most one block, not by its static share of the work. There is no other
-   parallel region and no shared packing pass: each thread packs K (and V, K for aa, in fp32) of the group
-   it works on into its own buffers when its next block is of another group (a few microseconds against
-   the group's ~Lq/RB blocks), so no thread ever waits for another until the region ends. The packing also
+   Scheduling: one parallel region; the blocks of queries are dealt one at a time by hg_claim (entmax_rows.c):
+   each thread first takes the blocks of its own contiguous share of the (group, block) tasks -- the rows a
+   static split gives it, so it also repacks K and V only when its share crosses into another group -- then
+   what is left of the others' shares, so a thread that the OS deschedules (a busy machine) delays the call
+   by at most one block, not by its static share of the work. There is no other parallel region and no
+   shared packing pass: each thread packs K (and V, K for aa, in fp32) of the group it works on into its own
+   buffers when its next block is of another group (a few microseconds against the group's ~Lq/RB blocks),
+   so no thread ever waits for another until the region ends. The packing also
    checks k and v for NaN/inf (x - x is 0 exactly for finite x), which makes the caller's value checks free
    of any extra pass over the inputs. */
 #define DEFINE_FORWARD(NAME, T, LOADROW, STOREROW, USE_AMX)                                                                 \
@@ -558,6 +560,9 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     const int64_t nkb = D32 / 32, nvb = Lk32 / 32, ntv = DvP / 16, ntk = aa ? DP / 16 : 0;                 \
     int64_t flags = 0;                                                                                     \
     int kv_bad = 0;                                                                                        \
+    if (nthreads < 1) nthreads = 1;                                                                        \
+    hg_range *R = (hg_range *)hg_alloc((size_t)nthreads * sizeof(hg_range));                                 \
+    if (R == NULL) return HG_STATUS_OUT_OF_MEMORY;                                                         \
     _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags, kv_bad)")                     \
     {                                                                                                      \
         /* + 16 floats: D = 0 is a valid, if degenerate, call (no zero-size allocation) */            \
@@ -582,9 +587,9 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         if (amx) amx_configure();                                                                          \
         int64_t cur = -1; /* the group whose K (V) this thread holds packed */                             \
         const float *Vg = NULL, *Kg2 = NULL;                                                               \
-        _Pragma("omp for schedule(dynamic, 1)")                                                            \
-        for (int64_t task = 0; task < tasks; ++task) {                                                     \
-            if (oom) continue; /* every thread reaches the worksharing loop, even one whose malloc failed */ \
+        int me, team, turn = 0;                                                                               \
+        hg_ranges_init(R, tasks, &me, &team); /* every thread, even one whose malloc failed */            \
+        for (int64_t task; !oom && (task = hg_claim(R, me, team, &turn)) >= 0;) {                              \
             const int64_t g = task / nblk, i0 = (task % nblk) * RB;                                        \
             if (g != cur) {                                                                                \
                 cur = g;                                                                                   \
@@ -742,6 +747,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         free(Kv);                                                                                          \
         if (amx) amx_release();                                                                            \
     }                                                                                                      \
+    free(R);                                                                                               \
     return flags | (kv_bad ? HG_STATUS_KV_NONFINITE : 0);                                                  \
 }
 
