@@ -72,8 +72,8 @@ LOAD_TOLERANCE = 1.15
 ROUNDS = 7
 # Under load a 2-thread call is bimodal: either no thread of it is preempted, or one is and the call waits about
 # a scheduler time slice for it (16 or ~30 ms at (2,10,4096,77,64), for SDPA and ours alike). A median of 7 rounds
-# then flips between the modes from run to run (4 of 6 fp16 rows "degraded more than SDPA" at 7 rounds and none
-# at 21, same machine, same hour); 21 rounds resolve the 1.15 tolerance.
+# then flips between the modes from run to run: on a Zen 5 EPYC, 2 threads, 4 of 6 fp16 rows "degraded more than
+# SDPA" in a 7-round run, 0 and 1 of 6 in two 21-round runs the same afternoon.
 ROUNDS_UNDER_LOAD = 21
 MEMORY_SHAPE = (1, 8, 4096, 4096, 64)
 
@@ -171,8 +171,7 @@ def run_realistic(args, rounds):
         print(f"run {run + 1}/{args.runs}: ratio = ours / SDPA (median ms over {rounds} rounds, {args.clock} clock); "
               "load = CPU used by other processes during the row" +
               ("; math = plain torch softmax(q k^T/sqrt(D)) v / SDPA (no target)" if args.with_math else "") +
-              (f"; then with {args.under_load} busy "
-                                                                     "processes started here" if args.under_load else ""))
+              (f"; then with {args.under_load} busy processes started here" if args.under_load else ""))
         print(head)
         for thr in threads:
             for dn in dtypes:
