@@ -12,13 +12,9 @@ import torch
 from _experiments import load_experiment
 
 
-def _load():
-    return load_experiment("_bench_cuda")
-
-
 def test_adasplash_only_on_shapes_it_supports(monkeypatch):
     pytest.importorskip("entmax")
-    bench = _load()
+    bench = load_experiment("_bench_cuda")
     assert (2, 20, 1024, 77, 64) in bench.SHAPES and (1, 24, 4096, 512, 128) in bench.SHAPES
     assert [s for s in bench.SHAPES if bench.adasplash_supports(s)[0]] == [(2, 8, 1024, 1024, 64)]
     assert bench.adasplash_supports((1, 1, 48, 48, 8)) == (False, "length 48 is not a power of two")

@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "run_pipeline_gag.py"
 
 
-def _load():
-    return load_experiment("run_pipeline_gag")
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     def refuse(*a, **k):
@@ -36,7 +32,7 @@ def no_network(monkeypatch):
 
 def test_absent_weights_is_a_clear_error_without_download(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    mod = _load()
+    mod = load_experiment("run_pipeline_gag")
     with pytest.raises(SystemExit) as e:
         mod.main(["no-such-org/no-such-model", "--prompt", "x"])
     assert e.value.code == 2
@@ -85,7 +81,7 @@ def test_pipeline_on_disk_runs_and_saves_the_pair(tmp_path, no_network):
 
     pipe_dir = _tiny_sd_pipeline(tmp_path)
     out = tmp_path / "pair.png"
-    mod = _load()
+    mod = load_experiment("run_pipeline_gag")
     assert mod.main([str(pipe_dir), "--prompt", "a red fox", "--method", "gag", "--lam", "10", "--steps", "2",
                      "--height", "32", "--width", "32", "--device", "cpu", "--out", str(out)]) == 0
     img = Image.open(out)

@@ -159,19 +159,15 @@ def test_verdict_other_and_validation():
         gag_iteration_verdict(x, x[0], 1.0, max_warmup=-1)
 
 
-def _experiment(name):
-    from _experiments import load_experiment
-
-    return load_experiment(name)
-
-
 def test_verdict_decides_the_audits_first_problem_and_agrees_with_brute_force():
     """A small slice of experiments/theory_verdict_coverage.py: problem 0 of the second audit's distribution
     (seed 11: d = 4, N = 3, beta = 4.49), 12 starts: every start decided (v2 left starts like these "other"),
     none contradicting the script's independent brute force."""
     import numpy as np
 
-    exp = _experiment("theory_verdict_coverage")
+    from _experiments import load_experiment
+
+    exp = load_experiment("theory_verdict_coverage")
     d, N, beta, X, starts = exp.regen(11, 1)[0]
     bf = exp.brute(X, beta, np.stack([s[1] for s in starts]))
     for (_, x0), (per, pts) in zip(starts, bf):

@@ -57,6 +57,12 @@ typedef struct { int64_t next, end; char pad[48]; } hg_range; /* one cache line 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+/* Before the parallel region: the ranges of a team of at most *nthreads threads (*nthreads < 1 counts as 1), or
+   NULL if the memory is not there. free() frees them. */
+static hg_range *hg_ranges_new(int *nthreads) {
+    if (*nthreads < 1) *nthreads = 1;
+    return (hg_range *)hg_alloc((size_t)*nthreads * sizeof(hg_range));
+}
 /* Inside a parallel region, every thread of the team: set up its own range of R (room for T >= the team's size),
    then wait for the others (the barrier also publishes the ranges). */
 static inline void hg_ranges_init(hg_range *R, int64_t n, int *t_out, int *T_out) {
@@ -878,8 +884,7 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
                         const params *P, int nthreads) {                                       \
         const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES, nchunks = (nsets + 7) / 8;     \
         int64_t flags = 0;                                                                     \
-        if (nthreads < 1) nthreads = 1;                                                        \
-        hg_range *R = (hg_range *)hg_alloc((size_t)nthreads * sizeof(hg_range));               \
+        hg_range *R = hg_ranges_new(&nthreads);                                                \
         if (R == NULL) return HG_STATUS_OUT_OF_MEMORY;                                         \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
