@@ -28,6 +28,25 @@ def allowance(lam, d, lk, v):
     return 8 * U32 * (1 + lam) * (d + lk) * max(1.0, float(v.abs().max()))
 
 
+def aa_degenerate_band(q, k, mask, kw):
+    """aa: the tokens whose AA(1) step may count as degenerate in fp32 (bool, (b, h, lq)). The rule is relative to
+    the compute dtype (ops/combine.aa1_gamma: |f_k - f_(k-1)|^2 <= (64 eps)^2 (|f_(k-1)|^2 + |f_k|^2), then
+    gamma := 0): the fp32 kernel applies it with fp32's eps, the float64 oracle with float64's, so between the two
+    thresholds they take different branches by definition. Band: the fp32 threshold, from float64 key-space
+    retrievals (the oracle with v = k), widened by the fp32 rounding of the difference (twice the retrieval
+    allowance, over the d entries)."""
+    dense = GagParams(**kw).replace(method="dense", strength=1.0)
+    sparse = dense.replace(method="sparse")
+    xi = q.double()
+    pdk = reference_gag_attention(q.double(), k.double(), k.double(), mask=mask, params=dense)
+    psk = reference_gag_attention(q.double(), k.double(), k.double(), mask=mask, params=sparse)
+    f_prev, f_curr = pdk - xi, psk - xi
+    diff = (f_curr - f_prev).norm(dim=-1)
+    scale = (f_prev.square().sum(-1) + f_curr.square().sum(-1)).sqrt()
+    rounding = 2 * allowance(0.0, q.shape[-1], k.shape[-2], k) * q.shape[-1] ** 0.5
+    return diff <= 64 * 2.0**-23 * scale + rounding
+
+
 def make(seed, b, h, lq, lk, d, dv, qscale=1.0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, h, lq, d, generator=g) * qscale
@@ -69,6 +88,8 @@ def make_mask(kind, seed, b, h, lq, lk):
     parallel=st.sampled_from(["paper", "positive"]),
 )
 @settings(max_examples=40)
+@example(seed=0, shape=(1, 1, 3, 3, 1, 1), method="aa", lam=0.0, eta=1.0, zeta=0.0, strength=1.0, alpha=1.5,
+         mask_kind=None, qscale=4.0, parallel="paper")  # |f_k - f_(k-1)| = 2.2e-5 |f|: degenerate in fp32 only
 @example(seed=7197, shape=(1, 3, 52, 19, 3, 7), method="aa", lam=0.0, eta=1.0, zeta=0.0, strength=2.0, alpha=1.5,
          mask_kind="bool_b1qk", qscale=1.9375, parallel="paper")
 @example(seed=1, shape=(1, 1, 1, 1, 1, 1), method="gag", lam=10.0, eta=15.0, zeta=0.0, strength=1.0, alpha=1.5,
@@ -90,7 +111,14 @@ def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, z
     # aa: lam* <= max|aa_range| plays the role of lam in the allowance; the output d + t (o_m - d) carries o_m's
     # rounding times t, so strength t > 1 scales it too (found: seed 7197, t = 2, aa_range (-1, 12))
     amp = (lam if method != "aa" else max(abs(aa_range[0]), abs(aa_range[1]))) * max(1.0, strength)
-    torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(amp, d, lk, v))
+    tol = allowance(amp, d, lk, v)
+    if method == "aa":  # in fp32's degeneracy band either branch is the method's answer (aa_degenerate_band)
+        lam_degenerate = min(max(1.0, aa_range[0]), aa_range[1])  # gamma := 0: lam* = clamp(1, lo, hi)
+        other = reference_gag_attention(q.double(), k.double(), v.double(), mask=mask,
+                                        params=GagParams(**kw).replace(method="pladis", lam=lam_degenerate))
+        either = aa_degenerate_band(q, k, mask, kw) & ((out.double() - other).abs() <= tol).all(-1)
+        want = torch.where(either.unsqueeze(-1), other, want)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=tol)
     with torch.no_grad():  # and gag_attention dispatches to it with the same result
         assert torch.equal(gag_attention(q, k, v, mask=mask, **kw), out)
 
