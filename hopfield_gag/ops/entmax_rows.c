@@ -306,6 +306,7 @@ typedef struct {
     int64_t st;                /* row stride of the per-row arrays: n + 16 rounded up to 16 (64-byte rows) */
     int64_t m[HG_LANES];       /* candidates per row in the interleaved layout */
     int64_t mg[HG_LANES];      /* fp32 rows: candidates per row in the contiguous gather (m <= mg) */
+    int unshifted;             /* fp32 rows: bit r = row r's gather (gv) awaits its shift into cu (rowset_solve) */
     double s1[HG_LANES], s2[HG_LANES], cnt[HG_LANES]; /* alpha = 1.5: the statistics at lo (rowset_add) */
     double t0[HG_LANES], tc0[HG_LANES], s00[HG_LANES]; /* alpha = 1.5: the search's state after its first step */
     int done0[HG_LANES];       /* alpha = 1.5: the first step found the threshold (in tau) */
@@ -327,6 +328,7 @@ static inline void rowset_init(rowset *S, double *scratch, int64_t n) {
     S->n = n;
     S->st = st;
     S->nrows = 0;
+    S->unshifted = 0;
     S->u = scratch;
     S->gv = (float *)(void *)(S->u + HG_LANES * st);
     S->gi = (int32_t *)(void *)(S->gv + HG_LANES * st);
@@ -409,6 +411,16 @@ static inline void shift_f32(const float *gv, int64_t m, double zmax, double *u,
 #endif
 }
 
+/* nextafterf(x, -inf) for finite x without the libm call (one per row: 1.5% of the kernel's time) */
+static inline float next_below_f32(float x) {
+    if (x == 0.0f) return -FLT_TRUE_MIN;
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits += x > 0.0f ? (uint32_t)-1 : 1u; /* the magnitude's bits: down for positive x, up for negative */
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 /* Add row r of the set: a SIMD max pass (NaN/+inf flagged), then the branch-free gather of the candidates
    u = z - max z > lo = -1/(alpha-1), kept contiguous (cu, gi) until rowset_solve places them. fp32 rows
    gather in fp32 with a bound strictly below the max and rounded down (a superset of u > lo), then shift in
@@ -432,10 +444,10 @@ static inline void shift_f32(const float *gv, int64_t m, double zmax, double *u,
         if (sizeof(T) == sizeof(float)) {                                                      \
             float *gv = S->gv + r * S->st;                                                   \
             float fb = (float)(zmax + lo);                                                     \
-            if ((double)fb >= zmax + lo) fb = nextafterf(fb, -INFINITY); /* strictly below */    \
+            if ((double)fb >= zmax + lo) fb = next_below_f32(fb); /* strictly below */           \
             m = gather_above_f32((const float *)(const void *)z, n, fb, gv, gi);               \
             S->mg[r] = S->m[r] = m;                                                            \
-            shift_f32(gv, m, zmax, u, P->kind == HG_KIND_ENTMAX15, lo, &S->s1[r], &S->s2[r], &S->cnt[r]); \
+            S->unshifted |= 1 << r; /* shifted by rowset_solve, when these stores have retired */ \
             return;                                                                            \
         } else {                                                                               \
             for (int64_t i = 0; i < n; ++i) {                                                  \
@@ -538,13 +550,15 @@ static void rowset_keep(rowset *S, int r, double bound) {
 /* The interleaved layout: u[i HG_LANES + r] = cu_r[i] for i < m_r, -inf for m_r <= i < mpad (a multiple of
    8). With AVX-512 by 8x8 transposes in registers, the rows' tails replaced by -inf as they are loaded
    (strided scalar stores, or -inf stores that the loads then straddle, cost ~4x as much). */
+static inline int hg_clamp8(int64_t x) { return (int)(x < 0 ? 0 : x > 8 ? 8 : x); }
 static void rowset_interleave(rowset *S, int64_t mpad) {
     const int64_t st = S->st;
     const double *c = S->cu;
 #if defined(__AVX512F__) && HG_LANES == 8
     const __m512d ninf = _mm512_set1_pd(-INFINITY);
-#define HG_ROWCHUNK(r) _mm512_mask_loadu_pd(ninf, S->m[r] - i0 >= 8 ? (__mmask8)0xFF : S->m[r] <= i0 ? (__mmask8)0 \
-                                            : (__mmask8)((1u << (S->m[r] - i0)) - 1u), c + (r) * st + i0)
+    /* the rows' valid lanes in the chunk at i0: 0xFF >> (8 - clamp(m - i0, 0, 8)), without branches (the row
+       lengths are data: mispredicted mask choices cost about as much as the transposes) */
+#define HG_ROWCHUNK(r) _mm512_mask_loadu_pd(ninf, (__mmask8)(0xFFu >> (8 - hg_clamp8(S->m[r] - i0))), c + (r) * st + i0)
     for (int64_t i0 = 0; i0 < mpad; i0 += 8) {
         const __m512d r0 = HG_ROWCHUNK(0), r1 = HG_ROWCHUNK(1), r2 = HG_ROWCHUNK(2), r3 = HG_ROWCHUNK(3),
                       r4 = HG_ROWCHUNK(4), r5 = HG_ROWCHUNK(5), r6 = HG_ROWCHUNK(6), r7 = HG_ROWCHUNK(7);
@@ -582,7 +596,7 @@ static void rowset_interleave(rowset *S, int64_t mpad) {
    the passes keep two partial sums per lane (even and odd candidates) to halve the add latency chain. */
 static void threshold15_set(rowset *S, const params *P) {
     const double inv_a = P->inv_a, C = inv_a * inv_a;
-    const lanes_d zero = {0}, half = zero + 0.5, inf = zero + INFINITY, neg1 = zero - 1.0;
+    const lanes_d zero = {0}, half = zero + 0.5, inf = zero + INFINITY, neg1 = zero - 1.0, one = zero + 1.0;
     const lanes_d ia = zero + inv_a, tol_k = zero + 4.0 * DBL_EPSILON;
     lanes_l live = {0};
     lanes_d t = zero - inv_a, tcp = inf, s0p = neg1, tau = zero + NAN;
@@ -606,18 +620,18 @@ static void threshold15_set(rowset *S, const params *P) {
             const lanes_d yk = lanes_and(y, gt), yk2 = lanes_and(y2, gt2);
             a1 += yk; a2 += yk * yk;
             b1 += yk2; b2 += yk2 * yk2;
-            aj -= __builtin_convertvector(gt, lanes_d); /* comparisons give -1 where true */
-            bj -= __builtin_convertvector(gt2, lanes_d);
-            ac -= __builtin_convertvector(x > tcp, lanes_d);
-            bc -= __builtin_convertvector(x2 > tcp, lanes_d);
+            aj += lanes_and(one, gt); /* counts: 1.0 where the comparison holds (an and, not a conversion) */
+            bj += lanes_and(one, gt2);
+            ac += lanes_and(one, x > tcp);
+            bc += lanes_and(one, x2 > tcp);
         }
         if (i < mmax) {
             const lanes_d x = lanes_load(u + i * HG_LANES), y = x - t;
             const lanes_l gt = y > 0.0;
             const lanes_d yk = lanes_and(y, gt);
             a1 += yk; a2 += yk * yk;
-            aj -= __builtin_convertvector(gt, lanes_d);
-            ac -= __builtin_convertvector(x > tcp, lanes_d);
+            aj += lanes_and(one, gt);
+            ac += lanes_and(one, x > tcp);
         }
         const lanes_d s1 = a1 + b1, s2 = a2 + b2, s0 = aj + bj, cnt = ac + bc;
         /* the previous closed-form root kept its support: it is the threshold */
@@ -690,6 +704,14 @@ static void threshold_rows(rowset *S, const params *P) {
 
 /* The thresholds and normalizing sums of the set's rows (after rowset_add of rows 0..nrows). */
 static void rowset_solve(rowset *S, const params *P) {
+    /* The fp32 rows' shifts, here rather than right after each gather: read back at once, the gather's
+       full-width stores at unaligned offsets cannot be forwarded to the shift's loads (the wait for them
+       to reach the cache was a fifth of the gather's time) */
+    for (int r = 0; r < S->nrows; ++r)
+        if (S->unshifted >> r & 1)
+            shift_f32(S->gv + r * S->st, S->mg[r], S->zmax[r], S->cu + r * S->st, P->kind == HG_KIND_ENTMAX15,
+                      -P->inv_a, &S->s1[r], &S->s2[r], &S->cnt[r]);
+    S->unshifted = 0;
     double bound[HG_LANES];
     for (int r = 0; r < HG_LANES; ++r) { bound[r] = -INFINITY; S->done0[r] = 0; }
     if (P->kind == HG_KIND_ENTMAX15) first_steps15(S, P, bound);
