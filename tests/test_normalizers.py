@@ -3,6 +3,7 @@ algorithms and with the ``entmax`` package (reference oracle), closed-form gradi
 from __future__ import annotations
 
 import math
+import os
 
 import entmax as entmax_pkg
 import numpy as np
@@ -238,6 +239,36 @@ def test_kernel_writes_every_row_the_same_at_any_thread_count(rows):
         outs.append(p)
     for p in outs[1:]:
         assert torch.equal(p, outs[0])
+
+
+def test_kernel_writes_every_row_when_the_runtime_gives_fewer_threads_than_asked():
+    # The chunks' ranges are set up before the parallel region for the threads asked for; a team the OpenMP
+    # runtime makes smaller (here OMP_THREAD_LIMIT=1, as in a nested region) must take the absent threads'
+    # ranges too. Own process: the limit is read when the runtime starts.
+    import subprocess
+    import sys
+
+    from hopfield_gag.ops import _kernel
+
+    if _kernel.load() is None:
+        pytest.skip("no C compiler here: the kernel does not exist; the torch path is tested")
+    code = (
+        "import ctypes, torch\n"
+        "from hopfield_gag.ops import _kernel, normalizers as N\n"
+        "lib = _kernel.load(); ptr = ctypes.POINTER(ctypes.c_float)\n"
+        "z = torch.randn(4099, 77, generator=torch.Generator().manual_seed(5)) * 3\n"
+        "outs = []\n"
+        "for threads in (1, 4):\n"
+        "    p = torch.full_like(z, float('nan'))\n"
+        "    f = lib.entmax_rows_f32(ctypes.cast(z.data_ptr(), ptr), ctypes.cast(p.data_ptr(), ptr), 4099, 77,\n"
+        "                            *N._c_setup(1.5, 77), threads)\n"
+        "    outs.append((f, bool(p.isnan().any()), p))\n"
+        "print(outs[1][0], outs[1][1], torch.equal(outs[0][2], outs[1][2]))\n"
+    )
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "False", "True"], res.stdout
 
 
 def test_fp32_kernel_agrees_with_float64_reference_on_attention_shapes():

@@ -57,30 +57,32 @@ typedef struct { int64_t next, end; char pad[48]; } hg_range; /* one cache line 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-/* Before the parallel region: the ranges of a team of at most *nthreads threads (*nthreads < 1 counts as 1), or
-   NULL if the memory is not there. free() frees them. */
-static hg_range *hg_ranges_new(int *nthreads) {
+/* Before the parallel region: the ranges of n chunks for a team of at most *nthreads threads (*nthreads < 1
+   counts as 1), or NULL if the memory is not there; free() frees them. Set up here, by the calling thread, so
+   that no thread waits for the others at the region's start: a thread that wakes late (on a shared machine,
+   or after the pool went to sleep) finds its range partly taken rather than holding the others at a barrier.
+   A range whose thread the runtime did not start (a smaller team) is taken by the others. */
+static hg_range *hg_ranges_new(int *nthreads, int64_t n) {
     if (*nthreads < 1) *nthreads = 1;
-    return (hg_range *)hg_alloc((size_t)*nthreads * sizeof(hg_range));
+    const int T = *nthreads;
+    hg_range *R = (hg_range *)hg_alloc((size_t)T * sizeof(hg_range));
+    if (R != NULL)
+        for (int t = 0; t < T; ++t) {
+            R[t].next = n * t / T;
+            R[t].end = n * (t + 1) / T;
+        }
+    return R;
 }
-/* Inside a parallel region, every thread of the team: set up its own range of R (room for T >= the team's size),
-   then wait for the others (the barrier also publishes the ranges). */
-static inline void hg_ranges_init(hg_range *R, int64_t n, int *t_out, int *T_out) {
+/* Inside the parallel region: this thread's number (its own range of R, or none past the T ranges). */
+static inline int hg_thread_num(void) {
 #ifdef _OPENMP
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    return omp_get_thread_num();
 #else
-    const int t = 0, T = 1;
-#endif
-    R[t].next = n * t / T;
-    R[t].end = n * (t + 1) / T;
-    *t_out = t;
-    *T_out = T;
-#ifdef _OPENMP
-    _Pragma("omp barrier")
+    return 0;
 #endif
 }
-/* The next chunk for thread t (its own range first, then the others' in turn from t + 1), or -1: the loop is
-   done. *turn (0 at the start) is where the thread is in that order. */
+/* The next chunk for thread t of the T ranges (its own range first, then the others' in turn from t + 1), or
+   -1: the loop is done. *turn (0 at the start) is where the thread is in that order. */
 static inline int64_t hg_claim(hg_range *R, int t, int T, int *turn) {
     for (; *turn < T; ++*turn) {
         hg_range *r = &R[(t + *turn) % T];
@@ -906,7 +908,7 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
                         const params *P, int nthreads) {                                       \
         const int64_t nsets = (rows + HG_LANES - 1) / HG_LANES, nchunks = (nsets + 7) / 8;     \
         int64_t flags = 0;                                                                     \
-        hg_range *R = hg_ranges_new(&nthreads);                                                \
+        hg_range *R = hg_ranges_new(&nthreads, nchunks);                                       \
         if (R == NULL) return HG_STATUS_OUT_OF_MEMORY;                                         \
         _Pragma("omp parallel num_threads(nthreads) if(rows * n >= 32768) reduction(| : flags)")\
         {                                                                                      \
@@ -914,9 +916,9 @@ static inline void softmax_shifted_f64(const double *z, double *p, int64_t n, do
             if (buf == NULL) flags |= HG_STATUS_OUT_OF_MEMORY;                                 \
             rowset S;                                                                          \
             if (buf != NULL) rowset_init(&S, buf, n);                                          \
-            int me, team, turn = 0;                                                            \
-            hg_ranges_init(R, nchunks, &me, &team); /* every thread: even one whose allocation failed */ \
-            for (int64_t c; buf != NULL && (c = hg_claim(R, me, team, &turn)) >= 0;)           \
+            const int me = hg_thread_num();                                                    \
+            int turn = 0;                                                                      \
+            for (int64_t c; buf != NULL && (c = hg_claim(R, me, nthreads, &turn)) >= 0;)       \
             for (int64_t set = 8 * c; set < nsets && set < 8 * c + 8; ++set) { /* chunks of 8 sets */ \
                 const int64_t r0 = set * HG_LANES;                                             \
                 S.nrows = (int)(rows - r0 < HG_LANES ? rows - r0 : HG_LANES);                  \

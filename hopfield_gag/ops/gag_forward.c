@@ -560,7 +560,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
     const int64_t nkb = D32 / 32, nvb = Lk32 / 32, ntv = DvP / 16, ntk = aa ? DP / 16 : 0;                 \
     int64_t flags = 0;                                                                                     \
     int kv_bad = 0;                                                                                        \
-    hg_range *R = hg_ranges_new(&nthreads);                                                                \
+    hg_range *R = hg_ranges_new(&nthreads, tasks);                                                         \
     if (R == NULL) return HG_STATUS_OUT_OF_MEMORY;                                                         \
     _Pragma("omp parallel num_threads(nthreads) if(par) reduction(| : flags, kv_bad)")                     \
     {                                                                                                      \
@@ -586,9 +586,9 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
         if (amx) amx_configure();                                                                          \
         int64_t cur = -1; /* the group whose K (V) this thread holds packed */                             \
         const float *Vg = NULL, *Kg2 = NULL;                                                               \
-        int me, team, turn = 0;                                                                            \
-        hg_ranges_init(R, tasks, &me, &team); /* every thread, even one whose malloc failed */             \
-        for (int64_t task; !oom && (task = hg_claim(R, me, team, &turn)) >= 0;) {                          \
+        const int me = hg_thread_num();                                                                    \
+        int turn = 0;                                                                                      \
+        for (int64_t task; !oom && (task = hg_claim(R, me, nthreads, &turn)) >= 0;) {                      \
             const int64_t g = task / nblk, i0 = (task % nblk) * RB;                                        \
             if (g != cur) {                                                                                \
                 cur = g;                                                                                   \
