@@ -312,6 +312,23 @@ def test_mask_invariance(x, alpha, data):
     torch.testing.assert_close(p_inf, p_bool, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0, 1.25])
+def test_mask_invariance_is_bitwise_on_a_near_tie(alpha):
+    # Found by test_mask_invariance (its data() draw cannot be an @example): alpha = 3 (bisection), 15 entries
+    # with 14 tied just below the max, 6 kept. The masked row and the 6-entry row differed by 1.1e-14 because
+    # the bisection's bracket came from the row length (15 vs 6) and the tied entries sit 0.0025 above the
+    # threshold, where dp/dtau ~ p / (2 y) turns a 3.5e-16 bracket into 7e-14 p. The bracket now comes from
+    # the candidate count, so the two rows take the same steps: equal bits, not a tolerance.
+    x = torch.full((1, 15), 31.0, dtype=torch.float64)
+    x[0, 2] = 31.1875
+    keep = torch.zeros(15, dtype=torch.bool)
+    keep[[2, 10, 11, 12, 13, 14]] = True
+    sub = N.normalize(x[:, keep], alpha)
+    for p in (N.normalize(x, alpha, mask=keep), N.normalize(x.masked_fill(~keep, -math.inf), alpha)):
+        assert bool((p[:, ~keep] == 0).all())
+        assert torch.equal(p[:, keep], sub)
+
+
 def test_mask_broadcasts_over_rows():
     x = random_scores(0, 4, 10, 1.0).view(2, 2, 10)
     mask = torch.ones(1, 1, 10, dtype=torch.bool)

@@ -144,12 +144,17 @@ static inline int64_t count_above(const double *buf, int64_t m, double t) {
     return c;
 }
 
-/* Threshold for the candidates buf[0..m) (shifted so the row max is 0). Compacts buf in place
-   (*m_io is updated). Sets HG_STATUS_ITER_LIMIT in *status if MAXIT was hit (the bracket estimate is returned). */
+/* Threshold for the candidates buf[0..m) (shifted so the row max is 0; m >= 1: the max is one). Compacts buf in
+   place (*m_io is updated). Sets HG_STATUS_ITER_LIMIT in *status if MAXIT was hit (the bracket estimate is
+   returned). The bracket's upper end is that of m entries, not of the row's n: the support S is among the
+   candidates and 1 = sum_S (a (u_i - tau))^(1/a) <= |S| (-a tau)^(1/a) gives tau <= -m^(-a) / a. So the search,
+   and its rounding, depends only on the candidates: a row with masked (-inf) or far-below entries gives the
+   same bits as the row without them. */
 static double threshold(double *buf, int64_t *m_io, const params *P, int *status) {
     const double inv_a = P->inv_a, r = P->r, a = P->a;
     int64_t m = *m_io;
-    double lo = -inv_a, hi = P->hi0, t = lo, tau = NAN;
+    const double hi_m = -pow((double)m, -a) * inv_a;
+    double lo = -inv_a, hi = hi_m < P->hi0 ? hi_m : P->hi0, t = lo, tau = NAN;
     for (int it = 0; it < MAXIT; ++it) {
         double s0 = 0, s1 = 0, s2 = 0, sr = 0, srm1 = 0;
         if (HG_POW_KIND(P->kind)) {
