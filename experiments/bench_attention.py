@@ -176,7 +176,7 @@ def run_realistic(args, rounds):
         print(f"run {run + 1}/{args.runs}: ratio = ours / SDPA (median ms over {rounds} rounds, {args.clock} clock); "
               "load = CPU used by other processes during the row" +
               ("; math = plain torch softmax(q k^T/sqrt(D)) v / SDPA (no target)" if args.with_math else "") +
-              (f"; then with {args.under_load} busy processes started here" if args.under_load else ""))
+              (f"; then with {args.under_load} busy process{'es' if args.under_load != 1 else ''} started here" if args.under_load else ""))
         print(head)
         for thr in threads:
             for dn in dtypes:
