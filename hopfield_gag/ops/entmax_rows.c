@@ -430,9 +430,9 @@ static inline float next_below_f32(float x) {
 
 /* Add row r of the set: a SIMD max pass (NaN/+inf flagged), then the branch-free gather of the candidates
    u = z - max z > lo = -1/(alpha-1), kept contiguous (cu, gi) until rowset_solve places them. fp32 rows
-   gather in fp32 with a bound strictly below the max and rounded down (a superset of u > lo), then shift in
-   double, where z - max is exact; entries at or below lo are masked by every later pass. alpha = 1.5: also
-   the statistics of the search's first step. */
+   gather in fp32 with a bound strictly below the max and rounded down (a superset of u > lo); rowset_solve
+   shifts them to double, where z - max is exact; entries at or below lo are masked by every later pass.
+   alpha = 1.5: the shift also takes the statistics of the search's first step (fp64 rows: here). */
 #define DEFINE_SET_ADD(NAME, T, MAXFLAG)                                                        \
     static void NAME(rowset *S, int r, const T *z, const params *P) {                          \
         const int64_t n = S->n;                                                                \
