@@ -153,8 +153,7 @@ static inline int64_t count_above(const double *buf, int64_t m, double t) {
 static double threshold(double *buf, int64_t *m_io, const params *P, int *status) {
     const double inv_a = P->inv_a, r = P->r, a = P->a;
     int64_t m = *m_io;
-    const double hi_m = -pow((double)m, -a) * inv_a;
-    double lo = -inv_a, hi = hi_m < P->hi0 ? hi_m : P->hi0, t = lo, tau = NAN;
+    double lo = -inv_a, hi = -pow((double)m, -a) * inv_a, t = lo, tau = NAN; /* m <= n: at or below P->hi0 */
     for (int it = 0; it < MAXIT; ++it) {
         double s0 = 0, s1 = 0, s2 = 0, sr = 0, srm1 = 0;
         if (HG_POW_KIND(P->kind)) {
@@ -236,6 +235,16 @@ static double threshold(double *buf, int64_t *m_io, const params *P, int *status
    short row's time). */
 #if defined(__AVX2__)
 #include <immintrin.h>
+#if defined(__AVX512F__)
+/* The mask of a row's chunk of 8 (16) lanes with left >= 1 entries still to go: the first min(left, 8) lanes
+   (a loop's last, partial chunk: the choice is predicted well; computing the mask branch-free instead, as
+   tail8_any does, made the entmax op 1.08-1.22x slower where these run per chunk of every row). */
+static inline __mmask8 tail8(int64_t left) { return left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1u); }
+static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+/* The same for any left (none for left <= 0), without branches: for lengths that are data (candidate counts),
+   where a mispredicted choice of mask cost about as much as the chunk's work. */
+static inline __mmask8 tail8_any(int64_t left) { return (__mmask8)(0xFFu >> (8 - (left < 0 ? 0 : left > 8 ? 8 : left))); }
+#endif
 static uint64_t g_perm[256]; /* mask -> the indices of its set bits, one byte each, in order */
 __attribute__((constructor)) static void init_perm(void) {
     for (int mask = 0; mask < 256; ++mask) {
@@ -253,7 +262,7 @@ static inline int64_t gather_above_f32(const float *z, int64_t n, float bound, f
     const __m512i step16 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int64_t m16 = 0;
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __mmask16 k = tail16(n - i);
         const __m512 x = _mm512_maskz_loadu_ps(k, z + i);
         const __mmask16 keep = _mm512_mask_cmp_ps_mask(k, x, vb16, _CMP_GT_OQ);
         _mm512_storeu_ps(out + m16, _mm512_maskz_compress_ps(keep, x));
@@ -380,7 +389,7 @@ static inline float max_flag_f32(const float *z, int64_t n, int *bad_out) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     __mmask16 bad = 0;
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __mmask16 k = tail16(n - i);
         const __m512 v = _mm512_maskz_loadu_ps(k, z + i);
         bad |= _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ); /* NaN or +inf */
         mx = _mm512_mask_max_ps(mx, k, mx, v);
@@ -400,7 +409,7 @@ static inline void shift_f32(const float *gv, int64_t m, double zmax, double *u,
     const __m512d vz = _mm512_set1_pd(zmax), vlo = _mm512_set1_pd(lo), zero = _mm512_setzero_pd();
     __m512d a1 = zero, a2 = zero, aj = zero;
     for (int64_t i = 0; i < m; i += 8) {
-        const __mmask8 k = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+        const __mmask8 k = tail8(m - i);
         const __m512d x = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, gv + i)), vz);
         _mm512_mask_storeu_pd(u + i, k, x);
         const __m512d y = _mm512_sub_pd(x, vlo);
@@ -535,7 +544,7 @@ static void rowset_keep(rowset *S, int r, double bound) {
     /* 8 a step, compressed in registers; full-width stores at k <= i only overwrite entries already read */
     const __m512d vb = _mm512_set1_pd(bound);
     for (int64_t i = 0; i < m; i += 8) {
-        const __mmask8 valid = m - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (m - i)) - 1u);
+        const __mmask8 valid = tail8(m - i);
         const __m512d x = _mm512_maskz_loadu_pd(valid, u + i);
         const __m256i c = _mm256_maskz_loadu_epi32(valid, cols + i);
         const __mmask8 keep = _mm512_mask_cmp_pd_mask(valid, x, vb, _CMP_GT_OQ);
@@ -557,15 +566,12 @@ static void rowset_keep(rowset *S, int r, double bound) {
 /* The interleaved layout: u[i HG_LANES + r] = cu_r[i] for i < m_r, -inf for m_r <= i < mpad (a multiple of
    8). With AVX-512 by 8x8 transposes in registers, the rows' tails replaced by -inf as they are loaded
    (strided scalar stores, or -inf stores that the loads then straddle, cost ~4x as much). */
-static inline int hg_clamp8(int64_t x) { return (int)(x < 0 ? 0 : x > 8 ? 8 : x); }
 static void rowset_interleave(rowset *S, int64_t mpad) {
     const int64_t st = S->st;
     const double *c = S->cu;
 #if defined(__AVX512F__) && HG_LANES == 8
     const __m512d ninf = _mm512_set1_pd(-INFINITY);
-    /* the rows' valid lanes in the chunk at i0: 0xFF >> (8 - clamp(m - i0, 0, 8)), without branches (the row
-       lengths are data: mispredicted mask choices cost about as much as the transposes) */
-#define HG_ROWCHUNK(r) _mm512_mask_loadu_pd(ninf, (__mmask8)(0xFFu >> (8 - hg_clamp8(S->m[r] - i0))), c + (r) * st + i0)
+#define HG_ROWCHUNK(r) _mm512_mask_loadu_pd(ninf, tail8_any(S->m[r] - i0), c + (r) * st + i0)
     for (int64_t i0 = 0; i0 < mpad; i0 += 8) {
         const __m512d r0 = HG_ROWCHUNK(0), r1 = HG_ROWCHUNK(1), r2 = HG_ROWCHUNK(2), r3 = HG_ROWCHUNK(3),
                       r4 = HG_ROWCHUNK(4), r5 = HG_ROWCHUNK(5), r6 = HG_ROWCHUNK(6), r7 = HG_ROWCHUNK(7);
@@ -792,7 +798,7 @@ static void rowset_write_f32(const rowset *S, int r, const float *z, float *p, c
             _mm512_storeu_ps(p + i, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
         }
         for (; i < n; i += 8) {
-            const __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - i)) - 1u);
+            const __mmask8 k = tail8(n - i);
             _mm256_mask_storeu_ps(p + i, k, weights8_15(vz, vt, vc, _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, z + i))));
         }
         return;
@@ -877,7 +883,6 @@ static inline __m512 exp_nonpos_v16(__m512 x) {
     const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
     return _mm512_maskz_mul_ps(keep, p, two_k);
 }
-static inline __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
 #endif
 
 static inline void softmax_shifted_f32(const float *z, float *p, int64_t n, float m) {

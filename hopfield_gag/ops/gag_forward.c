@@ -33,7 +33,6 @@
         for (int64_t j = 0; j < n; ++j) o[j] = (T)(fd * d[j] + fs * s[j]);                     \
     }
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-static inline __mmask8 tail8(int64_t left) { return left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1u); }
 static inline void dots_f32(const float *d, const float *s, int64_t n, double *ss_out, double *ds_out) {
     __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
     for (int64_t j = 0; j < n; j += 8) {
