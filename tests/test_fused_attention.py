@@ -124,6 +124,23 @@ def test_one_call_kernel_matches_float64_oracle(seed, shape, method, lam, eta, z
 
 
 @needs_kernel
+@pytest.mark.parametrize("alpha", [1.0 + 2.0**-52, 1.0 + 1e-9, 1.0005])
+def test_alpha_near_one_takes_the_torch_path_and_matches_float64(alpha):
+    # the kernels search the threshold in coordinates that lose eps/(alpha - 1) near 1 (at 1 + 2^-52 the
+    # sparse branch came out as softmax(z / 0.75)-like rows): such calls go to the torch path, whose offset
+    # search is exact there
+    q, k, v = make(3, 1, 2, 20, 9, 8, 8, qscale=2.0)
+    call = attention_mod._Call(q, k, v, None, GagParams(alpha=alpha), (1, 2, 20, 9), 1.0, False)
+    assert attention_mod._pick(call).name == "torch"
+    with torch.no_grad():
+        out = gag_attention(q, k, v, alpha=alpha)
+    want = reference_gag_attention(q.double(), k.double(), v.double(), alpha=alpha)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=allowance(10.0, 8, 9, v))
+    with pytest.raises(ValueError, match="within 0.001 of 1"):  # and the kernel's own entry refuses it
+        fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 8**-0.5, GagParams(alpha=alpha))
+
+
+@needs_kernel
 @pytest.mark.parametrize("lk", [77, 300, 1024, 2100])  # row blocks of 48, 48, 12 and 6 queries
 @pytest.mark.parametrize("dv", [64, 40])
 def test_long_keys_and_padded_values_match_float64(lk, dv):

@@ -9,7 +9,7 @@ import entmax as entmax_pkg
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -520,3 +520,57 @@ def test_torch_path_used_when_kernel_disabled(monkeypatch):
     p = N.entmax(x, 1.5)
     monkeypatch.undo()
     torch.testing.assert_close(p, N.entmax(x, 1.5), rtol=0, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# alpha just above 1 (ops/threshold.NEAR_ONE): the offset search of _entmax_near_one
+
+
+def _entmax_truth(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    import _truth
+
+    return torch.tensor([[float(p) for p in _truth.entmax([_truth.exact(x) if x > -math.inf else None
+                                                             for x in row.tolist()], alpha)] for row in z],
+                        dtype=torch.float64)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 16), st.floats(0.1, 30.0),
+       st.sampled_from([2.0**-52, 1e-15, 1e-12, 1e-9, 1e-6, 1e-4, 9.9e-4]))
+@settings(max_examples=12)  # the 60-digit oracle takes ~0.1 s a row at alpha = 1 + 2^-52
+@example(0, 2, 1.0, 2.0**-52)  # alpha = 1 + 2^-52: the old coordinates returned softmax(z / 0.75) for z = [0, 0.75]
+@example(127, 19, 7.0, 2.0**-52)  # fp32: compared with the truth of the fp64 rows, not of their fp32 rounding
+@example(0, 3, 24.0, 2.0**-52)  # an fp32 weight of 1.7e-39, a subnormal
+def test_entmax_near_one_matches_60_digits(seed, n, spread, a):
+    # the old search lost eps/a here (3e-2 at a = 1e-15, 2e-8 at 1e-9, 3e-13 at 1e-4 on such rows); the offset
+    # search is at fp64 rounding: 8 ulps of the row's largest weight (1) on every path
+    alpha = 1.0 + a
+    assert alpha > 1.0
+    z = torch.randn(3, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * spread
+    z[1, : n // 2] = -math.inf  # masked entries
+    want = _entmax_truth(z, alpha)
+    for p in (N.entmax(z, alpha), N.entmax(z, alpha, method="bisect"), N._entmax_torch(z, alpha)[0],
+              N.normalize(z, alpha)):
+        torch.testing.assert_close(p, want, rtol=0, atol=8 * 2.0**-52)
+    # fp32 rows: computed in float64 and rounded once, so within half an fp32 ulp of the fp64 result of the
+    # same (fp32) scores, which the assertions above hold to fp64 rounding (half an ulp: 2^-24 relative, or
+    # 2^-150 absolute among the subnormals, which a weight of e^(-24 * 4) reaches)
+    z32 = z.float()
+    torch.testing.assert_close(N.entmax(z32, alpha).double(), N.entmax(z32.double(), alpha), rtol=2.0**-24,
+                               atol=2.0**-150)
+
+
+def test_entmax_near_one_keeps_gradient_flags_and_errors():
+    z = torch.tensor([[0.0, 0.75, -1.0]], dtype=torch.float64, requires_grad=True)
+    alpha = 1.0 + 1e-9
+    p = N.entmax(z, alpha)
+    g = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(p, z, g)
+    # the closed-form Jacobian diag(s) - s s^T / sum(s), s = p^(2 - alpha): at alpha -> 1 softmax's
+    s = p.detach() ** (2 - alpha)
+    torch.testing.assert_close(grad, s * g - s * (s * g).sum() / s.sum(), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="NaN"):
+        N.entmax(torch.tensor([[0.0, float("nan")]]), alpha)
+    with pytest.raises(ValueError, match="fully masked"):
+        N.entmax(torch.full((1, 3), -math.inf), alpha)
+    _, flags = N._entmax_near_one(torch.tensor([[0.0, float("inf")]], dtype=torch.float64), alpha)
+    assert int(flags) & int(N.Status.NONFINITE_SCORES)

@@ -77,6 +77,7 @@ from ..ops import fused, normalizers, triton_attention
 from ..ops.codes import Status
 from ..ops.combine import COMBINE_METHODS, combine
 from ..ops.params import DEFAULT_MEMORY_BUDGET, GagParams
+from ..ops.threshold import near_one
 from .._validation import (
     check_mask, check_qkv_structure, checks_enabled, compute_dtype, nonfinite_any, sdpa_mask,
 )
@@ -319,14 +320,15 @@ class Path:
 
 
 def _c_kernel(call: _Call) -> bool:
-    return fused.available(call.q.device, compute_dtype(call.q.dtype))
+    # the kernels search the threshold in coordinates that lose eps/(alpha - 1) near alpha = 1 (ops/threshold)
+    return fused.available(call.q.device, compute_dtype(call.q.dtype)) and not near_one(call.params.alpha)
 
 
 _GUIDED = ("sparse", "pladis", "gag", "aa")
 PATHS = (
     Path("stock", _run_stock, off=True),
     Path("triton", _run_triton, grad=False, compile=False, covers_kv=True,
-         extra=lambda c: triton_attention.triton_applies(c.q, c.k, c.v, c.mask)),
+         extra=lambda c: not near_one(c.params.alpha) and triton_attention.triton_applies(c.q, c.k, c.v, c.mask)),
     Path("one-call C", _run_one_call_c, devices=("cpu",), dtypes=_HALF_OR_F32, methods=_GUIDED, grad=False,
          parts=False, compile=False, off=False, extra=_c_kernel, covers_kv=True, on_iter_limit="chunked C"),
     Path("chunked C", _run_chunked_c, devices=("cpu",), dtypes=(torch.float64,), methods=_GUIDED, grad=False,

@@ -49,6 +49,11 @@ computed in their own precision (the C kernel accumulates in double). Masks are 
 or additive floats (``-inf`` removes an entry); ``-inf`` entries in the scores themselves are treated as
 masked. NaN or ``+inf`` scores raise ``ValueError`` naming the argument, and so does a row with no
 unmasked entry (it has no distribution). Entries removed by a boolean mask are not inspected.
+For :math:`1 < \alpha < 1 + 10^{-3}` (``threshold.NEAR_ONE``) every method searches the threshold's offset
+from :math:`-1/(\alpha-1)` instead (:func:`_entmax_near_one`, log1p/exp, on every device): the coordinates above
+lose :math:`\epsilon/(\alpha-1)` there (at :math:`\alpha = 1 + 2^{-52}` they returned rows 5% off softmax,
+which α-entmax equals to within :math:`\approx 0.45(\alpha-1)`, measured), and the fused C and Triton
+kernels leave such calls to the torch path.
 
 References: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016 (arXiv 1602.02068); Peters,
 Niculae & Martins, "Sparse Sequence-to-Sequence Models", ACL 2019 (arXiv 1905.05702); Blondel, Martins &
@@ -64,7 +69,7 @@ from torch import Tensor, nn
 
 from . import _kernel
 from .codes import EntmaxKind, Status
-from .threshold import entmax_setup
+from .threshold import entmax_setup, near_one
 from .._validation import check_dim, check_finite, check_scalar, check_tensor, checks_enabled, compute_dtype
 
 __all__ = [
@@ -257,8 +262,53 @@ def _entmax_sort(z: Tensor, alpha: float, dim: int) -> Tensor:
     return p / p.sum(dim, keepdim=True)
 
 
+def _entmax_near_one(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    r"""alpha-entmax over the last dim for :math:`1 < \alpha < 1 + 10^{-3}` (``threshold.near_one``), in the
+    coordinates that stay exact as :math:`a = \alpha - 1 \to 0`: with :math:`u = z - \max z` and the offset
+    :math:`s = \tau + 1/a` of the threshold,
+
+    .. math::
+
+        p_i = \big(1 + a(u_i - s)\big)_+^{1/a} = \exp\!\big(\mathrm{log1p}(a(u_i - s))/a\big),
+
+    whose rounding is relative to :math:`|u_i - s|`, not to :math:`1/a` (the limit :math:`a \to 0` is
+    :math:`e^{u_i - s}`, softmax). :math:`\sum_i p_i` falls in :math:`s`; it is :math:`\ge 1` at :math:`s = 0`
+    (the maximal entry alone gives 1) and :math:`\le 1` at :math:`s = (1 - m^{-a})/a \le \log m` (every
+    :math:`p_i \le 1/m`, :math:`m` the row's finite entries). 64 bisection steps put the bracket below
+    :math:`2^{-64}\log m`, under the rounding of :math:`s`'s effect on :math:`p`; then the row is renormalized.
+    Computed in float64 (fp32 rows too, as :func:`_entmax_torch` does for general alpha), no host sync.
+
+    Returns ``(p, flags)`` as :func:`_entmax_torch` (rows without a distribution come out NaN and flagged).
+    """
+    if z.numel() == 0:
+        return torch.empty_like(z), torch.zeros((), dtype=torch.int64, device=z.device)
+    a = alpha - 1.0
+    work = z if z.dtype == torch.float64 else z.double()
+    zmax = work.amax(-1, keepdim=True)
+    flags = _row_flags(zmax)
+    u = work - zmax  # -inf entries stay -inf: a (u - s) clamps to -1, p = 0
+    m = (u > -math.inf).sum(-1, keepdim=True).clamp_min(1).to(work.dtype)
+    lo = torch.zeros_like(zmax)
+    hi = -torch.expm1(-a * torch.log(m)) / a
+
+    def weights(s):
+        return torch.exp(torch.log1p((a * (u - s)).clamp_min(-1.0)) / a)
+
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        above = weights(mid).sum(-1, keepdim=True) >= 1.0
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+    p = weights(lo)
+    return (p / p.sum(-1, keepdim=True)).to(z.dtype), flags
+
+
 def _entmax_bisect(z: Tensor, alpha: float, dim: int, n_iter: int = _BISECT_STEPS) -> Tensor:
-    """Bisection on the threshold for any alpha > 1 (reference path)."""
+    """Bisection on the threshold for any alpha > 1 (reference path; near 1, :func:`_entmax_near_one`)."""
+    if near_one(alpha):
+        p, flags = _entmax_near_one(z.movedim(dim, -1), alpha)
+        _raise_for_flags(flags)
+        return p.movedim(-1, dim)
     zmax = z.amax(dim, keepdim=True)
     _raise_for_row_max(zmax)
     a = alpha - 1.0
@@ -351,6 +401,8 @@ def _entmax_torch(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     +inf, fully masked) come out NaN and are flagged instead of raising, so validation costs the caller one
     read of ``flags`` at most.
     """
+    if near_one(alpha):
+        return _entmax_near_one(z, alpha)
     if z.numel() == 0:
         return torch.empty_like(z), torch.zeros((), dtype=torch.int64, device=z.device)
     n = z.shape[-1]
@@ -395,7 +447,8 @@ def _entmax_torch(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
 
 
 def _c_setup(alpha: float, n: int) -> tuple[float, int, float]:
-    """(alpha, kind, hi0): the entmax setup as the C entry points take it."""
+    """(alpha, kind, hi0): the entmax setup as the C entry points take it (``ValueError`` near alpha = 1, as
+    :func:`~hopfield_gag.ops.threshold.entmax_setup`)."""
     setup = entmax_setup(alpha, n)
     return float(alpha), int(setup.kind), setup.hi0
 
@@ -444,7 +497,7 @@ def entmax_op(z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
 def _entmax_cpu(z: Tensor, alpha: float) -> tuple[Tensor, Tensor | int]:
     """The op's CPU implementation: the C kernel where it applies (a host-int status word), else (and when
     a row hits the kernel's iteration limit) the provably exact default (a 0-dim tensor status word)."""
-    if not _kernel_applies(z):
+    if not _kernel_applies(z) or near_one(alpha):
         return _entmax_torch(z, alpha)
     p, flags = _kernel_entmax(z.contiguous(), alpha)
     if flags & _FLAG_MAXIT:

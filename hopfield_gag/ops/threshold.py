@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from .codes import EntmaxKind
 
-__all__ = ["EntmaxSetup", "entmax_kind", "entmax_setup"]
+__all__ = ["EntmaxSetup", "NEAR_ONE", "entmax_kind", "entmax_setup", "near_one"]
 
 
 class EntmaxSetup(NamedTuple):
@@ -42,7 +42,25 @@ def entmax_kind(alpha: float) -> EntmaxKind:
 
 
 def entmax_setup(alpha: float, n: int) -> EntmaxSetup:
-    """The setup for ``alpha > 1`` (validated by the callers) on rows of ``n >= 1`` entries."""
+    """The setup for ``alpha > 1`` (validated by the callers) on rows of ``n >= 1`` entries. Raises
+    ``ValueError`` for alpha within :data:`NEAR_ONE` of 1, where these coordinates cannot resolve the threshold:
+    the torch paths take the offset search there, and the kernels' entry points refuse such calls."""
+    if near_one(alpha):
+        raise ValueError(f"alpha={alpha!r} is within {NEAR_ONE:g} of 1: the threshold search of the kernels loses "
+                         "eps/(alpha - 1) there; entmax() and gag_attention() take the offset search instead")
     a = alpha - 1.0
     x_hi = -((1.0 / max(n, 1)) ** a)
     return EntmaxSetup(entmax_kind(alpha), a, 1.0 / a, x_hi, x_hi * (1.0 / a))
+
+
+# Below this alpha - 1 the threshold of the coordinates above, t in [-1/a, h0], is a number of size 1/a, so
+# z - t keeps only eps/a of relative precision (measured on rows of 2-77 entries, fp64, against 50-digit
+# entmax: 4e-15 at a = 1e-3, 3e-13 at 1e-4, 2e-8 at 1e-9, 3e-2 at 1e-15). There the torch paths search the
+# offset s = t + 1/a in [0, log n] instead (normalizers._entmax_near_one), and the C and Triton kernels,
+# which know only the coordinates above, do not take the call.
+NEAR_ONE = 1e-3
+
+
+def near_one(alpha: float) -> bool:
+    """Whether ``alpha`` (> 1) is within :data:`NEAR_ONE` of 1, where only the offset search is accurate."""
+    return alpha - 1.0 < NEAR_ONE
