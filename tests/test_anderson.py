@@ -29,6 +29,7 @@ from hopfield_gag import (
 )
 
 F64 = torch.float64
+EPS64 = torch.finfo(F64).eps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,8 +227,27 @@ def test_aa1_mixing_matches_solver_and_least_squares(seed, n):
 # SciPy equivalence (theory.md §4.5): anderson(F, alpha=beta, w0=0, line_search=None, M=m), F = g - x
 
 
+def _normal_equations_sensitivity(states, k: int, m: int, damping: float) -> float:
+    """How far two correct fp64 codes may put x_{k+1} apart, in units of eps, relative to |x_{k+1}|.
+
+    Step k mixes the last min(m, k) difference pairs: x_{k+1} = x_k + b f_k - (dX + b dF) gamma, gamma the
+    least-squares solution of dF gamma = f_k. Both codes (ours and SciPy's) solve it by the normal equations,
+    whose matrix has condition kappa(dF)^2, so gamma carries a relative error of order kappa(dF)^2 eps, which
+    the step multiplies by |dX + b dF| |gamma| / |x_{k+1}|."""
+    xs, fs = [s.x[0].numpy() for s in states], [s.f[0].numpy() for s in states]
+    cols = range(max(0, k - m), k)
+    dF = np.stack([fs[j + 1] - fs[j] for j in cols], 1)
+    dX = np.stack([xs[j + 1] - xs[j] for j in cols], 1)
+    gamma = np.linalg.lstsq(dF, fs[k], rcond=None)[0]
+    return (np.linalg.cond(dF) ** 2 * np.linalg.norm(dX + damping * dF, 2) * np.linalg.norm(gamma)
+            / max(float(np.linalg.norm(xs[k + 1])), 1e-300))
+
+
 @given(n=st.integers(2, 6), m=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
        damping=st.sampled_from([1.0, 0.5]), K=st.integers(1, 6))
+# a random run's counterexample to a fixed 1e-9: at iterate 5 the 4 x 4 difference matrix has condition 5150
+# (2.7e7 in the normal equations) and the two codes differ by 2.3e-9 relative (the bound below: 3.5e-7)
+@example(n=4, m=4, seed=142, damping=0.5, K=5)
 def test_iterates_equal_scipy_anderson(n, m, seed, damping, K):
     # With more than n difference columns in R^n the Gram matrix is singular and both codes return
     # rounding noise (differently), so compare only while the history has at most n columns.
@@ -241,9 +261,19 @@ def test_iterates_equal_scipy_anderson(n, m, seed, damping, K):
     scipy.optimize.anderson(lambda x: g_np(x) - x, x0, iter=K, alpha=damping, w0=0.0, line_search=None,
                             M=m, callback=lambda x, f: iterates.append(x.copy()))
     assert len(iterates) == K
+    # Tolerance: 1e-12 (fp64 rounding of a well-conditioned step) + 8 eps times the largest sensitivity so far
+    # (an earlier step's difference carries forward). Measured over 3000 random cases: at most 0.14 eps times
+    # the sensitivity, while a fixed 1e-9 failed (1.6e-8). Past a bound of 1e-6 the codes may legitimately
+    # disagree in every digit that would tell a wrong mixing from a right one: the comparison stops there.
+    sensitivity = 0.0
     for k in range(K):
+        if k >= 1:
+            sensitivity = max(sensitivity, _normal_equations_sensitivity(ours, k, m, damping))
+        tol = 1e-12 + 8 * EPS64 * sensitivity
+        if tol > 1e-6:
+            break
         ref = torch.from_numpy(iterates[k])
-        assert rel_err(ours[k + 1].x[0], ref) < 1e-9, f"iterate {k + 1} differs"
+        assert rel_err(ours[k + 1].x[0], ref) <= tol, f"iterate {k + 1} differs"
 
 
 # ------------------------------------------------------------------------------------------------
