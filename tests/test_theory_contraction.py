@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from _theory_strategies import F64, attention_inputs, hopfield_problems
+from _theory_strategies import F64, Hopfield, attention_inputs, hopfield_problems
 from hopfield_gag.hopfield import retrieval_map
 from hopfield_gag.theory import (
     gag_contraction_bound,
@@ -162,13 +162,19 @@ def test_gag_is_a_contraction_on_the_certified_region(prob, data, frac, eta):
     assert cos >= 1 - 1e-12
 
 
-@given(hopfield_problems("separated"), st.data(), st.floats(0.0, 1.0), st.floats(0.05, 0.95))
-def test_gag_contraction_with_orthogonal_part(prob, data, zeta, frac):
+# a random run's counterexample: beta Delta_2 = 824, so L at lam = 1 is exactly 0 in fp64 (e^-824 underflows)
+@example(Hopfield(torch.tensor([[0.5559, -0.8313], [0.7959, -0.6054], [-0.3831, 0.9237]], dtype=F64),
+                  441.80514579124286, 1.25), 2, 0, 0.0, 0.5)
+@given(hopfield_problems("separated"), st.integers(0, 63), st.integers(0, 2**31 - 1), st.floats(0.0, 1.0),
+       st.floats(0.05, 0.95))
+def test_gag_contraction_with_orthogonal_part(prob, pattern, seed, zeta, frac):
     x, beta, alpha = prob.x, prob.beta, prob.alpha
-    i = data.draw(st.integers(0, x.shape[0] - 1))
+    i = pattern % x.shape[0]
     # for zeta > 0 the invariant set shrinks with lam: start from a fraction of the zeta = 0 lam and halve
-    # until the certificate holds (it does for lam -> 0, where gamma_1 -> beta Delta_i and L -> 0)
-    lam = min(frac / float(gag_contraction_bound(x, beta, 1.0, 15.0, 0.0, alpha).lipschitz[i]), 50.0)
+    # until the certificate holds (it does for lam -> 0, where gamma_1 -> beta Delta_i and L -> 0). L is
+    # linear in lam at zeta = 0; where it is 0 (the dense tail below fp64's range) any lam: the cap, 50.
+    l1 = float(gag_contraction_bound(x, beta, 1.0, 15.0, 0.0, alpha).lipschitz[i])
+    lam = 50.0 if l1 == 0.0 else min(frac / l1, 50.0)
     bound = gag_contraction_bound(x, beta, lam, 15.0, zeta, alpha)
     for _ in range(200):
         if bool(bound.contraction[i]):
@@ -177,11 +183,22 @@ def test_gag_contraction_with_orthogonal_part(prob, data, zeta, frac):
         bound = gag_contraction_bound(x, beta, lam, 15.0, zeta, alpha)
     assert bool(bound.contraction[i])
     gamma1 = float(bound.gap[i])
-    pts = _points_in_region(x, i, beta, gamma1, data.draw(st.integers(0, 2**31 - 1)))
+    pts = _points_in_region(x, i, beta, gamma1, seed)
     assume(pts.shape[0] >= 2)
     G = lambda xi: gag_map(xi, x, beta, lam, 15.0, zeta, alpha)  # noqa: E731
     assert bool((_region_gap(x, i, beta, G(pts)) >= gamma1 * (1 - 1e-12)).all())
     assert lipschitz_estimate(G, pts[:-1], pts[1:]).max_ratio <= float(bound.lipschitz[i]) * (1 + 1e-9) + 1e-12
+
+
+def test_contraction_bound_is_finite_far_outside_its_regime():
+    # lam = 50, zeta = 0.7 on well separated patterns: gamma_1 = beta Delta_i - lam beta D_i move is about
+    # -3000, where eps(gamma_1) = 1 exactly in fp64; as t / (1 + t) with t = (N - 1) e^-gamma_1 = inf it was NaN
+    x = torch.tensor([[0.5559, -0.8313], [0.7959, -0.6054], [-0.3831, 0.9237]], dtype=F64)
+    b = gag_contraction_bound(x, 441.8, 50.0, 15.0, 0.7, 1.25)
+    assert bool((b.gap < -700).all()) and not bool(b.exact.any()) and not bool(b.contraction.any())
+    d_i = torch.cdist(x, x).amax(-1)
+    assert torch.equal(b.dense_error, d_i)  # eps = 1
+    torch.testing.assert_close(b.lipschitz, 50.0 * 441.8 * d_i**2, rtol=4 * torch.finfo(F64).eps, atol=0)  # fp64 products
 
 
 def test_contraction_bound_fields():

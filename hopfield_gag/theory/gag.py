@@ -6,6 +6,7 @@ Notation as in :mod:`hopfield_gag.theory.discrepancy`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -277,8 +278,9 @@ def gag_contraction_bound(
     gamma0 = 1.0 / (alpha - 1.0)
 
     def eps(g):
-        t = (n - 1) * torch.exp(-g)
-        return t / (1 + t)
+        # (N-1) e^-g / (1 + (N-1) e^-g) as a logistic: finite at every g (the quotient is inf/inf = NaN once
+        # e^-g overflows, i.e. gamma_1 < -709 far outside the regime, where eps = 1)
+        return torch.sigmoid(math.log(n - 1) - g)
 
     if zeta == 0.0:
         gamma1 = beta * delta_i
