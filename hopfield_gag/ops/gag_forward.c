@@ -601,10 +601,11 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                             LOADROW(src, krow, D, 1.0f);                                                   \
                             _Pragma("omp simd reduction(| : bad)")                                         \
                             for (int64_t d = 0; d < D; ++d) bad |= !(krow[d] - krow[d] == 0.0f);           \
-                        } else if (j < Lk) { /* the row converted by the vectorized loader, then transposed */ \
-                            LOADROW(src, krow, D, 1.0f);                                                   \
+                        } else if (j < Lk) { /* the row (fp32: in place; else converted), then transposed */ \
+                            const float *kr = (const float *)(const void *)src;                           \
+                            if (sizeof(T) != sizeof(float)) { LOADROW(src, krow, D, 1.0f); kr = krow; }    \
                             for (int64_t d = 0; d < D; ++d) {                                              \
-                                const float x = krow[d];                                                   \
+                                const float x = kr[d];                                                     \
                                 dst[d * FUSED_NR + jj] = x;                                                \
                                 bad |= !(x - x == 0.0f);                                                   \
                             }                                                                              \
