@@ -229,8 +229,10 @@ def test_result_does_not_depend_on_the_thread_count():
 @needs_kernel
 @pytest.mark.parametrize("where", ["k", "v"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_nonfinite_keys_and_values_are_flagged_by_the_packing_pass(where, bad):
-    q, k, v = make(7, 2, 2, 10, 19, 8, 12)  # Dv = 12: v is padded, and still checked
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nonfinite_keys_and_values_are_flagged_by_the_packing_pass(where, bad, dtype):
+    # fp32 keys are transposed into the panels in place, half ones converted first: both paths check
+    q, k, v = (x.to(dtype) for x in make(7, 2, 2, 10, 19, 8, 12))  # Dv = 12: v is padded, and still checked
     t = {"k": k, "v": v}[where]
     t[1, 0, 18, 3] = bad
     _, flags = fused.attention_forward(q, k, v, None, torch.Size([2, 2]), 8**-0.5, GagParams())

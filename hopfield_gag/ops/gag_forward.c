@@ -234,6 +234,60 @@ static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const 
 #endif
 }
 
+/* One panel of K for the products: dst[d 16 + jj] = src[jj lds + d] for keys jj < nk (<= 16), 0 for the
+   keys past nk, d < D. Returns whether some entry is NaN or infinite (x - x is 0 exactly for finite x).
+   With AVX-512 16 x 16 blocks are transposed in registers and stored as whole panel rows: the plain loop's
+   stores of one key touch D cache lines of the panel, and at Lq = 64 (SD1.5's middle block) packing K
+   was a sixth of the call. */
+static inline int pack_panel_f32(const float *src, int64_t lds, int64_t nk, int64_t D, float *dst) {
+#if defined(__AVX512F__)
+    const __m512 zero = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        const __mmask16 kd = tail16(D - d0);
+        __m512 r[16], t[16];
+        for (int jj = 0; jj < 16; ++jj) {
+            r[jj] = jj < nk ? _mm512_maskz_loadu_ps(kd, src + jj * lds + d0) : zero;
+            bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(r[jj], r[jj]), zero, _CMP_NEQ_UQ);
+        }
+        /* t[2i], t[2i+1]: rows 2i, 2i+1 interleaved (per 128-bit lane L: columns 4L, 4L+1; 4L+2, 4L+3) */
+        for (int i = 0; i < 8; ++i) {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        /* r[4i + c], lane L: rows 4i..4i+3 of column 4L + c */
+        for (int i = 0; i < 4; ++i) {
+            const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+            const __m512d e = _mm512_castps_pd(t[4 * i + 1]), f = _mm512_castps_pd(t[4 * i + 3]);
+            r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+            r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(e, f));
+            r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(e, f));
+        }
+        /* column 4L + c gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
+        for (int c = 0; c < 4; ++c) {
+            const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+            const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+            t[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+            t[8 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+            t[4 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+            t[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+        }
+        for (int64_t dd = 0; dd < 16 && d0 + dd < D; ++dd) _mm512_storeu_ps(dst + (d0 + dd) * 16, t[dd]);
+    }
+    return bad != 0;
+#else
+    int bad = 0;
+    for (int64_t jj = 0; jj < 16; ++jj)
+        for (int64_t d = 0; d < D; ++d) {
+            const float x = jj < nk ? src[jj * lds + d] : 0.0f;
+            dst[d * 16 + jj] = x;
+            bad |= !(x - x == 0.0f);
+        }
+    return bad;
+#endif
+}
+
 /* o[0..dvp) = sum_t val[t * st] V[idx[t]][0..dvp) (V row stride ldv; dvp a multiple of 16). */
 static inline void gather_rows_f32(const float *val, int64_t st, const int32_t *idx, int64_t nnz, const float *V,
                                    int64_t ldv, int64_t dvp, float *o) {
@@ -574,7 +628,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                                                      (aa ? 2 * RB16 * DP + RB16 * D : 0) + DvP + 16));         \
         double *buf = (double *)hg_alloc(SET_SCRATCH(Lk) * sizeof(double));                                  \
         float *wl = (float *)hg_alloc(sizeof(float) * HG_LANES * (LkP + 16)); /* a row set's weights */      \
-        float *krow = (float *)hg_alloc(sizeof(float) * (DP + 16)); /* one key row in fp32, while packing */  \
+        float *krow = (float *)hg_alloc(sizeof(float) * (FUSED_NR * D + 16)); /* a panel's keys in fp32 */     \
         int oom = (amx && Kv == NULL) || Kp == NULL || Qb == NULL || buf == NULL || wl == NULL || krow == NULL || (own_v && Vt == NULL) || \
                   (own_k && Kt == NULL);                                                                   \
         if (oom) flags |= HG_STATUS_OUT_OF_MEMORY;                                                         \
@@ -593,25 +647,19 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                 cur = g;                                                                                   \
                 int bad = 0;                                                                               \
                 for (int64_t p = 0; p < npan; ++p) {                                                       \
-                    float *dst = Kp + p * D * FUSED_NR;                                                    \
-                    for (int64_t jj = 0; jj < FUSED_NR; ++jj) {                                            \
-                        const int64_t j = p * FUSED_NR + jj;                                               \
-                        const T *src = k + (g * Lk + j) * D;                                               \
-                        if (j < Lk && amx) { /* the tiles read k's bf16: only the finiteness check here */ \
-                            LOADROW(src, krow, D, 1.0f);                                                   \
+                    const int64_t nk = Lk - p * FUSED_NR < FUSED_NR ? Lk - p * FUSED_NR : FUSED_NR;        \
+                    const T *src = k + (g * Lk + p * FUSED_NR) * D;                                        \
+                    if (amx) { /* the tiles read k's bf16: only the finiteness check here */               \
+                        for (int64_t jj = 0; jj < nk; ++jj) {                                              \
+                            LOADROW(src + jj * D, krow, D, 1.0f);                                          \
                             _Pragma("omp simd reduction(| : bad)")                                         \
                             for (int64_t d = 0; d < D; ++d) bad |= !(krow[d] - krow[d] == 0.0f);           \
-                        } else if (j < Lk) { /* the row (fp32: in place; else converted), then transposed */ \
-                            const float *kr = (const float *)(const void *)src;                           \
-                            if (sizeof(T) != sizeof(float)) { LOADROW(src, krow, D, 1.0f); kr = krow; }    \
-                            for (int64_t d = 0; d < D; ++d) {                                              \
-                                const float x = kr[d];                                                     \
-                                dst[d * FUSED_NR + jj] = x;                                                \
-                                bad |= !(x - x == 0.0f);                                                   \
-                            }                                                                              \
-                        } else if (!amx) {                                                                 \
-                            for (int64_t d = 0; d < D; ++d) dst[d * FUSED_NR + jj] = 0.0f;                 \
                         }                                                                                  \
+                    } else if (sizeof(T) == sizeof(float)) { /* fp32: transposed from where it is */       \
+                        bad |= pack_panel_f32((const float *)(const void *)src, D, nk, D, Kp + p * D * FUSED_NR); \
+                    } else { /* the panel's rows converted by the vectorized loader, then transposed */    \
+                        for (int64_t jj = 0; jj < nk; ++jj) LOADROW(src + jj * D, krow + jj * D, D, 1.0f); \
+                        bad |= pack_panel_f32(krow, D, nk, D, Kp + p * D * FUSED_NR);                      \
                     }                                                                                      \
                 }                                                                                          \
                 const T *vs = v + g * Lk * Dv;                                                             \
