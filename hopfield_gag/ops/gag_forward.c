@@ -237,8 +237,8 @@ static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const 
 /* One panel of K for the products: dst[d 16 + jj] = src[jj lds + d] for keys jj < nk (<= 16), 0 for the
    keys past nk, d < D. Returns whether some entry is NaN or infinite (x - x is 0 exactly for finite x).
    With AVX-512 16 x 16 blocks are transposed in registers and stored as whole panel rows: the plain loop's
-   stores of one key touch D cache lines of the panel, and at Lq = 64 (SD1.5's middle block) packing K
-   was a sixth of the call. */
+   stores of one key touch D cache lines of the panel. Packing is per head and thread, so it shows where a
+   head has few queries: at Lq = 64 (SD1.5's middle block) the transposes made the call 5-14% faster. */
 static inline int pack_panel_f32(const float *src, int64_t lds, int64_t nk, int64_t D, float *dst) {
 #if defined(__AVX512F__)
     const __m512 zero = _mm512_setzero_ps();
