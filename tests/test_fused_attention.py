@@ -213,6 +213,18 @@ def test_iteration_limit_sends_the_call_to_the_exact_path(monkeypatch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", ["gag", "aa"])
+def test_a_row_does_not_depend_on_its_block_or_tile(method):
+    # Blocks hold 48 queries here (Lk = 77) and the products run in tiles of 12 rows, a head's last 6 rows in the
+    # 6-row tile: a query computed in a 6-row tail must equal the same query inside a full tile, bit for bit.
+    q, k, v = make(11, 1, 2, 60, 77, 40, 24)
+    full = fused.attention_forward(q, k, v, None, torch.Size([1, 2]), 0.15, GagParams(method=method))[0]
+    for n in (6, 18, 54):  # 6 = one 6-row tail; 18 = 12 + 6; 54 = a block of 48 + 6
+        part = fused.attention_forward(q[..., :n, :], k, v, None, torch.Size([1, 2]), 0.15, GagParams(method=method))[0]
+        assert torch.equal(part, full[..., :n, :]), n
+
+
+@needs_kernel
 def test_result_does_not_depend_on_the_thread_count():
     q, k, v = make(6, 2, 4, 200, 77, 64, 64)
     threads = torch.get_num_threads()

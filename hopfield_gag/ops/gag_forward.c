@@ -135,6 +135,7 @@ typedef float v8f __attribute__((vector_size(32), aligned(4))); /* unaligned loa
 #define V8ST(p, x) (*(v8f *)(p) = (x))
 #define FUSED_NR 16
 #define FUSED_MR 12 /* rows per block are a multiple of this (of both kernels' 12 and 6 rows) */
+#define FUSED_MR_TAIL 6 /* a head's last block is computed to a multiple of this (a 12-row tile's half) */
 static inline void mk_6x16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
                            int64_t ldc) {
     v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
@@ -218,11 +219,16 @@ static inline void mk_12x32(const float *A, int64_t lda, const float *B0, const 
 
 /* C[0..rows)[0..16 npan) (row stride ldc) = A[0..rows)[0..K) times B, B given as npan panels of 16 columns,
    panel p at B + p * pstride with row stride ldb (K packed in panels: pstride = 16 D, ldb = 16; a row-major
-   matrix: pstride = 16, ldb = its row stride). rows: a multiple of FUSED_MR. */
+   matrix: pstride = 16, ldb = its row stride). rows: a multiple of FUSED_MR_TAIL; with wide tiles a last 6
+   rows take the 6-row kernel (the same sums in the same order: the same result as in a 12-row tile). */
 static inline void gemm_panels(const float *A, int64_t lda, int64_t rows, const float *B, int64_t pstride,
                                int64_t ldb, int64_t npan, int64_t K, float *C, int64_t ldc) {
 #ifdef HG_WIDE_TILES
     for (int64_t i = 0; i < rows; i += 12) {
+        if (rows - i < 12) {
+            for (int64_t p = 0; p < npan; ++p) mk_6x16(A + i * lda, lda, B + p * pstride, ldb, K, C + i * ldc + p * 16, ldc);
+            break;
+        }
         int64_t p = 0;
         for (; p + 2 <= npan; p += 2)
             mk_12x32(A + i * lda, lda, B + p * pstride, B + (p + 1) * pstride, ldb, K, C + i * ldc + p * 16, ldc);
@@ -705,7 +711,7 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                     if (aa) amx_pack_by_keys(kb16, Lk, D, ntk, nvb, Kk); /* AA(1)'s P K */                 \
                 }                                                                                          \
             }                                                                                              \
-            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rowsM = round_up(rows, FUSED_MR);            \
+            const int64_t rows = Lq - i0 < RB ? Lq - i0 : RB, rowsM = round_up(rows, FUSED_MR_TAIL);       \
             const float fb = (float)beta;                                                                  \
             for (int64_t i = 0; i < rowsM; ++i) {                                                          \
                 float *qd = Qb + i * D;                                                                    \
