@@ -162,9 +162,12 @@ def test_gag_is_a_contraction_on_the_certified_region(prob, data, frac, eta):
     assert cos >= 1 - 1e-12
 
 
+# three well separated unit patterns (a random run's, rounded to 4 digits)
+SEPARATED_3 = torch.tensor([[0.5559, -0.8313], [0.7959, -0.6054], [-0.3831, 0.9237]], dtype=F64)
+
+
 # a random run's counterexample: beta Delta_2 = 824, so L at lam = 1 is exactly 0 in fp64 (e^-824 underflows)
-@example(Hopfield(torch.tensor([[0.5559, -0.8313], [0.7959, -0.6054], [-0.3831, 0.9237]], dtype=F64),
-                  441.80514579124286, 1.25), 2, 0, 0.0, 0.5)
+@example(Hopfield(SEPARATED_3, 441.80514579124286, 1.25), 2, 0, 0.0, 0.5)
 @given(hopfield_problems("separated"), st.integers(0, 63), st.integers(0, 2**31 - 1), st.floats(0.0, 1.0),
        st.floats(0.05, 0.95))
 def test_gag_contraction_with_orthogonal_part(prob, pattern, seed, zeta, frac):
@@ -193,7 +196,7 @@ def test_gag_contraction_with_orthogonal_part(prob, pattern, seed, zeta, frac):
 def test_contraction_bound_is_finite_far_outside_its_regime():
     # lam = 50, zeta = 0.7 on well separated patterns: gamma_1 = beta Delta_i - lam beta D_i move is about
     # -3000, where eps(gamma_1) = 1 exactly in fp64; as t / (1 + t) with t = (N - 1) e^-gamma_1 = inf it was NaN
-    x = torch.tensor([[0.5559, -0.8313], [0.7959, -0.6054], [-0.3831, 0.9237]], dtype=F64)
+    x = SEPARATED_3
     b = gag_contraction_bound(x, 441.8, 50.0, 15.0, 0.7, 1.25)
     assert bool((b.gap < -700).all()) and not bool(b.exact.any()) and not bool(b.contraction.any())
     d_i = torch.cdist(x, x).amax(-1)

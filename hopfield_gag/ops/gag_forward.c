@@ -661,11 +661,13 @@ int64_t NAME(const T *q, const T *k, const T *v, const float *mask, const int64_
                             _Pragma("omp simd reduction(| : bad)")                                         \
                             for (int64_t d = 0; d < D; ++d) bad |= !(krow[d] - krow[d] == 0.0f);           \
                         }                                                                                  \
-                    } else if (sizeof(T) == sizeof(float)) { /* fp32: transposed from where it is */       \
-                        bad |= pack_panel_f32((const float *)(const void *)src, D, nk, D, Kp + p * D * FUSED_NR); \
-                    } else { /* the panel's rows converted by the vectorized loader, then transposed */    \
-                        for (int64_t jj = 0; jj < nk; ++jj) LOADROW(src + jj * D, krow + jj * D, D, 1.0f); \
-                        bad |= pack_panel_f32(krow, D, nk, D, Kp + p * D * FUSED_NR);                      \
+                    } else { /* transposed from where it is (fp32) or from its rows converted to fp32 */   \
+                        const float *kf = (const float *)(const void *)src;                                \
+                        if (sizeof(T) != sizeof(float)) {                                                  \
+                            for (int64_t jj = 0; jj < nk; ++jj) LOADROW(src + jj * D, krow + jj * D, D, 1.0f); \
+                            kf = krow;                                                                     \
+                        }                                                                                  \
+                        bad |= pack_panel_f32(kf, D, nk, D, Kp + p * D * FUSED_NR);                        \
                     }                                                                                      \
                 }                                                                                          \
                 const T *vs = v + g * Lk * Dv;                                                             \
